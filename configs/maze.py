@@ -1,0 +1,56 @@
+"""Maze presets. `--config=configs/maze.py[:preset]`, any field as `--config.x.y=v`.
+
+  python -m dualformer_jax.main --config=configs/maze.py --workdir=/tmp/maze
+      default: 8x8 mazes, tiny model, a few minutes on a 2-core CPU.
+  python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=gs://bucket/maze30
+      PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
+"""
+
+from dualformer_jax import config as config_lib
+
+# Longest prompt: bos start x y goal x y + 3 tokens per wall (<= 50% walls) + eos.
+_PAPER_LENGTHS = {  # size -> (max_prompt_len, max_decoder_len)
+    15: (384, 2048), 20: (640, 3072), 25: (1024, 4096), 30: (1408, 5120)}
+
+
+def get_config(preset: str = "default"):
+  c = config_lib.base_config()
+  c.task.name = "maze"
+  preset = preset or "default"
+  if preset == "default":
+    c.task.size = 8
+    c.data.num_train = 4000
+    c.data.num_test = 200
+    c.data.max_prompt_len = 128
+    c.data.max_decoder_len = 512
+    c.model.size = "tiny"
+    c.train.num_steps = 1500
+    c.train.batch_size = 32
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.eval_every = 500
+    c.train.checkpoint_every = 500
+  elif preset.startswith("paper_") and preset[6:].isdigit() and int(preset[6:]) in _PAPER_LENGTHS:
+    size = int(preset[6:])
+    c.task.size = size
+    c.data.num_train = 100_000
+    c.data.num_test = 1000
+    c.data.num_shards = 64
+    c.data.max_prompt_len, c.data.max_decoder_len = _PAPER_LENGTHS[size]
+    c.data.num_buckets = 8
+    c.data.num_workers = 4
+    c.model.size = "m-s"
+    c.model.dtype = "bfloat16"
+    c.train.num_steps = 400_000
+    c.train.batch_size = 64
+    c.train.learning_rate = 2.5e-4
+    c.train.warmup_steps = 2000
+    c.train.log_every = 100
+    c.train.eval_every = 10_000
+    c.train.checkpoint_every = 5_000
+    c.eval.num_samples = 64
+    c.eval.num_tasks = 1000
+    c.eval.prompts_per_batch = 16
+  else:
+    raise ValueError(f"unknown maze preset {preset!r}: use default or paper_15/20/25/30")
+  return c

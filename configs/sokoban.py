@@ -1,0 +1,50 @@
+"""Sokoban presets. `--config=configs/sokoban.py[:preset]`, any field as `--config.x.y=v`.
+
+  python -m dualformer_jax.main --config=configs/sokoban.py --workdir=/tmp/sokoban
+      default: 7x7 levels with one box, tiny model, minutes on a 2-core CPU.
+  python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=gs://bucket/sokoban
+      PAPER.md reference settings: 7x7, two boxes, 8e5 steps; accelerators.
+"""
+
+from dualformer_jax import config as config_lib
+
+
+def get_config(preset: str = "default"):
+  c = config_lib.base_config()
+  c.task.name = "sokoban"
+  c.task.size = 7
+  preset = preset or "default"
+  if preset == "default":
+    c.task.num_boxes = 1
+    c.task.num_docks = 1
+    c.data.num_train = 2000
+    c.data.num_test = 100
+    c.data.max_prompt_len = 128
+    c.data.max_decoder_len = 1024
+    c.model.size = "tiny"
+    c.train.num_steps = 1000
+    c.train.batch_size = 16
+    c.train.learning_rate = 1e-3
+  elif preset == "paper":
+    c.data.num_train = 100_000
+    c.data.num_test = 1000
+    c.data.num_shards = 64
+    c.data.max_prompt_len = 128
+    c.data.max_decoder_len = 8192
+    c.data.num_buckets = 8
+    c.data.num_workers = 4
+    c.model.size = "l"
+    c.model.dtype = "bfloat16"
+    c.train.num_steps = 800_000
+    c.train.batch_size = 64
+    c.train.learning_rate = 7.5e-5
+    c.train.warmup_steps = 2000
+    c.train.log_every = 100
+    c.train.eval_every = 20_000
+    c.train.checkpoint_every = 5_000
+    c.eval.num_samples = 64
+    c.eval.num_tasks = 1000
+    c.eval.prompts_per_batch = 4
+  else:
+    raise ValueError(f"unknown sokoban preset {preset!r}: use default or paper")
+  return c

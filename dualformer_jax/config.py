@@ -1,0 +1,179 @@
+"""Every knob of a run, in one ConfigDict, and its validation.
+
+`configs/maze.py` and `configs/sokoban.py` start from `base_config()` and set
+their presets; `validate()` runs before any work so a bad value fails at
+once with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+TASKS = ("maze", "sokoban")
+TRACE_MODES = ("dualformer", "complete", "solution_only", "fixed_level")
+EVAL_MODES = ("fast", "slow", "auto")
+MODEL_SIZES = ("tiny", "s", "m-s", "l", "xl-2")
+DTYPES = ("float32", "bfloat16")
+ASTAR_MODES = ("deterministic", "nondeterministic")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every task; presets override fields."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model init and sampling keys
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "maze"  # maze | sokoban
+  c.task.size = 10  # maze: N of the N x N grid; sokoban: grid side
+  # Maze generator.
+  c.task.min_wall_frac = 0.3  # share of cells that are walls, drawn uniformly
+  c.task.max_wall_frac = 0.5
+  c.task.pairs_per_layout = 4  # start/goal pairs drawn per wall layout
+  c.task.min_plan_len = -1  # keep tasks whose optimal plan has >= this many steps; -1: size
+  # Sokoban generator.
+  c.task.num_boxes = 2
+  c.task.num_docks = 2
+  c.task.num_interior_walls = 2
+  c.task.box_border_margin = 2  # boxes at least this many cells from the border (1 = inner ring)
+  c.task.max_cost = 400  # largest cost token c<k> in the vocabulary (sokoban)
+  c.task.max_expansions = 20000  # give up on a level whose A* closes more nodes than this
+
+  c.data = ml_collections.ConfigDict()
+  c.data.num_train = 2000
+  c.data.num_test = 200
+  c.data.seed = 1234  # generation and pipeline shuffling
+  c.data.num_shards = 4  # ArrayRecord shards per split
+  c.data.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
+  c.data.gen_workers = 0  # processes for generation; 0 = all cores
+  # Trace dropping (PAPER.md, "Structured trace dropping").
+  c.data.trace_mode = "dualformer"  # dualformer | complete | solution_only | fixed_level
+  c.data.level_probs = (0.45, 1 / 6, 1 / 6, 1 / 6, 0.05)  # p0..p4 for dualformer
+  c.data.create_drop_rate = 0.3  # level 3: share of create clauses dropped
+  c.data.fixed_level = 0  # the level used by trace_mode=fixed_level
+  # Shapes: examples longer than these are dropped and counted, never truncated.
+  c.data.max_prompt_len = 256  # encoder tokens incl. bos/eos
+  c.data.max_decoder_len = 1024  # decoder tokens incl. bos/eos
+  c.data.num_buckets = 4  # length buckets per side (few compiled shapes)
+  c.data.bucket_pool = 32  # batches read ahead to fill buckets
+  c.data.num_workers = 0  # grain worker processes for the train pipeline
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
+  c.model.dtype = "float32"  # compute dtype; params stay float32
+  c.model.remat = False  # rematerialise blocks in the backward pass
+  c.model.rope_base = 10000.0
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 2000
+  c.train.batch_size = 32  # global batch, split over the data and fsdp axes
+  c.train.learning_rate = 1e-3  # peak
+  c.train.warmup_steps = 100
+  c.train.final_lr_frac = 0.1  # cosine decays to this share of the peak
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.99
+  c.train.grad_clip = 1.0  # global norm
+  c.train.grad_accum = 1  # micro-batches per optimizer step
+  c.train.log_every = 50
+  c.train.eval_every = 500
+  c.train.eval_batches = 4  # test-split batches per eval-loss measurement
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
+  c.eval.num_samples = 16  # responses per task and mode (paper: 64)
+  c.eval.num_tasks = 50  # test tasks evaluated (paper: 1000)
+  c.eval.tasks_file = ""  # JSON lines of task specs to evaluate instead of the test split
+  c.eval.checkpoint_step = -1  # -1: latest
+  c.eval.temperature = 1.0
+  c.eval.top_k = 0  # 0: no top-k filter
+  c.eval.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
+  c.eval.max_decode_len = -1  # -1: data.max_decoder_len
+  c.eval.num_pictures = 3  # tasks rendered per mode
+  return c
+
+
+def _fail(field: str, value, why: str):
+  raise ValueError(f"config.{field}={value!r}: {why}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the first bad field."""
+  if c.task.name not in TASKS:
+    _fail("task.name", c.task.name, f"expected one of {TASKS}")
+  if c.task.size < 3:
+    _fail("task.size", c.task.size, "must be >= 3")
+  if not 0.0 <= c.task.min_wall_frac <= c.task.max_wall_frac < 1.0:
+    _fail("task.min_wall_frac", (c.task.min_wall_frac, c.task.max_wall_frac),
+          "need 0 <= min_wall_frac <= max_wall_frac < 1")
+  if c.task.pairs_per_layout < 1:
+    _fail("task.pairs_per_layout", c.task.pairs_per_layout, "must be >= 1")
+  if c.task.name == "sokoban":
+    if c.task.num_boxes < 1 or c.task.num_docks < c.task.num_boxes:
+      _fail("task.num_docks", c.task.num_docks, "need num_boxes >= 1 and num_docks >= num_boxes")
+    if c.task.box_border_margin < 1 or 2 * c.task.box_border_margin >= c.task.size:
+      _fail("task.box_border_margin", c.task.box_border_margin,
+            f"must leave a free interior in a {c.task.size}x{c.task.size} grid")
+  if c.data.num_train < 1 or c.data.num_test < 1:
+    _fail("data.num_train", (c.data.num_train, c.data.num_test), "both splits need >= 1 task")
+  if c.data.num_shards < 1:
+    _fail("data.num_shards", c.data.num_shards, "must be >= 1")
+  if c.data.astar not in ASTAR_MODES:
+    _fail("data.astar", c.data.astar, f"expected one of {ASTAR_MODES}")
+  if c.data.trace_mode not in TRACE_MODES:
+    _fail("data.trace_mode", c.data.trace_mode, f"expected one of {TRACE_MODES}")
+  probs = tuple(c.data.level_probs)
+  if (len(probs) != 5 or any(p < 0 for p in probs)
+      or not math.isclose(sum(probs), 1.0, abs_tol=1e-6)):
+    _fail("data.level_probs", probs, "need five non-negative numbers that sum to 1")
+  if not 0.0 <= c.data.create_drop_rate <= 1.0:
+    _fail("data.create_drop_rate", c.data.create_drop_rate, "must be in [0, 1]")
+  if c.data.fixed_level not in range(5):
+    _fail("data.fixed_level", c.data.fixed_level, "must be 0..4")
+  if c.data.num_buckets < 1:
+    _fail("data.num_buckets", c.data.num_buckets, "must be >= 1")
+  if c.model.size not in MODEL_SIZES:
+    _fail("model.size", c.model.size, f"expected one of {MODEL_SIZES}")
+  if c.model.dtype not in DTYPES:
+    _fail("model.dtype", c.model.dtype, f"expected one of {DTYPES}")
+  for axis in ("fsdp", "tensor"):
+    if c.mesh[axis] < 1:
+      _fail(f"mesh.{axis}", c.mesh[axis], "must be >= 1")
+  if c.mesh.data == 0 or c.mesh.data < -1:
+    _fail("mesh.data", c.mesh.data, "must be >= 1, or -1 for all remaining devices")
+  for field in ("num_steps", "batch_size", "grad_accum", "log_every", "eval_every",
+                "checkpoint_every", "keep_checkpoints"):
+    if c.train[field] < 1:
+      _fail(f"train.{field}", c.train[field], "must be >= 1")
+  if c.train.batch_size % c.train.grad_accum:
+    _fail("train.grad_accum", c.train.grad_accum, "must divide train.batch_size")
+  if c.train.learning_rate <= 0:
+    _fail("train.learning_rate", c.train.learning_rate, "must be > 0")
+  if c.train.warmup_steps < 0:
+    _fail("train.warmup_steps", c.train.warmup_steps, "must be >= 0")
+  modes = eval_modes(c)
+  if not modes or any(m not in EVAL_MODES for m in modes):
+    _fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
+  if c.eval.num_samples < 1 or c.eval.num_tasks < 1 or c.eval.prompts_per_batch < 1:
+    _fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
+          "num_samples, num_tasks and prompts_per_batch must be >= 1")
+  if c.eval.temperature <= 0:
+    _fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
+  if c.eval.top_k < 0:
+    _fail("eval.top_k", c.eval.top_k, "must be >= 0")
+
+
+def eval_modes(c: ml_collections.ConfigDict) -> list[str]:
+  return [m.strip() for m in c.eval.modes.split(",") if m.strip()]
+
+
+def min_plan_len(c: ml_collections.ConfigDict) -> int:
+  return c.task.size if c.task.min_plan_len < 0 else c.task.min_plan_len
