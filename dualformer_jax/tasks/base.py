@@ -75,3 +75,14 @@ def trace_len(response: Sequence[str]) -> int:
     if tok == PLAN:
       return i
   return len(response)
+
+
+def make_task(task_cfg) -> Task:
+  """The task named by `config.task` (imports only the one asked for)."""
+  if task_cfg.name == "maze":
+    from dualformer_jax.tasks.maze import MazeTask
+    return MazeTask.from_config(task_cfg)
+  if task_cfg.name == "sokoban":
+    from dualformer_jax.tasks.sokoban import SokobanTask
+    return SokobanTask.from_config(task_cfg)
+  raise ValueError(f"config.task.name={task_cfg.name!r}: expected maze or sokoban")
