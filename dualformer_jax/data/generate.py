@@ -1,0 +1,181 @@
+"""Parallel, seeded, resumable dataset generation.
+
+Each (split, shard) is one job with its own seed, so the output depends only
+on the config (seed, shard count), never on how many processes ran it. A
+layout (maze walls / Sokoban level) is owned by exactly one (split, shard),
+decided by a content hash (hashlib, not the salted builtin hash): splits never
+share a layout and shards never share a task, without any coordination.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import multiprocessing
+import os
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from dualformer_jax import config as config_lib
+from dualformer_jax.data import records
+from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.tasks.base import Unsolvable, make_task
+
+_HASH_BUCKETS = 1_000_000
+# A shard gives up when this many layouts in a row gave it no new task: the
+# task space is too small for the asked counts (e.g. a 3x3 maze).
+_MAX_BARREN_DRAWS = 200_000
+
+
+def generator_fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """Everything that determines the dataset's content: a dataset is reused only if this matches."""
+  return {
+      "task": config.task.to_dict(),
+      "num_train": config.data.num_train,
+      "num_test": config.data.num_test,
+      "seed": config.data.seed,
+      "num_shards": config.data.num_shards,
+      "astar": config.data.astar,
+  }
+
+
+def split_shards(config: ml_collections.ConfigDict) -> dict[str, int]:
+  counts = {"train": config.data.num_train, "test": config.data.num_test}
+  return {s: min(config.data.num_shards, n) for s, n in counts.items()}
+
+
+def _owner(layout_key: str, test_frac: float, shards: dict[str, int]) -> tuple[str, int]:
+  """(split, shard) that owns a layout, from a content hash."""
+  h = int.from_bytes(hashlib.sha256(layout_key.encode()).digest()[:8], "little")
+  split = "test" if (h % _HASH_BUCKETS) < test_frac * _HASH_BUCKETS else "train"
+  return split, (h // _HASH_BUCKETS) % shards[split]
+
+
+def _spec_id(task, spec) -> str:
+  return json.dumps(task.spec_to_json(spec), sort_keys=True)
+
+
+def _make_shard(job: dict) -> tuple[str, int]:
+  """Worker: generates and writes one shard. Top-level so spawned workers can import it."""
+  config = ml_collections.ConfigDict(job["config"])
+  task = make_task(config.task)
+  vocab = Vocab(task.vocabulary())
+  split, index, quota = job["split"], job["index"], job["quota"]
+  shards = split_shards(config)
+  total = config.data.num_train + config.data.num_test
+  test_frac = config.data.num_test / total
+  rng = np.random.default_rng([config.data.seed, ("train", "test").index(split), index])
+  nondeterministic = config.data.astar == "nondeterministic"
+  seen: set[str] = set()
+  out: list[bytes] = []
+  barren = 0
+  while len(out) < quota:
+    barren += 1
+    if barren > _MAX_BARREN_DRAWS:
+      raise records.DatasetError(
+          f"{split} shard {index}: found only {len(out)} of {quota} distinct tasks after "
+          f"{_MAX_BARREN_DRAWS} draws without a new one; the task space of this config is too "
+          "small for data.num_train/num_test")
+    group = task.sample_group(rng)
+    if not group or _owner(task.layout_key(group[0]), test_frac, shards) != (split, index):
+      continue
+    for spec in group:
+      sid = _spec_id(task, spec)
+      if sid in seen:
+        continue
+      seen.add(sid)
+      seed = int(rng.integers(1 << 31)) if nondeterministic else None
+      try:
+        toks = task.solve_tokens(spec, seed)
+      except Unsolvable:
+        continue
+      out.append(records.encode_record(
+          vocab.encode(toks.prompt), vocab.encode(toks.trace), vocab.encode(toks.plan)))
+      barren = 0
+      if len(out) == quota:
+        break
+  records.write_shard(job["path"], out)
+  return split, len(out)
+
+
+def _length_stats(paths: list[str]) -> dict:
+  lens = {"prompt": [], "trace": [], "plan": []}
+  source = records.read_shards(paths)
+  for i in range(len(source)):
+    rec = records.decode_record(source[i])
+    for k in lens:
+      lens[k].append(len(rec[k]))
+  stats = {}
+  for k, v in lens.items():
+    a = np.asarray(v)
+    stats[k] = {"min": int(a.min()), "mean": float(a.mean()), "max": int(a.max()),
+                "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+                "p99": float(np.percentile(a, 99))}
+  return stats
+
+
+def _check_compatible(meta: dict, fingerprint: dict, directory: str) -> None:
+  old = meta.get("generator")
+  if old == fingerprint:
+    return
+  diffs = []
+  for key in sorted(set(old or {}) | set(fingerprint)):
+    a, b = (old or {}).get(key), fingerprint.get(key)
+    if a != b:
+      if isinstance(a, dict) and isinstance(b, dict):
+        diffs += [f"task.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                  if a.get(k) != b.get(k)]
+      else:
+        diffs.append(f"{key}: {a!r} -> {b!r}")
+  raise records.DatasetError(
+      f"the dataset in {directory} was generated from a different config ({'; '.join(diffs)}); "
+      "use another --workdir or delete that directory")
+
+
+def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None = None) -> dict:
+  """Writes (or completes) the dataset of `config` under <workdir>/data; returns meta.json's content."""
+  config_lib.validate(config)
+  directory = records.data_dir(workdir)
+  os.makedirs(directory, exist_ok=True)
+  fingerprint = generator_fingerprint(config)
+  meta_path = os.path.join(directory, records.META)
+  if os.path.exists(meta_path):
+    meta = records.read_meta(directory)
+    _check_compatible(meta, fingerprint, directory)
+    if meta.get("status") == "complete":
+      return meta
+  task = make_task(config.task)
+  vocab = Vocab(task.vocabulary())
+  shards = split_shards(config)
+  # Claim the directory first, so a second run with another config is refused.
+  records.write_meta(directory, {"generator": fingerprint, "status": "incomplete",
+                                 "vocab": vocab.to_list(), "num_shards": shards})
+  counts = {"train": config.data.num_train, "test": config.data.num_test}
+  jobs, done = [], 0
+  for split, n in counts.items():
+    for i, path in enumerate(records.shard_paths(directory, split, shards[split])):
+      quota = n // shards[split] + (i < n % shards[split])
+      if os.path.exists(path):
+        done += quota
+        continue
+      jobs.append({"config": config.to_dict(), "split": split, "index": i,
+                   "quota": quota, "path": path})
+  workers = workers or config.data.gen_workers or os.cpu_count() or 1
+  with tqdm(total=sum(counts.values()), initial=done, desc="generate", unit="task",
+            disable=None) as bar:
+    if workers == 1 or len(jobs) <= 1:
+      for job in jobs:
+        bar.update(_make_shard(job)[1])
+    elif jobs:
+      ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold jax threads
+      with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+        for fut in concurrent.futures.as_completed([pool.submit(_make_shard, j) for j in jobs]):
+          bar.update(fut.result()[1])
+  lengths = {s: _length_stats(records.shard_paths(directory, s, shards[s])) for s in counts}
+  meta = {"generator": fingerprint, "status": "complete", "vocab": vocab.to_list(),
+          "num_shards": shards, "counts": counts, "lengths": lengths}
+  records.write_meta(directory, meta)
+  return meta

@@ -1,0 +1,105 @@
+"""Dataset generation: seeded, split by layout, no duplicates, resumable, refuses foreign configs."""
+
+import json
+import os
+
+import pytest
+
+from configs import maze as maze_configs
+from configs import sokoban as sokoban_configs
+from dualformer_jax.data import generate, records
+from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.tasks.base import make_task
+
+
+def small_maze_config(**data):
+  c = maze_configs.get_config("default")
+  c.task.size = 5
+  c.data.num_train, c.data.num_test, c.data.num_shards = 40, 12, 3
+  for k, v in data.items():
+    c.data[k] = v
+  return c
+
+
+def read_split(workdir, split, meta):
+  d = records.data_dir(workdir)
+  source = records.read_shards(records.shard_paths(d, split, meta["num_shards"][split]))
+  return [records.decode_record(source[i]) for i in range(len(source))]
+
+
+def shard_bytes(workdir):
+  d = records.data_dir(workdir)
+  return {n: open(os.path.join(d, n), "rb").read() for n in sorted(os.listdir(d))
+          if n.endswith(".arrayrecord")}
+
+
+def test_counts_meta_split_and_no_duplicates(tmp_path):
+  c = small_maze_config()
+  meta = generate.generate(c, str(tmp_path), workers=1)
+  assert meta["status"] == "complete"
+  assert meta["counts"] == {"train": 40, "test": 12}
+  vocab = Vocab.from_list(meta["vocab"])
+  task = make_task(c.task)
+  layouts, prompts = {}, {}
+  for split in ("train", "test"):
+    recs = read_split(str(tmp_path), split, meta)
+    assert len(recs) == meta["counts"][split]
+    specs = [task.spec_from_prompt(vocab.decode(r["prompt"])) for r in recs]
+    layouts[split] = {task.layout_key(s) for s in specs}
+    prompts[split] = [tuple(r["prompt"]) for r in recs]
+    assert len(set(prompts[split])) == len(prompts[split]), "duplicate task"
+    for r, s in zip(recs, specs):  # every stored plan is a correct, optimal answer
+      verdict = task.check(vocab.decode(r["prompt"]), vocab.decode(r["plan"]))
+      assert verdict.correct and verdict.plan_len >= c.task.size
+  assert not layouts["train"] & layouts["test"], "a wall layout is in both splits"
+  assert meta["lengths"]["train"]["trace"]["max"] >= meta["lengths"]["train"]["trace"]["mean"]
+
+
+def test_deterministic_whatever_the_worker_count(tmp_path):
+  c = small_maze_config()
+  generate.generate(c, str(tmp_path / "a"), workers=1)
+  generate.generate(c, str(tmp_path / "b"), workers=2)
+  assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+  other = small_maze_config(seed=7)
+  generate.generate(other, str(tmp_path / "c"), workers=1)
+  assert shard_bytes(tmp_path / "a") != shard_bytes(tmp_path / "c")
+
+
+def test_resume_redoes_only_missing_shards(tmp_path):
+  c = small_maze_config()
+  generate.generate(c, str(tmp_path), workers=1)
+  before = shard_bytes(tmp_path)
+  d = records.data_dir(str(tmp_path))
+  name = records.shard_name("train", 1, 3)
+  os.remove(os.path.join(d, name))
+  with open(os.path.join(d, name + ".tmp"), "wb") as f:  # an interrupted write
+    f.write(b"partial")
+  meta = json.load(open(os.path.join(d, records.META)))
+  meta["status"] = "incomplete"
+  records.write_meta(d, meta)
+  generate.generate(c, str(tmp_path), workers=1)
+  assert shard_bytes(tmp_path) == before
+
+
+def test_refuses_a_dataset_from_another_config(tmp_path):
+  generate.generate(small_maze_config(), str(tmp_path), workers=1)
+  with pytest.raises(records.DatasetError, match="num_train: 40 -> 41"):
+    generate.generate(small_maze_config(num_train=41), str(tmp_path), workers=1)
+
+
+def test_too_small_task_space_fails_clearly(tmp_path, monkeypatch):
+  monkeypatch.setattr(generate, "_MAX_BARREN_DRAWS", 300)
+  c = small_maze_config(num_train=500)
+  c.task.size = 3  # few distinct 3x3 tasks with plans of >= 3 steps
+  with pytest.raises(records.DatasetError, match="too small"):
+    generate.generate(c, str(tmp_path), workers=1)
+
+
+def test_sokoban_dataset(tmp_path):
+  c = sokoban_configs.get_config("default")
+  c.data.num_train, c.data.num_test, c.data.num_shards = 6, 3, 2
+  meta = generate.generate(c, str(tmp_path), workers=1)
+  vocab = Vocab.from_list(meta["vocab"])
+  task = make_task(c.task)
+  for r in read_split(str(tmp_path), "test", meta):
+    assert task.check(vocab.decode(r["prompt"]), vocab.decode(r["plan"])).correct
