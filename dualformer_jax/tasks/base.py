@@ -44,7 +44,11 @@ class Task(Protocol):
     """All task tokens (no pad/bos/eos), in a fixed order."""
 
   def sample_group(self, rng: np.random.Generator) -> list[Any]:
-    """Specs sharing one layout (maze walls / Sokoban level); may be empty."""
+    """Specs sharing one layout (maze walls / Sokoban level); may be empty.
+
+    Keep it cheap (no traced search): the generator calls it for layouts that
+    other shards own. Specs may still prove unsolvable in `solve_tokens`.
+    """
 
   def layout_key(self, spec: Any) -> str:
     """A string identifying the spec's layout: splits never share one."""

@@ -1,0 +1,580 @@
+"""Sokoban: levels, game rules, heuristic, A* tokens and the plan checker.
+
+Cells are (x, y) with y the row from the top, so `up` is y - 1 (as in the
+reference code, whose child order up, down, left, right we keep). Inside A*
+a game state is one int, `boxes_mask << wbits | worker`, over cell indices
+`x + width * y`: hashing, comparing and expanding it touches no objects, and
+the heuristic is cached per box mask. Deterministic ties go to the smallest
+state int (the reference hashes a board string, which is salted per process,
+so its order cannot be reproduced anyway).
+
+Tokens (PAPER.md): prompt `worker x y box x y ... dock x y ... wall x y ...`,
+each group sorted by the string "x-y". Unlike the reference prompt, boxes
+already on a dock and the docks under them are listed too, so the prompt
+describes any level exactly (generated levels never start with a box on a
+dock, where both agree). Trace clauses `create|close worker x y (box x y)* cG
+cH` list only boxes off docks; the plan is `plan x y` per worker cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from dualformer_jax.tasks import astar as astar_lib
+from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Unsolvable, Verdict
+
+WORKER, BOX, DOCK, WALL = "worker", "box", "dock", "wall"
+EOS = "eos"  # the decoder's end token (data/vocab.py); the checker ignores what follows it
+KEYWORDS = (WORKER, BOX, DOCK, WALL, CREATE, CLOSE, PLAN)
+MOVES = ("up", "down", "left", "right")  # the A* child order
+_DELTAS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # per MOVES entry
+FLOOR_CH, WALL_CH, DOCK_CH = " ", "#", "."
+WORKER_CH, WORKER_DOCK_CH, BOX_CH, BOX_DOCK_CH = "@", "+", "$", "*"
+_SYMBOLS = FLOOR_CH + WALL_CH + DOCK_CH + WORKER_CH + WORKER_DOCK_CH + BOX_CH + BOX_DOCK_CH
+
+Cell = tuple[int, int]  # (x, y)
+
+
+class CostOverflow(Unsolvable):
+  """A g or h above `max_cost` has no token; the level is skipped like SearchLimit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SokobanSpec:
+  """One level. `walls` include the border; cell groups are stored sorted.
+
+  Construction validates the level (ValueError names the bad field).
+  """
+  width: int
+  height: int
+  walls: tuple[Cell, ...]
+  boxes: tuple[Cell, ...]
+  docks: tuple[Cell, ...]
+  worker: Cell
+
+  def __post_init__(self):
+    w, h = self.width, self.height
+    for field, v in (("width", w), ("height", h)):
+      if not _is_int(v) or v < 3:
+        raise ValueError(f"{field}={v!r}: must be an integer >= 3")
+    groups = {}
+    for field in ("walls", "boxes", "docks"):
+      cells = [_cell(c, f"{field}[{i}]", w, h) for i, c in enumerate(getattr(self, field))]
+      if len(set(cells)) != len(cells):
+        dup = sorted({c for c in cells if cells.count(c) > 1})
+        raise ValueError(f"{field}: duplicate cells {dup}")
+      groups[field] = tuple(sorted(cells))
+      object.__setattr__(self, field, groups[field])
+    worker = _cell(self.worker, "worker", w, h)
+    object.__setattr__(self, "worker", worker)
+    walls = set(groups["walls"])
+    for c in _border(w, h):  # lazily: a garbage prompt may claim a huge grid
+      if c not in walls:
+        raise ValueError(f"walls: the border must be walls, {c} is not")
+    for field in ("boxes", "docks"):
+      on_wall = [c for c in groups[field] if c in walls]
+      if on_wall:
+        raise ValueError(f"{field}: {on_wall[0]} is on a wall")
+    if worker in walls or worker in groups["boxes"]:
+      raise ValueError(f"worker={worker}: on a wall or a box")
+    if not groups["boxes"]:
+      raise ValueError("boxes: a level needs at least one box")
+    if len(groups["docks"]) < len(groups["boxes"]):
+      raise ValueError(f"docks: {len(groups['docks'])} docks for {len(groups['boxes'])} boxes")
+
+
+# --------------------------------------------------------------- text levels
+
+
+def render_level(spec: SokobanSpec) -> list[str]:
+  """The usual text picture: `#` wall, `.` dock, `@`/`+` worker, `$`/`*` box."""
+  rows = [[FLOOR_CH] * spec.width for _ in range(spec.height)]
+  for x, y in spec.walls:
+    rows[y][x] = WALL_CH
+  docks = set(spec.docks)
+  for x, y in spec.docks:
+    rows[y][x] = DOCK_CH
+  for x, y in spec.boxes:
+    rows[y][x] = BOX_DOCK_CH if (x, y) in docks else BOX_CH
+  x, y = spec.worker
+  rows[y][x] = WORKER_DOCK_CH if spec.worker in docks else WORKER_CH
+  return ["".join(r) for r in rows]
+
+
+def parse_level(lines: Sequence[str]) -> SokobanSpec:
+  """The inverse of render_level; ValueError names the bad row or character."""
+  if isinstance(lines, str) or not isinstance(lines, (list, tuple)) or not lines:
+    raise ValueError(f"a level is a non-empty list of row strings, got {lines!r:.80}")
+  walls, boxes, docks, workers = [], [], [], []
+  for y, row in enumerate(lines):
+    if not isinstance(row, str):
+      raise ValueError(f"row {y}={row!r:.80}: must be a string")
+    if len(row) != len(lines[0]):
+      raise ValueError(f"row {y} has {len(row)} characters, row 0 has {len(lines[0])}")
+    for x, ch in enumerate(row):
+      if ch not in _SYMBOLS:
+        raise ValueError(f"row {y}, column {x}: bad character {ch!r}, expected one of {_SYMBOLS!r}")
+      if ch == WALL_CH:
+        walls.append((x, y))
+      if ch in (DOCK_CH, WORKER_DOCK_CH, BOX_DOCK_CH):
+        docks.append((x, y))
+      if ch in (BOX_CH, BOX_DOCK_CH):
+        boxes.append((x, y))
+      if ch in (WORKER_CH, WORKER_DOCK_CH):
+        workers.append((x, y))
+  if len(workers) != 1:
+    raise ValueError(f"a level needs exactly one worker ('@' or '+'), found {len(workers)}")
+  return SokobanSpec(len(lines[0]), len(lines), tuple(walls), tuple(boxes), tuple(docks),
+                     workers[0])
+
+
+# ----------------------------------------------------------------- game rules
+
+
+class _Board:
+  """A level's fixed part (walls, docks) compiled into flat per-cell tables.
+
+  nbr[d][c]: the cell one step from c in direction d, -1 for a wall;
+  moves[c]: (n, n2) for every direction whose first cell n is no wall, n2
+  the cell beyond (-1 for a wall), in MOVES order; dead[c]: a box at c can
+  never move again (a wall left or right, and above or below), which makes
+  a state dead when that box is off a dock.
+  """
+
+  def __init__(self, spec: SokobanSpec):
+    w, h = spec.width, spec.height
+    n = w * h
+    self.width = w
+    self.wbits = max(1, (n - 1).bit_length())
+    self.wmask = (1 << self.wbits) - 1
+    wall = [False] * n
+    for x, y in spec.walls:
+      wall[x + w * y] = True
+
+    def step(c: int, dx: int, dy: int) -> int:
+      x, y = c % w + dx, c // w + dy
+      if not (0 <= x < w and 0 <= y < h) or wall[x + w * y]:
+        return -1
+      return x + w * y
+
+    self.nbr = [[step(c, dx, dy) for c in range(n)] for dx, dy in _DELTAS]
+    self.moves = [tuple((nb[c], nb[nb[c]]) for nb in self.nbr if nb[c] >= 0)
+                  for c in range(n)]
+    dock_cells = [x + w * y for x, y in spec.docks]
+    self.docks = dock_cells
+    self.dock_mask = sum(1 << c for c in dock_cells)
+    up, down, left, right = self.nbr
+    self.dead = [(left[c] < 0 or right[c] < 0) and (up[c] < 0 or down[c] < 0) for c in range(n)]
+    # dock_dist[c][i]: Manhattan distance from c to docks[i].
+    self.dock_dist = [tuple(abs(c % w - d % w) + abs(c // w - d // w) for d in dock_cells)
+                      for c in range(n)]
+    self.x_tok = [str(c % w) for c in range(n)]
+    self.y_tok = [str(c // w) for c in range(n)]
+    self.xy_key = [f"{c % w}-{c // w}" for c in range(n)]
+    self._h: dict[int, float] = {}
+    self._box_tok: dict[int, tuple[str, ...]] = {}
+
+  def cell(self, xy: Cell) -> int:
+    return xy[0] + self.width * xy[1]
+
+  def encode(self, worker: Cell, boxes: Sequence[Cell]) -> int:
+    return (sum(1 << self.cell(b) for b in boxes) << self.wbits) | self.cell(worker)
+
+  def decode(self, s: int) -> tuple[Cell, tuple[Cell, ...]]:
+    w = self.width
+    c = s & self.wmask
+    return (c % w, c // w), tuple((b % w, b // w) for b in _bits(s >> self.wbits))
+
+  def step(self, s: int, d: int) -> int | None:
+    """The state after one worker move in direction d, or None when illegal."""
+    nb = self.nbr[d]
+    n = nb[s & self.wmask]
+    if n < 0:
+      return None
+    m = s >> self.wbits
+    bit = 1 << n
+    if m & bit:  # a push: the cell beyond must hold neither wall nor box
+      n2 = nb[n]
+      if n2 < 0 or m >> n2 & 1:
+        return None
+      m = m ^ bit | 1 << n2
+    return m << self.wbits | n
+
+  def children(self, s: int) -> list[int]:
+    """Every legal step() in MOVES order; inlined because A* calls it per expansion."""
+    wbits = self.wbits
+    m = s >> wbits
+    out = []
+    for n, n2 in self.moves[s & self.wmask]:
+      bit = 1 << n
+      if not m & bit:
+        out.append(m << wbits | n)
+      elif n2 >= 0 and not m >> n2 & 1:
+        out.append((m ^ bit | 1 << n2) << wbits | n)
+    return out
+
+  def is_goal(self, s: int) -> bool:
+    return not (s >> self.wbits) & ~self.dock_mask
+
+  def heuristic(self, s: int) -> float:
+    """Sum over off-dock boxes of the distance to the nearest open dock; inf if one is dead."""
+    m = s >> self.wbits
+    h = self._h.get(m)
+    if h is None:
+      h = 0
+      open_docks = [i for i, d in enumerate(self.docks) if not m >> d & 1]
+      for b in _bits(m & ~self.dock_mask):
+        if self.dead[b]:
+          h = math.inf
+          break
+        row = self.dock_dist[b]
+        h += min(row[i] for i in open_docks)
+      self._h[m] = h
+    return h
+
+  def state_tokens(self, s: int) -> tuple[str, ...]:
+    """`worker x y` and a `box x y` per off-dock box, sorted by "x-y"."""
+    m = (s >> self.wbits) & ~self.dock_mask
+    boxes = self._box_tok.get(m)
+    if boxes is None:
+      boxes = ()
+      for b in sorted(_bits(m), key=self.xy_key.__getitem__):
+        boxes += (BOX, self.x_tok[b], self.y_tok[b])
+      self._box_tok[m] = boxes
+    c = s & self.wmask
+    return (WORKER, self.x_tok[c], self.y_tok[c]) + boxes
+
+
+def _border(width: int, height: int):
+  """The ring of border cells, each once."""
+  for x in range(width):
+    yield (x, 0)
+    yield (x, height - 1)
+  for y in range(1, height - 1):
+    yield (0, y)
+    yield (width - 1, y)
+
+
+def _bits(m: int) -> list[int]:
+  """Indices of the set bits of m, lowest first."""
+  out = []
+  while m:
+    low = m & -m
+    out.append(low.bit_length() - 1)
+    m ^= low
+  return out
+
+
+def apply_move(spec: SokobanSpec, move: str) -> SokobanSpec | None:
+  """The level after the worker moves (pushing a box ahead), or None when illegal."""
+  if move not in MOVES:
+    raise ValueError(f"move={move!r}: expected one of {MOVES}")
+  board = _Board(spec)
+  s = board.step(board.encode(spec.worker, spec.boxes), MOVES.index(move))
+  if s is None:
+    return None
+  worker, boxes = board.decode(s)
+  return dataclasses.replace(spec, worker=worker, boxes=boxes)
+
+
+def heuristic(spec: SokobanSpec) -> float:
+  """The A* heuristic of the level's current state (PAPER.md); math.inf when dead."""
+  board = _Board(spec)
+  return board.heuristic(board.encode(spec.worker, spec.boxes))
+
+
+def is_solved(spec: SokobanSpec) -> bool:
+  """Every box is on a dock."""
+  return set(spec.boxes) <= set(spec.docks)
+
+
+def replay(spec: SokobanSpec, plan: Sequence[Cell]) -> bool:
+  """True when the worker cells form legal moves from the start that solve the level."""
+  if not plan or tuple(plan[0]) != spec.worker:
+    return False
+  board = _Board(spec)
+  s = board.encode(spec.worker, spec.boxes)
+  for (x0, y0), (x1, y1) in zip(plan, plan[1:]):
+    delta = (x1 - x0, y1 - y0)
+    if delta not in _DELTAS:
+      return False
+    s = board.step(s, _DELTAS.index(delta))
+    if s is None:
+      return False
+  return board.is_goal(s)
+
+
+# ----------------------------------------------------------------------- task
+
+
+@dataclasses.dataclass(frozen=True)
+class SokobanTask:
+  """The Sokoban task of PAPER.md behind the Task protocol of tasks/base.py.
+
+  Levels of any size are solved, tokenized and (de)serialized (the trace CLI
+  takes them as they come); the vocabulary covers coordinates 0..size-1 and
+  costs c0..c{max_cost}. The generator fields only matter to sample_group.
+  """
+  size: int = 7  # grid side of generated levels, border included
+  num_boxes: int = 2
+  num_docks: int = 2
+  num_interior_walls: int = 2
+  box_border_margin: int = 2  # boxes at least this many cells from the border
+  max_cost: int = 400  # largest cost token
+  max_expansions: int | None = 20000  # A* gives up past this (astar.SearchLimit)
+  name: ClassVar[str] = "sokoban"
+
+  def __post_init__(self):
+    rules = (("size", self.size, _is_int(self.size) and self.size >= 3, "an integer >= 3"),
+             ("max_cost", self.max_cost, _is_int(self.max_cost) and self.max_cost >= 0,
+              "an integer >= 0"),
+             ("max_expansions", self.max_expansions,
+              self.max_expansions is None or self.max_expansions >= 1, ">= 1 or None"),
+             ("num_boxes", self.num_boxes, self.num_boxes >= 1, ">= 1"),
+             ("num_docks", self.num_docks, self.num_docks >= self.num_boxes,
+              f">= num_boxes={self.num_boxes}"),
+             ("num_interior_walls", self.num_interior_walls, self.num_interior_walls >= 0, ">= 0"),
+             ("box_border_margin", self.box_border_margin, self.box_border_margin >= 1, ">= 1"))
+    for field, value, ok, want in rules:
+      if not ok:
+        raise ValueError(f"sokoban {field}={value!r}: must be {want}")
+    object.__setattr__(self, "_cost_tok", [f"c{i}" for i in range(self.max_cost + 1)])
+
+  @classmethod
+  def from_config(cls, task_cfg) -> "SokobanTask":
+    """From `config.task` (fields of config.base_config)."""
+    return cls(size=task_cfg.size, num_boxes=task_cfg.num_boxes, num_docks=task_cfg.num_docks,
+               num_interior_walls=task_cfg.num_interior_walls,
+               box_border_margin=task_cfg.box_border_margin, max_cost=task_cfg.max_cost,
+               max_expansions=task_cfg.max_expansions)
+
+  def with_size(self, size: int) -> "SokobanTask":
+    """The same task for size x size levels (e.g. the side of a user's level)."""
+    return dataclasses.replace(self, size=size)
+
+  def vocabulary(self) -> list[str]:
+    return list(KEYWORDS) + [str(i) for i in range(self.size)] + list(self._cost_tok)
+
+  # ----------------------------------------------------------------- generator
+
+  def draw_level(self, rng: np.random.Generator) -> SokobanSpec | None:
+    """A random level (not checked for solvability), or None when walls left no room for boxes.
+
+    Order as the reference generator: interior walls, boxes (at least
+    box_border_margin cells from the border), worker, docks; all distinct.
+    """
+    n, m = self.size, self.box_border_margin
+    interior = [(x, y) for y in range(1, n - 1) for x in range(1, n - 1)]
+    box_zone = [(x, y) for y in range(m, n - m) for x in range(m, n - m)]
+    need = self.num_interior_walls + self.num_boxes + self.num_docks + 1
+    if len(box_zone) < self.num_boxes or len(interior) < need:
+      raise ValueError(
+          f"sokoban size={n}, box_border_margin={m}: {len(box_zone)} box cells and "
+          f"{len(interior)} free cells cannot hold {self.num_boxes} boxes and {need} objects")
+
+    def take(pool: list[Cell], k: int) -> list[Cell]:
+      picked = [pool[i] for i in rng.choice(len(pool), size=k, replace=False).tolist()]
+      used.update(picked)
+      return picked
+
+    used: set[Cell] = set()
+    walls = take(interior, self.num_interior_walls)
+    zone = [c for c in box_zone if c not in used]
+    if len(zone) < self.num_boxes:
+      return None
+    boxes = take(zone, self.num_boxes)
+    worker = take([c for c in interior if c not in used], 1)[0]
+    docks = take([c for c in interior if c not in used], self.num_docks)
+    return SokobanSpec(n, n, tuple(_border(n, n)) + tuple(walls), tuple(boxes), tuple(docks),
+                       worker)
+
+  def sample_group(self, rng: np.random.Generator) -> list[SokobanSpec]:
+    """[one drawn level], unsolved: cheap, so dataset shards can reject levels they do
+    not own before any search; `solve_tokens` raises Unsolvable on a bad one."""
+    spec = self.draw_level(rng)
+    return [] if spec is None else [spec]
+
+  def accepts(self, spec: SokobanSpec) -> bool:
+    """Solvable within max_expansions, with every trace cost at most max_cost.
+
+    Checked with deterministic A*. Any A* run closes only nodes with g <= the
+    optimal cost (the heuristic is admissible), so seeded runs stay under
+    max_cost too, up to the h of a created node (bounded by box-dock distances).
+    """
+    try:
+      result = self._search(_Board(spec), spec, None)
+    except Unsolvable:
+      return False
+    return max(max(g, h) for _, _, g, h in result.events) <= self.max_cost
+
+  def layout_key(self, spec: SokobanSpec) -> str:
+    """The whole level: a Sokoban level has no parts to share between tasks."""
+    return "|".join(render_level(spec))
+
+  # -------------------------------------------------------------- solve, tokens
+
+  def _search(self, board: _Board, spec: SokobanSpec, seed: int | None) -> astar_lib.SearchResult:
+    # operator.index: the identity on ints, so ties go to the smallest state int.
+    return astar_lib.astar(board.encode(spec.worker, spec.boxes), board.is_goal, board.children,
+                           board.heuristic, operator.index, seed=seed,
+                           max_expansions=self.max_expansions)
+
+  def solve_tokens(self, spec: SokobanSpec, seed: int | None = None) -> Tokens:
+    """A* (deterministic when seed is None) on the level, tokenized as PAPER.md.
+
+    Raises Unsolvable, astar.SearchLimit, or CostOverflow (a cost above max_cost).
+    """
+    board = _Board(spec)
+    result = self._search(board, spec, seed)
+    cost = self._cost_tok
+    kw = (CREATE, CLOSE)  # indexed by astar.CREATE (0) / astar.CLOSE (1)
+    trace = []
+    add = trace.extend
+    state_tokens = board.state_tokens
+    try:
+      for kind, s, g, h in result.events:
+        trace.append(kw[kind])
+        add(state_tokens(s))
+        trace.append(cost[g])
+        trace.append(cost[h])
+    except IndexError:
+      top = max(max(g, h) for _, _, g, h in result.events)
+      raise CostOverflow(f"the A* trace has a cost {top} above max_cost={self.max_cost}") from None
+    plan = []
+    xt, yt, wmask = board.x_tok, board.y_tok, board.wmask
+    for s, _, _ in result.plan:
+      c = s & wmask
+      plan += (PLAN, xt[c], yt[c])
+    return Tokens(prompt_tokens(spec), trace, plan)
+
+  # ---------------------------------------------------------------------- JSON
+
+  def spec_from_json(self, obj: dict) -> SokobanSpec:
+    """`{"level": ["#######", "#  .  #", ...]}` of any size; ValueError says what is wrong."""
+    if not isinstance(obj, dict):
+      raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"level"})
+    if "level" not in obj or unknown:
+      raise ValueError(f"expected exactly the field 'level', got fields {sorted(obj)}")
+    try:
+      return parse_level(obj["level"])
+    except ValueError as e:
+      raise ValueError(f"level: {e}") from None
+
+  def spec_to_json(self, spec: SokobanSpec) -> dict:
+    return {"level": render_level(spec)}
+
+  # ------------------------------------------------------------------- checker
+
+  def spec_from_prompt(self, prompt: Sequence[str]) -> SokobanSpec:
+    """Parses `worker x y box x y ... dock x y ... wall x y ...`; the walls' extent is the size.
+
+    A leading `bos` and everything from the first `eos` on are ignored.
+    ValueError says what is wrong (never another exception, whatever the input).
+    """
+    toks = _clean(prompt)
+    if toks and toks[0] == "bos":
+      toks = toks[1:]
+    if EOS in toks:
+      toks = toks[:toks.index(EOS)]
+    if not toks or len(toks) % 3:
+      raise ValueError(f"a Sokoban prompt has 3k tokens, got {len(toks)}")
+    groups = {WORKER: [], BOX: [], DOCK: [], WALL: []}
+    for i in range(0, len(toks), 3):
+      x, y = _number(toks[i + 1]), _number(toks[i + 2])
+      if toks[i] not in groups or x is None or y is None:
+        raise ValueError(f"tokens {i}..{i + 2} {toks[i:i + 3]!r}: expected worker, box, dock "
+                         "or wall and two coordinates")
+      groups[toks[i]].append((x, y))
+    if len(groups[WORKER]) != 1:
+      raise ValueError(f"a Sokoban prompt has one worker, got {len(groups[WORKER])}")
+    if not groups[WALL]:
+      raise ValueError("a Sokoban prompt lists its walls (the border at least)")
+    width = max(x for x, _ in groups[WALL]) + 1
+    height = max(y for _, y in groups[WALL]) + 1
+    return SokobanSpec(width, height, tuple(groups[WALL]), tuple(groups[BOX]),
+                       tuple(groups[DOCK]), groups[WORKER][0])
+
+  def check(self, prompt: Sequence[str], response: Sequence[str]) -> Verdict:
+    """Replays the response's plan on the prompt's level; never raises.
+
+    The response is the decoder output after `bos`; tokens from the first
+    `eos` on are ignored. Its plan is the `plan x y` groups from the first
+    `plan` token to the end; anything else there (trailing garbage, a clause,
+    a non-coordinate) makes it malformed. It is correct when it starts at
+    the worker, each step moves to a 4-neighbour (pushing a box ahead
+    legally, never into a wall) and all boxes are on docks at the end.
+    """
+    toks = _clean(response)  # only str or None left, so list.index is safe (and fast)
+    end = _index(toks, EOS, len(toks))
+    n_trace = _index(toks, PLAN, end)  # = base.trace_len of the tokens before eos
+    body = toks[n_trace:end]
+    cells = []
+    ok = len(body) % 3 == 0 and len(body) > 0
+    for i in range(0, len(body) if ok else 0, 3):
+      x, y = _number(body[i + 1]), _number(body[i + 2])
+      if body[i] != PLAN or x is None or y is None:
+        ok = False
+        break
+      cells.append((x, y))
+    if not ok:
+      return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
+    plan = tuple(cells)
+    try:
+      spec = self.spec_from_prompt(prompt)
+    except ValueError:
+      spec = None
+    correct = spec is not None and replay(spec, plan)
+    return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
+                   malformed=False)
+
+
+def prompt_tokens(spec: SokobanSpec) -> list[str]:
+  """`worker x y`, then every box, dock and wall group, each group sorted by "x-y"."""
+  out = [WORKER, str(spec.worker[0]), str(spec.worker[1])]
+  for kw, cells in ((BOX, spec.boxes), (DOCK, spec.docks), (WALL, spec.walls)):
+    for x, y in sorted(cells, key=lambda c: f"{c[0]}-{c[1]}"):
+      out += (kw, str(x), str(y))
+  return out
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _cell(v, field: str, width: int, height: int) -> Cell:
+  if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(c) for c in v)):
+    raise ValueError(f"{field}={v!r}: must be (x, y) with integer coordinates")
+  x, y = int(v[0]), int(v[1])
+  if not (0 <= x < width and 0 <= y < height):
+    raise ValueError(f"{field}={v!r}: outside the {width}x{height} grid")
+  return (x, y)
+
+
+def _clean(tokens) -> list:
+  """A list of the tokens, with anything that is not a str replaced by None."""
+  try:
+    return [t if isinstance(t, str) else None for t in tokens]
+  except TypeError:  # not iterable at all
+    return []
+
+
+def _index(toks: list, tok: str, stop: int) -> int:
+  """The first position of tok before stop, else stop."""
+  try:
+    return toks.index(tok, 0, stop)
+  except ValueError:
+    return stop
+
+
+def _number(tok) -> int | None:
+  """A coordinate token ("0", "17": ASCII digits, no leading zero), else None."""
+  if (isinstance(tok, str) and 0 < len(tok) <= 6 and tok.isascii() and tok.isdigit()
+      and (tok == "0" or tok[0] != "0")):
+    return int(tok)
+  return None
