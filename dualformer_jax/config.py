@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Shapes: examples longer than these are dropped and counted, never truncated.
   c.data.max_prompt_len = 256  # encoder tokens incl. bos/eos
   c.data.max_decoder_len = 1024  # decoder tokens incl. bos/eos
-  c.data.num_buckets = 4  # length buckets per side (few compiled shapes)
+  c.data.num_buckets = 4  # at most num_buckets**2 (prompt, decoder) shapes are compiled
   c.data.bucket_pool = 32  # batches read ahead to fill buckets
   c.data.num_workers = 0  # grain worker processes for the train pipeline
 

@@ -1,0 +1,84 @@
+"""Prints training examples exactly as the train pipeline feeds them to the model.
+
+  python -m dualformer_jax.data.show --config=configs/maze.py --workdir=/tmp/maze --num=5
+
+One JSON line per example: {"level", "prompt", "trace" (the complete stored
+trace), "decoder" (the decoder tokens, bos to eos)}, string tokens. The
+examples come from the real train pipeline (trace mode, level probabilities,
+seed, buckets, workers as configured; process 0 of 1, batch train.batch_size),
+so this is what the first training steps see. A missing dataset is generated;
+one generated from another config is refused (data.generate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from dualformer_jax.data import pipeline, records
+
+def _needs_generate(data_dir: str) -> bool:
+  """True unless a complete dataset is there that generate() did not write (hand-made).
+
+  generate() returns at once for a complete dataset of the same config and
+  refuses one of another config, so a stale workdir is an error, not a surprise.
+  """
+  if not os.path.exists(os.path.join(data_dir, records.META)):
+    return True
+  meta = records.read_meta(data_dir)
+  return "generator" in meta or meta.get("status", "complete") != "complete"
+
+
+def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> list[dict]:
+  """The first `num` training examples of the pipeline, as string tokens."""
+  if num < 1:
+    raise ValueError(f"num={num!r} must be >= 1")
+  data_dir = records.data_dir(workdir)
+  if _needs_generate(data_dir):
+    from dualformer_jax.data.generate import generate  # only when needed: it imports the tasks
+    generate(config, workdir)
+  stored = pipeline.open_dataset(data_dir)
+  source = stored.source("train")
+  batch_size = config.train.batch_size
+  it = pipeline.train_iterator(config, data_dir, batch_size, 0, 1, include_index=True)
+  out = []
+  try:
+    while len(out) < num:
+      batch = next(it)
+      for r in range(min(batch_size, num - len(out))):
+        n = int((batch["trace_mask"][r] + batch["plan_mask"][r]).sum())  # decoder rows = targets
+        decoder = [*batch["dec_ids"][r, :n], batch["targets"][r, n - 1]]  # bos ... eos
+        rec = records.decode_record(source[int(batch["index"][r])])
+        out.append({"level": int(batch["level"][r]),
+                    "prompt": stored.vocab.decode(rec["prompt"]),
+                    "trace": stored.vocab.decode(rec["trace"]),
+                    "decoder": stored.vocab.decode(decoder)})
+  finally:
+    it.close()
+  return out
+
+
+def _run() -> None:
+  # Flags are defined here, not at import: main.py defines --config/--workdir too,
+  # and one process (a test run) may import both modules.
+  config = config_flags.DEFINE_config_file("config", None, "config file[:preset]",
+                                           lock_config=True)
+  workdir = flags.DEFINE_string("workdir", None, "run directory; the dataset is in <workdir>/data")
+  num = flags.DEFINE_integer("num", 5, "number of examples to print")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for example in draw_examples(config.value, workdir.value, num.value):
+      print(json.dumps(example))
+
+  app.run(main)
+
+
+if __name__ == "__main__":
+  _run()
