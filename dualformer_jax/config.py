@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every task; presets override fields."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init and sampling keys
+  c.compilation_cache_dir = "~/.cache/dualformer_jax/xla"  # persistent XLA cache; "" = off
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "maze"  # maze | sokoban

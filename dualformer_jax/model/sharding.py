@@ -1,0 +1,140 @@
+"""Device mesh from `config.mesh` and logical-axis sharding of params and batches.
+
+One mesh with axes (data, fsdp, tensor) covers 1 CPU device up to a pod. Params
+name their axes logically (model/transformer.py); LOGICAL_RULES maps the names
+to mesh axes. A dimension that a mesh axis does not divide (e.g. 3 heads over
+tensor=2) stays replicated instead of failing, so every preset runs on every
+mesh. Batches are split along their first axis over data x fsdp.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+# Logical name -> mesh axis (or tuple of axes, or None = replicated).
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("norm", None),
+)
+
+
+def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes; data=-1 takes all devices left by the others."""
+  data, fsdp, tensor = int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)
+  if fsdp < 1 or tensor < 1 or data == 0 or data < -1:
+    raise ValueError(f"config.mesh=(data={data}, fsdp={fsdp}, tensor={tensor}): sizes must be "
+                     ">= 1 (data may be -1 for the rest of the devices)")
+  if data == -1:
+    if num_devices % (fsdp * tensor):
+      raise ValueError(f"config.mesh: fsdp*tensor={fsdp * tensor} does not divide the "
+                       f"{num_devices} devices")
+    data = num_devices // (fsdp * tensor)
+  if data * fsdp * tensor != num_devices:
+    raise ValueError(f"config.mesh=(data={data}, fsdp={fsdp}, tensor={tensor}) needs "
+                     f"{data * fsdp * tensor} devices, but {num_devices} are given")
+  return data, fsdp, tensor
+
+
+def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh with Auto axes (GSPMD propagation) over `devices`."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(mesh_cfg, len(devices))
+  # Auto, not the Explicit default: Flax layers (embedding gathers) need propagation.
+  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+
+
+def _mesh_axes(rule: Any) -> tuple[str, ...]:
+  if rule is None:
+    return ()
+  return (rule,) if isinstance(rule, str) else tuple(rule)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules: Sequence[tuple[str, Any]] = LOGICAL_RULES) -> P:
+  """PartitionSpec for an array with logical axis `names`.
+
+  A mesh axis that does not divide its dimension, or was already used by an
+  earlier dimension, is dropped (that dimension stays replicated).
+  """
+  if len(names) != len(shape):
+    raise ValueError(f"logical names {tuple(names)} do not match shape {tuple(shape)}")
+  table = dict(rules)
+  used: set[str] = set()
+  spec = []
+  for name, size in zip(names, shape):
+    if name is not None and name not in table:
+      raise ValueError(f"logical axis {name!r} has no rule in {tuple(table)}")
+    axes = [a for a in _mesh_axes(table.get(name)) if a not in used]
+    if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
+      used.update(axes)
+      spec.append(axes[0] if len(axes) == 1 else tuple(axes))
+    else:
+      spec.append(None)
+  return P(*spec)
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOGICAL_RULES
+                   ) -> Any:
+  """NamedShardings for a pytree of (abstract) nnx Variables and arrays.
+
+  Variables with `out_sharding` metadata (params, and the optimizer moments that
+  copy them) follow their logical names; everything else (step counters) is
+  replicated. The result has the tree's structure, as jit in/out_shardings need.
+  """
+  def one(x):
+    if isinstance(x, nnx.Variable):
+      names = x.get_metadata().get("out_sharding")
+      value = x.get_value()
+      spec = logical_to_spec(names, value.shape, mesh, rules) if names else P()
+      return x.replace(NamedSharding(mesh, spec))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis over data x fsdp, the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+  """How many ways a batch is split: data * fsdp."""
+  return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, grad_accum: int = 1) -> None:
+  """Raises ValueError unless every micro-batch splits evenly over data x fsdp."""
+  n = batch_divisor(mesh)
+  if grad_accum < 1 or batch_size % grad_accum:
+    raise ValueError(f"batch size {batch_size} is not divisible by grad_accum={grad_accum}")
+  micro = batch_size // grad_accum
+  if micro % n:
+    raise ValueError(f"micro-batch size {micro} (batch {batch_size} / grad_accum {grad_accum}) "
+                     f"is not divisible by data*fsdp={n} of mesh {dict(mesh.shape)}")
+
+
+def shard_batch(batch_np: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Global arrays from this process's rows (all rows when single-process).
+
+  Each process passes its own slice of the global batch, in process order.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch_np.items()}

@@ -1,0 +1,194 @@
+"""The training loop: the only impure shell around the jitted steps.
+
+Reads batches from the grain pipeline, runs `train_step`, logs one step late
+(so the host never stalls the device), evaluates the test-split loss,
+checkpoints (state + data iterator + config) and resumes from the latest
+checkpoint of the workdir. SIGTERM/SIGINT save a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from dualformer_jax import config as config_lib
+from dualformer_jax.data import pipeline, records
+from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.model import sharding
+from dualformer_jax.train import step as step_lib
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.logger import MetricLogger, plot_loss
+
+
+@dataclasses.dataclass
+class TrainResult:
+  step: int  # last completed step
+  interrupted: bool  # stopped by a signal (a checkpoint was saved)
+  signal_number: int = 0
+  final_metrics: dict | None = None
+
+
+class _StopFlag:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signum = 0
+
+  @contextlib.contextmanager
+  def installed(self):
+    handlers = {}
+
+    def handle(signum, frame):
+      if self.signum:  # a second signal: stop at once
+        raise KeyboardInterrupt
+      self.signum = signum
+      tqdm.write(f"signal {signum}: saving a checkpoint, then stopping")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        handlers[sig] = signal.signal(sig, handle)
+      except ValueError:  # not the main thread (e.g. some notebooks): no handler
+        pass
+    try:
+      yield self
+    finally:
+      for sig, h in handlers.items():
+        signal.signal(sig, h)
+
+
+def save_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Keeps the config the run used next to its outputs (process 0 only)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=1, sort_keys=True))
+
+
+def _to_device(batch: dict, mesh) -> dict:
+  return sharding.shard_batch({k: v for k, v in batch.items() if k != "level"}, mesh)
+
+
+def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
+  """Eval loss and token accuracy over the first `num_batches` test batches."""
+  sums: dict[str, float] = {}
+  for i, batch in enumerate(eval_data):
+    if i >= num_batches:
+      break
+    out = jax.device_get(eval_step(params, _to_device(batch, mesh)))
+    for k, v in out.items():
+      sums[k] = sums.get(k, 0.0) + float(np.asarray(v))
+  return {k: float(v) for k, v in step_lib.summarize(sums).items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint if any."""
+  config_lib.validate(config)
+  directory = records.data_dir(workdir)
+  meta = records.read_meta(directory)
+  if meta.get("status") != "complete":
+    raise records.DatasetError(f"the dataset in {directory} is incomplete; run --mode=generate")
+  vocab = Vocab.from_list(meta["vocab"])
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
+  save_run_config(config, workdir)
+
+  ckpt = Checkpointer(workdir, config, vocab.to_list())
+  local_batch = config.train.batch_size // jax.process_count()
+  data_iter = pipeline.train_iterator(config, directory, local_batch)
+  eval_data = pipeline.eval_batches(config, directory, local_batch)
+  start = ckpt.latest_step()
+  if start is None:
+    graphdef, state, state_shardings = step_lib.create_train_state(
+        config, len(vocab), mesh, config.seed)
+  else:  # restore straight onto the shardings: no throw-away init
+    graphdef = step_lib.model_graphdef(config, len(vocab))
+    state_shardings = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
+    state = ckpt.restore(start, state_shardings, data_iter)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state_shardings)
+    tqdm.write(f"resumed from checkpoint {start} in {ckpt.directory}")
+  train_step = step_lib.make_train_step(graphdef, config, mesh, state_shardings)
+  eval_step = step_lib.make_eval_step(graphdef, config, mesh, state_shardings)
+  start = int(start or 0)
+  logger = MetricLogger(workdir)
+  stop = _StopFlag()
+  result = TrainResult(step=start, interrupted=False)
+  num_steps = config.train.num_steps
+  pending = None  # (step, device metrics) of a log step, read one step later
+  speed = _Throughput()
+  bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=None,
+             mininterval=2)
+  try:
+    with stop.installed(), jax.set_mesh(mesh):
+      for step in range(start + 1, num_steps + 1):
+        batch = next(data_iter)
+        speed.add(float(batch["trace_mask"].sum() + batch["plan_mask"].sum()))
+        state, metrics = train_step(state, _to_device(batch, mesh))
+        if pending is not None:  # dispatched this step before syncing on the last one
+          _log_train(*pending, logger, bar, speed, data_iter.stats)
+          pending = None
+        if step % config.train.log_every == 0 or step == num_steps:
+          pending = (step, metrics)
+        bar.update(1)
+        result.step = step
+        if step % config.train.eval_every == 0 or step == num_steps:
+          ev = evaluate_loss(eval_step, state.params, eval_data, mesh, config.train.eval_batches)
+          logger.write(step, ev, prefix="eval_")
+          tqdm.write(f"step {step}: eval loss {ev['loss']:.4f}, token accuracy "
+                     f"{ev['accuracy']:.3f}")
+          result.final_metrics = ev
+        if step % config.train.checkpoint_every == 0 or step == num_steps:
+          ckpt.save(step, state, data_iter)
+        if stop.signum:
+          ckpt.save(step, state, data_iter, force=True)
+          result.interrupted, result.signal_number = True, stop.signum
+          break
+      if pending is not None:
+        _log_train(*pending, logger, bar, speed, data_iter.stats)
+  finally:
+    bar.close()
+    ckpt.close()
+    logger.close()
+    data_iter.close()
+  if jax.process_index() == 0:
+    plot_loss(workdir)
+    if data_iter.stats.overlong:
+      tqdm.write(f"the pipeline skipped {data_iter.stats.overlong} over-long examples "
+                 f"(longer than data.max_prompt_len / data.max_decoder_len)")
+  return result
+
+
+class _Throughput:
+  """Loss tokens per second between two log lines."""
+
+  def __init__(self):
+    self.tokens, self.t0 = 0.0, time.perf_counter()
+
+  def add(self, tokens: float) -> None:
+    self.tokens += tokens
+
+  def rate(self) -> float:
+    now = time.perf_counter()
+    r = self.tokens / max(now - self.t0, 1e-9)
+    self.tokens, self.t0 = 0.0, now
+    return r
+
+
+def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput,
+               data_stats: pipeline.PipelineStats) -> None:
+  """Logs a finished step's metrics (a host sync on an already-finished step)."""
+  host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(host["loss"]):
+    raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
+  host["tokens_per_s"] = speed.rate()
+  host["data_overlong"] = data_stats.overlong
+  host["data_padding_efficiency"] = data_stats.padding_efficiency
+  logger.write(step, host)
+  bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_s']:.0f}")

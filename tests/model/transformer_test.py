@@ -1,0 +1,170 @@
+"""Transformer behaviour: sizes, cached decoding, causality, prompt padding."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from dualformer_jax.model.transformer import SIZES, ModelConfig, Transformer, count_params, ffn_dim
+
+V = 40
+CFG = ModelConfig(dim=64, layers=2, heads=4, vocab_size=V)
+
+
+def _ids(rng, shape, low=3):
+  return rng.integers(low, V, shape).astype(np.int32)
+
+
+def _build(cfg: ModelConfig) -> Transformer:
+  return nnx.jit(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))()  # jitted: eager init is slow
+
+
+def _variant(model: Transformer, cfg: ModelConfig) -> Transformer:
+  """The same params under another config (dtype, remat): no new init to compile."""
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+  return nnx.merge(graphdef, nnx.state(model))
+
+
+_forward = nnx.jit(lambda m, enc_ids, dec_ids: m(enc_ids, dec_ids))
+_encode = nnx.jit(lambda m, enc_ids: m.encode(enc_ids))
+
+
+@pytest.fixture(scope="module")
+def model():
+  return _build(CFG)
+
+
+def test_size_table_and_ffn():
+  expected_ffn = {"tiny": 512, "s": 512, "m-s": 1024, "l": 2048, "xl-2": 3072}
+  for size, (dim, layers, heads) in SIZES.items():
+    mc = ml_collections.ConfigDict(dict(size=size, dtype="bfloat16", remat=True, rope_base=500.0))
+    cfg = ModelConfig.from_config(mc, vocab_size=77)
+    assert (cfg.dim, cfg.layers, cfg.heads, cfg.vocab_size) == (dim, layers, heads, 77)
+    assert cfg.ffn == expected_ffn[size] and cfg.ffn % 256 == 0 and cfg.ffn >= 8 * dim / 3
+    assert cfg.dtype == "bfloat16" and cfg.remat and cfg.rope_base == 500.0
+  assert ffn_dim(96) == 256 and ffn_dim(97) == 512  # 8*96/3 = 256 exactly; 97 rounds up
+
+
+def test_bad_config_names_the_value():
+  with pytest.raises(ValueError, match="'huge'"):
+    ModelConfig.from_config(ml_collections.ConfigDict(
+        dict(size="huge", dtype="float32", remat=False, rope_base=1e4)), 10)
+  with pytest.raises(ValueError, match="heads=5"):
+    ModelConfig(dim=64, layers=1, heads=5, vocab_size=10)
+  with pytest.raises(ValueError, match="float16"):
+    ModelConfig(dim=64, layers=1, heads=4, vocab_size=10, dtype="float16")
+
+
+def test_param_count_and_names(model):
+  d, f, layers = CFG.dim, CFG.ffn, CFG.layers
+  enc_layer = 4 * d * d + 3 * d * f + 2 * d  # qkv+o, SwiGLU, 2 norms; no biases
+  dec_layer = 8 * d * d + 3 * d * f + 3 * d  # + cross q, kv, o and a 3rd norm
+  assert count_params(model) == layers * (enc_layer + dec_layer) + 3 * V * d + 2 * d
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    assert var.get_value().dtype == jnp.float32, path
+    names = var.get_metadata()["out_sharding"]
+    assert len(names) == var.get_value().ndim, path
+
+
+def test_cached_decoding_equals_full_forward(model):
+  rng = np.random.default_rng(1)
+  b, p, t = 3, 7, 10
+  enc_ids = _ids(rng, (b, p))
+  enc_ids[1, 4:] = 0  # padded prompt row
+  dec_ids = _ids(rng, (b, t))
+  full_BxTxV = _forward(model, enc_ids, dec_ids)
+
+  @nnx.jit
+  def cached(model, enc_ids, dec_ids):
+    enc = model.encode(enc_ids)
+    cache = model.init_cache(enc, enc_ids != 0, max_len=t + 3)  # longer than needed
+
+    def body(cache, tok_pos):
+      logits, cache = model.decode_step(tok_pos[0], tok_pos[1], cache)
+      return cache, logits
+
+    _, logits_TxBxV = jax.lax.scan(body, cache, (dec_ids.T, jnp.arange(t)))
+    return logits_TxBxV.swapaxes(0, 1)
+
+  np.testing.assert_allclose(cached(model, enc_ids, dec_ids), full_BxTxV, atol=2e-5, rtol=1e-5)
+  assert full_BxTxV.dtype == jnp.float32 and full_BxTxV.shape == (b, t, V)
+
+
+def test_cache_layout(model):
+  enc = _encode(model, _ids(np.random.default_rng(2), (2, 5)))
+  cache = model.init_cache(enc, jnp.ones((2, 5), bool), max_len=9)
+  assert cache["self_k"].shape == (CFG.layers, 2, 9, CFG.heads, CFG.head_dim)
+  assert cache["cross_v"].shape == (CFG.layers, 2, 5, CFG.heads, CFG.head_dim)
+  assert not cache["self_v"].any()
+  with pytest.raises(ValueError, match="max_len=0"):
+    model.init_cache(enc, jnp.ones((2, 5), bool), max_len=0)
+
+
+def test_decoder_is_causal(model):
+  rng = np.random.default_rng(3)
+  enc_ids, dec_ids = _ids(rng, (2, 6)), _ids(rng, (2, 12))
+  j = 7
+  changed = dec_ids.copy()
+  changed[:, j] = (changed[:, j] - 3 + 1) % (V - 3) + 3
+  a, b = _forward(model, enc_ids, dec_ids), _forward(model, enc_ids, changed)
+  np.testing.assert_array_equal(a[:, :j], b[:, :j])
+  assert np.abs(a[:, j:] - b[:, j:]).min(axis=-1).max() > 1e-4  # later logits do move
+
+  # Gradient form: no earlier logit depends on a later input embedding.
+  enc = _encode(model, enc_ids)
+  emb = jnp.take(model.dec_embed[...], dec_ids, axis=0)
+
+  def logit_sum_before_j(delta):
+    x = emb + delta  # the decoder stack from its input embeddings on
+    causal = jnp.tril(jnp.ones((12, 12), bool))[None, None]
+    mask = jnp.ones((2, 6), bool)[:, None, None, :]
+    for blk in model.decoder:
+      x = blk(x, enc, mask, causal)
+    return model._logits(x)[:, :j].sum()
+
+  g = jax.jit(jax.grad(logit_sum_before_j))(jnp.zeros_like(emb))
+  assert np.abs(np.asarray(g[:, j:])).max() == 0.0
+  assert np.abs(np.asarray(g[:, :j])).max() > 0.0
+
+
+def test_prompt_padding_does_not_change_outputs(model):
+  rng = np.random.default_rng(4)
+  enc_ids, dec_ids = _ids(rng, (2, 6)), _ids(rng, (2, 8))
+  padded = np.concatenate([enc_ids, np.zeros((2, 5), np.int32)], axis=1)
+  np.testing.assert_allclose(_encode(model, padded)[:, :6], _encode(model, enc_ids), atol=1e-5)
+  base = _forward(model, enc_ids, dec_ids)
+  np.testing.assert_allclose(_forward(model, padded, dec_ids), base, atol=1e-5)
+  # The prompt does matter: changing a real token changes the logits.
+  other = enc_ids.copy()
+  other[:, 2] = (other[:, 2] - 3 + 1) % (V - 3) + 3
+  assert np.abs(_forward(model, other, dec_ids) - base).max() > 1e-4
+
+
+def test_bfloat16_compute_and_remat(model):
+  rng = np.random.default_rng(5)
+  enc_ids, dec_ids = _ids(rng, (2, 5)), _ids(rng, (2, 6))
+  ref = model
+  bf16 = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V, dtype="bfloat16"))
+  out = _forward(bf16, enc_ids, dec_ids)
+  assert out.dtype == jnp.float32
+  assert bf16.head[...].dtype == jnp.float32
+  np.testing.assert_allclose(out, _forward(ref, enc_ids, dec_ids), atol=0.1)
+
+  remat = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V, remat=True))
+
+  @nnx.jit
+  def grads(m):
+    return nnx.grad(lambda m: jnp.mean(m(enc_ids, dec_ids) ** 2))(m)
+
+  g_ref, g_remat = grads(ref), grads(remat)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_ids_rejected(model):
+  with pytest.raises(ValueError, match="enc_ids"):
+    model.encode(jnp.zeros((2, 3), jnp.float32))
+  with pytest.raises(ValueError, match="dec_ids"):
+    model.decode(jnp.zeros((4,), jnp.int32), jnp.zeros((1, 2, CFG.dim)), jnp.ones((1, 2), bool))
