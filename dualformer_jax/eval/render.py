@@ -1,0 +1,260 @@
+"""Small PNG pictures of a task and a model's response (maze and Sokoban).
+
+Works on string tokens (prompt + response) in the formats of PAPER.md, so it
+needs no task object and no model. It never raises on a garbage response:
+whatever parses is drawn, the rest is ignored, and the title says so. Uses
+matplotlib's object API (`Figure`, Agg) and no pyplot, so no global state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN
+
+Cell = tuple[int, int]  # (x, y): x is the column, y the row
+
+_SKIP = ("pad", "bos")
+_EOS = "eos"
+_DPI = 80
+# Maze cell codes -> colours: free, wall, created (open set), closed.
+_FREE, _WALL, _CREATED, _CLOSED = 0, 1, 2, 3
+_MAZE_CMAP = ListedColormap(["#ffffff", "#404040", "#b9d7f0", "#5b9bd5"])
+_MOVES = {(0, 1), (0, -1), (1, 0), (-1, 0)}
+
+
+def _clean(tokens: Sequence[str]) -> list[str]:
+  """Drops pad/bos and everything from the first eos on."""
+  out = []
+  for tok in tokens:
+    tok = str(tok)
+    if tok == _EOS:
+      break
+    if tok not in _SKIP:
+      out.append(tok)
+  return out
+
+
+def _int(tok: str) -> int | None:
+  return int(tok) if tok.isascii() and tok.isdigit() else None
+
+
+def cells_after(tokens: Sequence[str], keyword: str) -> list[Cell]:
+  """(x, y) of every `keyword x y` group whose coordinates parse."""
+  out = []
+  for i, tok in enumerate(tokens[:-2]):
+    if tok == keyword:
+      x, y = _int(tokens[i + 1]), _int(tokens[i + 2])
+      if x is not None and y is not None:
+        out.append((x, y))
+  return out
+
+
+def split_response(response: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(trace, plan part) of a response: the split is at the first `plan` token."""
+  toks = _clean(response)
+  cut = toks.index(PLAN) if PLAN in toks else len(toks)
+  return toks[:cut], toks[cut:]
+
+
+@dataclasses.dataclass(frozen=True)
+class MazeScene:
+  size: int
+  start: Cell | None
+  goal: Cell | None
+  walls: frozenset
+  created: tuple  # cells of `create x y` clauses, in order
+  closed: tuple  # cells of `close x y` clauses, in order
+  plan: tuple  # cells of `plan x y`, in order
+
+
+def parse_maze(prompt: Sequence[str], response: Sequence[str],
+               size: int | None = None) -> MazeScene:
+  """Reads what it can; `size` defaults to the largest prompt coordinate + 1."""
+  ptoks = _clean(prompt)
+  starts, goals = cells_after(ptoks, "start"), cells_after(ptoks, "goal")
+  walls = frozenset(cells_after(ptoks, "wall"))
+  known = list(walls) + starts[:1] + goals[:1]
+  if size is None:
+    size = 1 + max((max(c) for c in known), default=0)
+  trace, plan_part = split_response(response)
+  return MazeScene(size=size, start=starts[0] if starts else None,
+                   goal=goals[0] if goals else None, walls=walls,
+                   created=tuple(cells_after(trace, CREATE)),
+                   closed=tuple(cells_after(trace, CLOSE)),
+                   plan=tuple(cells_after(plan_part, PLAN)))
+
+
+def _inside(c: Cell, n: int) -> bool:
+  return 0 <= c[0] < n and 0 <= c[1] < n
+
+
+def maze_is_path(scene: MazeScene) -> bool:
+  """Whether the plan is a legal path from start to goal (only for the title)."""
+  p = scene.plan
+  if not p or p[0] != scene.start or p[-1] != scene.goal:
+    return False
+  steps_ok = all((b[0] - a[0], b[1] - a[1]) in _MOVES for a, b in zip(p, p[1:]))
+  return steps_ok and all(_inside(c, scene.size) and c not in scene.walls for c in p)
+
+
+def render_maze(prompt: Sequence[str], response: Sequence[str], path: str,
+                title: str = "", size: int | None = None) -> None:
+  """Walls, start (green), goal (red), created / closed cells (blues), plan line."""
+  s = parse_maze(prompt, response, size)
+  n = s.size
+  grid_NN = np.full((n, n), _FREE, np.int32)  # [row y, column x]
+  for code, cells in ((_CREATED, s.created), (_CLOSED, s.closed), (_WALL, s.walls)):
+    for c in cells:
+      if _inside(c, n):
+        grid_NN[c[1], c[0]] = code
+  fig = Figure(figsize=(max(3.0, 0.22 * n + 1.0),) * 2, dpi=_DPI)
+  ax = fig.add_subplot()
+  ax.imshow(grid_NN, cmap=_MAZE_CMAP, vmin=0, vmax=3, interpolation="nearest")
+  if s.plan:
+    xs, ys = zip(*s.plan)
+    ax.plot(xs, ys, "-", color="#d62728", lw=2, marker=".", ms=4)
+  for cell, colour in ((s.start, "#2ca02c"), (s.goal, "#d62728")):
+    if cell is not None:
+      ax.plot([cell[0]], [cell[1]], "s", color=colour, ms=7, mec="black")
+  ax.set_xlim(-0.5, n - 0.5)
+  ax.set_ylim(n - 0.5, -0.5)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  status = ("legal path" if maze_is_path(s) else "no legal path") if s.plan else "no plan"
+  ax.set_title(f"{title}\n{len(s.created)} create, {len(s.closed)} close; "
+               f"{max(len(s.plan) - 1, 0)} moves, {status}".strip(), fontsize=8)
+  fig.savefig(path, dpi=_DPI)
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+  worker: Cell | None
+  boxes: frozenset
+  docks: frozenset
+  walls: frozenset
+
+
+@dataclasses.dataclass(frozen=True)
+class SokobanReplay:
+  boards: tuple  # Board after each legal move, starting with the level
+  illegal_at: int | None  # index (into the plan's moves) of the first illegal move
+  num_moves: int  # moves the plan asks for
+
+  @property
+  def solved(self) -> bool:
+    last = self.boards[-1]
+    return self.illegal_at is None and bool(last.boxes) and last.boxes <= last.docks
+
+
+def parse_sokoban(prompt: Sequence[str]) -> Board:
+  toks = _clean(prompt)
+  workers = cells_after(toks, "worker")
+  return Board(worker=workers[0] if workers else None,
+               boxes=frozenset(cells_after(toks, "box")),
+               docks=frozenset(cells_after(toks, "dock")),
+               walls=frozenset(cells_after(toks, "wall")))
+
+
+def replay_sokoban(board: Board, plan: Sequence[Cell]) -> SokobanReplay:
+  """Replays worker cells; stops at the first move that is not a legal step or push.
+
+  The plan lists the worker's cell at each step, starting with its own cell
+  (when the first cell is not the worker's, it is read as the first move).
+  """
+  cells = list(plan)
+  if cells and cells[0] == board.worker:
+    cells = cells[1:]
+  boards = [board]
+  for i, nxt in enumerate(cells):
+    cur = boards[-1]
+    if cur.worker is None:
+      return SokobanReplay(tuple(boards), i, len(cells))
+    d = (nxt[0] - cur.worker[0], nxt[1] - cur.worker[1])
+    if d not in _MOVES or nxt in cur.walls:
+      return SokobanReplay(tuple(boards), i, len(cells))
+    boxes = cur.boxes
+    if nxt in boxes:
+      dest = (nxt[0] + d[0], nxt[1] + d[1])
+      if dest in cur.walls or dest in boxes:
+        return SokobanReplay(tuple(boards), i, len(cells))
+      boxes = (boxes - {nxt}) | {dest}
+    boards.append(dataclasses.replace(cur, worker=nxt, boxes=boxes))
+  return SokobanReplay(tuple(boards), None, len(cells))
+
+
+def _pick_frames(count: int, max_frames: int) -> list[int]:
+  """Evenly spread frame indices, always keeping the first and the last."""
+  max_frames = max(max_frames, 2)
+  if count <= max_frames:
+    return list(range(count))
+  return sorted({round(i * (count - 1) / (max_frames - 1)) for i in range(max_frames)})
+
+
+def _draw_board(ax, b: Board, n: int) -> None:  # ax: matplotlib Axes
+  for (x, y) in b.walls:
+    ax.add_patch(_rect(x, y, "#404040"))
+  for (x, y) in b.docks:
+    ax.plot([x], [y], "x", color="#2ca02c", ms=8, mew=2)
+  for (x, y) in b.boxes:
+    ax.add_patch(_rect(x, y, "#2ca02c" if (x, y) in b.docks else "#a0522d", pad=0.15))
+  if b.worker is not None:
+    ax.plot([b.worker[0]], [b.worker[1]], "o", color="#1f77b4", ms=9)
+  ax.set_xlim(-0.5, n - 0.5)
+  ax.set_ylim(n - 0.5, -0.5)
+  ax.set_aspect("equal")
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def _rect(x: int, y: int, colour: str, pad: float = 0.0) -> Rectangle:
+  side = 1.0 - 2 * pad
+  return Rectangle((x - 0.5 + pad, y - 0.5 + pad), side, side, color=colour)
+
+
+def render_sokoban(prompt: Sequence[str], response: Sequence[str], path: str,
+                   title: str = "", max_frames: int = 10) -> None:
+  """The level, then the boards after the plan's moves (a strip, subsampled)."""
+  board = parse_sokoban(prompt)
+  trace, plan_part = split_response(response)
+  plan = cells_after(plan_part, PLAN)
+  rep = replay_sokoban(board, plan)
+  cells = [c for b in rep.boards for c in (b.walls | b.boxes | b.docks)]
+  cells += [b.worker for b in rep.boards if b.worker is not None]
+  n = 1 + max((max(c) for c in cells), default=0)
+  frames = _pick_frames(len(rep.boards), max_frames)
+  fig = Figure(figsize=(1.6 * len(frames) + 0.2, 2.0), dpi=_DPI, layout="constrained")
+  for k, idx in enumerate(frames):
+    ax = fig.add_subplot(1, len(frames), k + 1)
+    _draw_board(ax, rep.boards[idx], n)
+    ax.set_title("level" if idx == 0 else f"move {idx}", fontsize=7)
+  if not plan:
+    status = "no plan"
+  elif rep.illegal_at is not None:
+    status = f"illegal move {rep.illegal_at + 1} of {rep.num_moves}"
+  else:
+    status = f"{rep.num_moves} moves, " + ("solved" if rep.solved else "not solved")
+  clauses = sum(tok in (CREATE, CLOSE) for tok in trace)
+  fig.suptitle(f"{title}  [{clauses} trace clauses; {status}]".strip(), fontsize=8)
+  fig.savefig(path, dpi=_DPI)
+
+
+def render_response(task_name: str, prompt_tokens: Sequence[str],
+                    response_tokens: Sequence[str], path: str, title: str = "",
+                    size: int | None = None) -> None:
+  """Dispatches on the task name ('maze' or 'sokoban') and writes a PNG at `path`.
+
+  `size` is the maze side (the prompt does not state it; default: inferred).
+  """
+  if task_name == "maze":
+    render_maze(prompt_tokens, response_tokens, path, title, size)
+  elif task_name == "sokoban":
+    render_sokoban(prompt_tokens, response_tokens, path, title)
+  else:
+    raise ValueError(f"no renderer for task {task_name!r} (expected maze or sokoban)")
