@@ -1,7 +1,8 @@
 """Maze presets. `--config=configs/maze.py[:preset]`, any field as `--config.x.y=v`.
 
   python -m dualformer_jax.main --config=configs/maze.py --workdir=/tmp/maze
-      default: 8x8 mazes, tiny model, a few minutes on a 2-core CPU.
+      default: 6x6 mazes, tiny model; about 6-10 minutes on a 2-core CPU, ending with the
+      fast/slow/auto table (about half of the test mazes solved in every mode).
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=gs://bucket/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
@@ -18,11 +19,11 @@ def get_config(preset: str = "default"):
   c.task.name = "maze"
   preset = preset or "default"
   if preset == "default":
-    c.task.size = 8
+    c.task.size = 6
     c.data.num_train = 4000
     c.data.num_test = 200
-    c.data.max_prompt_len = 128
-    c.data.max_decoder_len = 512
+    c.data.max_prompt_len = 64  # 6x6: at most 60 prompt tokens
+    c.data.max_decoder_len = 320  # 6x6: traces of up to ~240 tokens + plan
     c.model.size = "tiny"
     c.train.num_steps = 1500
     c.train.batch_size = 32
