@@ -161,3 +161,20 @@ def test_default_block_len():
   assert sampler.default_block_len(10) == 32
   assert sampler.default_block_len(385) == 97
   assert sampler.default_block_len(1024) == 256
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (2.0, 3)])
+def test_pick_follows_the_softmax(temperature, top_k):
+  """Token frequencies over many rows match softmax(logits / T) (renormalised top k)."""
+  logits_V = np.array([0.0, 2.0, 1.0, 0.5, -1.0, 1.5], np.float32)  # id 0 is pad
+  n = 40000
+  picked = np.asarray(sampler._pick(jnp.tile(logits_V, (n, 1)), jax.random.key(7),
+                                    jnp.float32(temperature), top_k))
+  p = np.exp(logits_V / temperature)
+  p[0] = 0.0
+  if top_k:
+    p[np.argsort(-p)[top_k:]] = 0.0
+  p /= p.sum()
+  freq = np.bincount(picked, minlength=len(p)) / n
+  np.testing.assert_allclose(freq, p, atol=5 * np.sqrt(0.25 / n))
+  assert freq[p == 0].sum() == 0

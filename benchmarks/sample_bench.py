@@ -1,0 +1,84 @@
+"""Sampling throughput: generated tokens per second, preset s, random weights.
+
+  python benchmarks/sample_bench.py [--size=s] [--new_tokens=384] [--repeats=3]
+
+One prompt of 128 tokens x 64 samples, then 16 prompts x 64 samples; each
+row gets the forced prefix `bos` and then exactly `new_tokens` sampled tokens:
+eos is set to an id outside the vocabulary, so no row stops early and every
+counted token was really generated. Compile time is excluded (one warm-up
+call per shape); the best of `repeats` timed calls is reported. The
+vocabulary is that of a 30x30 maze. Last line: {"tokens_per_s": ...,
+"tokens_per_s_16x64": ...}.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dualformer_jax import config as config_lib  # noqa: E402
+from dualformer_jax.data.vocab import BOS_ID, EOS_ID, Vocab  # noqa: E402
+from dualformer_jax.infer import sampler  # noqa: E402
+from dualformer_jax.model.transformer import ModelConfig, Transformer  # noqa: E402
+from dualformer_jax.tasks.maze import MazeTask  # noqa: E402
+
+
+def tokens_per_s(graphdef, params, vocab_size: int, prompts: int, samples: int,
+                 prompt_len: int, new_tokens: int, repeats: int) -> tuple[float, float]:
+  """(generated tokens per second, seconds of the best call) for one shape."""
+  rng = np.random.default_rng(prompts)
+  enc = rng.integers(EOS_ID + 1, vocab_size, (prompts, prompt_len)).astype(np.int32)  # [Np, P]
+  enc[:, 0], enc[:, -1] = BOS_ID, EOS_ID
+  rows = prompts * samples
+  prefix, prefix_len = np.full((rows, 1), BOS_ID, np.int32), np.ones((rows,), np.int32)
+  kwargs = dict(num_samples=samples, max_len=1 + new_tokens, temperature=1.0, top_k=0,
+                eos_id=vocab_size)  # an id the model cannot emit: no early stop
+
+  def run(seed: int):
+    out = sampler.sample(graphdef, params, enc, prefix, prefix_len, jax.random.key(seed), **kwargs)
+    return jax.block_until_ready(out)
+
+  run(0)  # compile
+  best, generated = float("inf"), 0
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    out = run(i + 1)
+    best = min(best, time.perf_counter() - t0)
+    generated = int(np.sum(np.asarray(out.lengths) - prefix_len))
+  assert generated == rows * new_tokens, (generated, rows * new_tokens)
+  return generated / best, best
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--size", default="s")
+  parser.add_argument("--prompt_len", type=int, default=128)
+  parser.add_argument("--samples", type=int, default=64)
+  parser.add_argument("--new_tokens", type=int, default=384)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--dtype", default="float32")
+  args = parser.parse_args()
+  cfg = config_lib.base_config()
+  cfg.model.size, cfg.model.dtype = args.size, args.dtype
+  vocab = Vocab(MazeTask(size=30).vocabulary())
+  model = Transformer(ModelConfig.from_config(cfg.model, len(vocab)), rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  result = {}
+  for prompts, name in ((1, "tokens_per_s"), (16, "tokens_per_s_16x64")):
+    tps, secs = tokens_per_s(graphdef, params, len(vocab), prompts, args.samples,
+                             args.prompt_len, args.new_tokens, args.repeats)
+    print(f"{prompts} x {args.samples} samples x {args.new_tokens} tokens "
+          f"(size {args.size}, {args.dtype}, vocab {len(vocab)}): {secs:.2f} s, {tps:,.0f} tokens/s")
+    result[name] = round(tps, 1)
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  main()
