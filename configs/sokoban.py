@@ -1,8 +1,8 @@
 """Sokoban presets. `--config=configs/sokoban.py[:preset]`, any field as `--config.x.y=v`.
 
   python -m dualformer_jax.main --config=configs/sokoban.py --workdir=/tmp/sokoban
-      default: 7x7 levels with one box, tiny model, minutes on a 2-core CPU.
-  python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=gs://bucket/sokoban
+      default: 6x6 levels with one box, tiny model, minutes on a 2-core CPU.
+  python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=/data/runs/sokoban
       PAPER.md reference settings: 7x7, two boxes, 8e5 steps; accelerators.
 """
 
@@ -15,16 +15,23 @@ def get_config(preset: str = "default"):
   c.task.size = 7
   preset = preset or "default"
   if preset == "default":
+    # 6x6 with one box anywhere inside: traces average ~470 tokens (7x7 two-box: ~12k).
+    c.task.size = 6
     c.task.num_boxes = 1
     c.task.num_docks = 1
+    c.task.box_border_margin = 1
     c.data.num_train = 2000
     c.data.num_test = 100
-    c.data.max_prompt_len = 128
-    c.data.max_decoder_len = 1024
+    c.data.max_prompt_len = 96
+    c.data.max_decoder_len = 1280
     c.model.size = "tiny"
-    c.train.num_steps = 1000
+    c.train.num_steps = 800
     c.train.batch_size = 16
     c.train.learning_rate = 1e-3
+    c.train.eval_every = 400
+    c.train.checkpoint_every = 400
+    c.eval.num_tasks = 30
+    c.eval.num_samples = 8
   elif preset == "paper":
     c.data.num_train = 100_000
     c.data.num_test = 1000
