@@ -3,7 +3,7 @@
   python -m dualformer_jax.main --config=configs/maze.py --workdir=/tmp/maze
       default: 6x6 mazes, tiny model; about 6-10 minutes on a 2-core CPU, ending with the
       fast/slow/auto table (about half of the test mazes solved in every mode).
-  python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=gs://bucket/maze30
+  python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
 

@@ -2,6 +2,10 @@
 
   python -m dualformer_jax.main --config=configs/maze.py[:preset] --workdir=DIR \
       [--mode=all|generate|train|evaluate] [--config.x.y=value ...]
+
+The same line runs on every host of a multi-host launch (launch/*): see
+distributed.py for when jax.distributed.initialize is called. The workdir must
+then be one directory all hosts share (NFS, Lustre, a gcsfuse mount).
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for data, checkpoints, metrics, eval")
 _MODE = flags.DEFINE_enum("mode", "all", ["all", "generate", "train", "evaluate"],
                           "all = generate (if missing) + train + evaluate")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "multi-host jax: auto = initialize when launched by the coordinator flags below, a SLURM "
+    "step with several tasks, or on a Cloud TPU VM; on = always (jax detects the cluster); "
+    "off = never")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for launches jax cannot detect")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the launch")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process, 0 .. num_processes - 1")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,37 +38,55 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   from dualformer_jax import config as config_lib
+  from dualformer_jax import distributed
   from dualformer_jax.data import records
   from dualformer_jax.train.checkpoint import CheckpointError
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if "://" in workdir:
+    raise app.UsageError(
+        f"--workdir={workdir}: URLs are not supported (the dataset, metrics and evaluation "
+        "files are written with local file calls). Mount the bucket and pass the mount path, "
+        "e.g. gcsfuse BUCKET /gcs/BUCKET, then --workdir=/gcs/BUCKET/run "
+        "(launch/tpu_pod.sh does this on every TPU worker)")
   try:
     config_lib.validate(config)
-  except ValueError as e:
+    launch = distributed.detect(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                                _PROCESS_ID.value)
+  except (ValueError, distributed.DistributedError) as e:
     raise app.UsageError(str(e))
   try:
-    _run(config, workdir, mode)
-  except (records.DatasetError, CheckpointError) as e:
+    distributed.initialize(launch)  # before anything touches a device
+    _run(config, workdir, mode, multi_process=launch is not None)
+  except (records.DatasetError, CheckpointError, distributed.DistributedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
-def _run(config, workdir: str, mode: str) -> None:
+def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
   import jax
+  from dualformer_jax import distributed
   from dualformer_jax.data import generate, records
   os.makedirs(workdir, exist_ok=True)
   if config.compilation_cache_dir:  # re-runs and resumes skip XLA compilation
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   if mode in ("all", "generate"):
-    meta = generate.generate(config, workdir)
-    print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)}")
+    # One writer: process 0 generates into the shared workdir while the others wait
+    # (launchers generate first in a single process, so here it is usually a check).
+    # A single process does not ask jax: generation must not start a TPU runtime.
+    if not multi_process or jax.process_index() == 0:
+      meta = generate.generate(config, workdir)
+      print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)}")
+    if multi_process:
+      distributed.barrier("dualformer_jax: dataset ready")
   if mode in ("all", "train"):
     from dualformer_jax.train import trainer
     result = trainer.train(config, workdir)
     if result.interrupted:
-      print(f"stopped by signal {result.signal_number} at step {result.step}; a checkpoint "
-            "was saved: run the same command again to resume")
+      if jax.process_index() == 0:
+        print(f"stopped by signal {result.signal_number} at step {result.step}; a checkpoint "
+              "was saved: run the same command again to resume")
       sys.exit(128 + result.signal_number)
   if mode in ("all", "evaluate"):
     from dualformer_jax.eval import evaluate

@@ -4,11 +4,18 @@ Modes differ only in the forced decoder prefix (PAPER.md, "Controlling the
 mode at inference"): fast `bos plan`, slow `bos create`, auto `bos`.
 Writes `<workdir>/eval/<step>/results.json`, `table.md`, pictures, and
 prints the table.
+
+Each sampling call takes `prompts_per_batch` prompts (rounded up to a multiple
+of the mesh's data x fsdp size) split over the batch axes of the mesh, so with
+several processes each process samples and checks its own share of the tasks.
+The verdicts are then gathered, and process 0 computes the table a single
+process would, and writes the files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -18,13 +25,14 @@ import numpy as np
 from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
+from dualformer_jax import distributed
 from dualformer_jax.data import pipeline, records
 from dualformer_jax.data.vocab import BOS, EOS, PAD, Vocab
 from dualformer_jax.eval import metrics as metrics_lib
 from dualformer_jax.eval import render
 from dualformer_jax.infer import sampler as sampler_lib
 from dualformer_jax.model import sharding
-from dualformer_jax.tasks.base import CREATE, PLAN, Task, Unsolvable, make_task
+from dualformer_jax.tasks.base import CREATE, PLAN, Task, Unsolvable, Verdict, make_task
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 
@@ -102,8 +110,38 @@ def restore_params(config, workdir: str, vocab: Vocab, mesh):
   return step_lib.model_graphdef(config, len(vocab)), state.params, step
 
 
+def _compact(v: Verdict) -> Verdict:
+  """The verdict with its plan replaced by a 128-bit digest: metrics only compare plans
+  (diversity), and the digests keep the verdicts gathered from other processes small."""
+  if v.plan is None:
+    return v
+  return dataclasses.replace(v, plan=hashlib.blake2b(repr(v.plan).encode(),
+                                                     digest_size=16).digest())
+
+
+def _own_prompts(ids: jax.Array, num_samples: int) -> dict[int, np.ndarray]:
+  """Prompt index in the batch -> its sampled rows [S, L], for the prompts this process owns.
+
+  A row block belongs to the process holding its replica 0, so with replicated
+  axes (tensor) every prompt still has exactly one owner.
+  """
+  out = {}
+  for shard in ids.addressable_shards:
+    if shard.replica_id != 0:
+      continue
+    rows = shard.index[0]
+    start = rows.start or 0
+    block = np.asarray(shard.data)  # [rows in block, L]
+    if start % num_samples or block.shape[0] % num_samples:
+      raise ValueError(f"sampled rows {start}..{start + block.shape[0]} split the "
+                       f"{num_samples} samples of a prompt between devices")
+    for k in range(block.shape[0] // num_samples):
+      out[start // num_samples + k] = block[k * num_samples:(k + 1) * num_samples]
+  return out
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Samples and scores every mode of `eval.modes`; returns mode -> metrics."""
+  """Samples and scores every mode of `eval.modes`; returns mode -> metrics (on every process)."""
   config_lib.validate(config)
   directory = records.data_dir(workdir)
   vocab = Vocab.from_list(records.read_meta(directory)["vocab"])
@@ -118,41 +156,58 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writes = jax.process_index() == 0
   if writes:
     os.makedirs(out_dir, exist_ok=True)
-  n, per_batch = config.eval.num_samples, config.eval.prompts_per_batch
+  n = config.eval.num_samples
+  split = sharding.batch_divisor(mesh)  # every device samples whole prompts
+  per_batch = -(-config.eval.prompts_per_batch // split) * split
+  rows_sharding = sharding.batch_sharding(mesh)
+  spread_rows = jax.jit(lambda x: x, out_shardings=rows_sharding)  # each process: its prompts
+  num_pictures = min(config.eval.num_pictures, len(tasks))
   key = jax.random.key(config.seed)
-  results, all_responses = {}, {}
+  results, pictures = {}, {}
   for mode in config_lib.eval_modes(config):
     prefix_ids = vocab.encode(MODE_PREFIX[mode])
-    verdicts, responses = [], []
-    for start in tqdm(range(0, len(tasks), per_batch), desc=f"eval {mode}", disable=None):
+    mine = {}  # task index -> (compact verdicts, first response if pictured)
+    for start in tqdm(range(0, len(tasks), per_batch), desc=f"eval {mode}",
+                      disable=None if writes else True):
       chunk = tasks[start:start + per_batch]
       prompts = [t.prompt for t in chunk]
       prompts += [prompts[-1]] * (per_batch - len(prompts))  # fixed shape; extras ignored
-      enc = _encode_prompts(prompts, vocab, prompt_len)
+      enc = _encode_prompts(prompts, vocab, prompt_len)  # [Np, P], the same on every process
+      enc = jax.make_array_from_callback(enc.shape, rows_sharding, lambda idx, enc=enc: enc[idx])
       rows = per_batch * n
       prefix = np.tile(prefix_ids, (rows, 1)).astype(np.int32)  # [R, K]
       prefix_len = np.full((rows,), len(prefix_ids), np.int32)
-      ids, _, _ = sampler_lib.sample(
-          graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
-          num_samples=n, max_len=max_len, temperature=config.eval.temperature,
-          top_k=config.eval.top_k, eos_id=vocab.id(EOS))
-      ids = np.asarray(jax.device_get(ids)).reshape(per_batch, n, -1)
-      for i, t in enumerate(chunk):
-        resp = [response_tokens(r, vocab) for r in ids[i]]
-        responses.append(resp)
-        verdicts.append([task.check(t.prompt, r) for r in resp])
+      with jax.set_mesh(mesh):  # the model pins activation rows to the batch axes
+        ids, _, _ = sampler_lib.sample(
+            graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
+            num_samples=n, max_len=max_len, temperature=config.eval.temperature,
+            top_k=config.eval.top_k, eos_id=vocab.id(EOS))
+      ids = spread_rows(ids)
+      for i, rows_SxL in _own_prompts(ids, n).items():
+        if start + i >= len(tasks):
+          continue  # a filler prompt
+        t = tasks[start + i]
+        resp = [response_tokens(r, vocab) for r in rows_SxL]
+        mine[start + i] = ([_compact(task.check(t.prompt, r)) for r in resp],
+                           resp[0] if start + i < num_pictures else None)
+    gathered = {}
+    for part in distributed.allgather_objects(mine):
+      gathered.update(part)
+    if sorted(gathered) != list(range(len(tasks))):
+      raise RuntimeError(f"evaluation gathered {len(gathered)} of {len(tasks)} tasks")
     results[mode] = metrics_lib.compute_metrics(
-        [t.optimal_len for t in tasks], verdicts, auto=(mode == "auto"))
-    all_responses[mode] = responses
+        [t.optimal_len for t in tasks], [gathered[i][0] for i in range(len(tasks))],
+        auto=(mode == "auto"))
+    pictures[mode] = [gathered[i][1] for i in range(num_pictures)]
   table = metrics_lib.markdown_table(results)
   if writes:
     with open(os.path.join(out_dir, "results.json"), "w") as f:
       json.dump(results, f, indent=1)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
       f.write(f"checkpoint {step}, {len(tasks)} tasks x {n} samples\n\n{table}\n")
-    for mode, responses in all_responses.items():
-      for i in range(min(config.eval.num_pictures, len(tasks))):
-        render.render_response(task.name, tasks[i].prompt, responses[i][0],
+    for mode, responses in pictures.items():
+      for i, response in enumerate(responses):
+        render.render_response(task.name, tasks[i].prompt, response,
                                os.path.join(out_dir, f"{mode}_{i}.png"),
                                title=f"{mode} mode, task {i}")
     print(f"\nevaluation at step {step}: {len(tasks)} tasks x {n} samples per mode "

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -52,7 +53,8 @@ class Checkpointer:
     """Starts an asynchronous save; returns False when orbax skipped it (step exists)."""
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave({"step": step, "compat": self.compat,
-                                        "config": json.loads(self.config.to_json())})}
+                                        "config": json.loads(self.config.to_json()),
+                                        "process_count": jax.process_count()})}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -66,6 +68,11 @@ class Checkpointer:
           f"cannot read checkpoint {step} in {self.directory} ({type(e).__name__}: {e}); "
           "it may be corrupt or partly written: delete that step directory to fall back "
           "to an earlier one") from None
+
+  def process_count(self, step: int) -> int:
+    """Processes that wrote checkpoint `step` (one data-iterator file each); 1 if unrecorded."""
+    meta = self.read_meta(step)
+    return int(meta.get("process_count", 1)) if isinstance(meta, dict) else 1
 
   def check_compatible(self, step: int) -> None:
     meta = self.read_meta(step)

@@ -4,6 +4,12 @@ Reads batches from the grain pipeline, runs `train_step`, logs one step late
 (so the host never stalls the device), evaluates the test-split loss,
 checkpoints (state + data iterator + config) and resumes from the latest
 checkpoint of the workdir. SIGTERM/SIGINT save a checkpoint before exiting.
+
+Multi-process (distributed.py): every process runs this loop on its own share
+of the data; each step the processes agree on the batch width (buckets are
+per process) in one small collective, and a SIGTERM on any host stops all of
+them at the same step (jax's preemption sync point). Only process 0 prints
+and writes metrics; every process takes part in checkpoint saves and restores.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
+from dualformer_jax import distributed
 from dualformer_jax.data import pipeline, records
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.model import sharding
@@ -64,6 +72,12 @@ class _StopFlag:
         signal.signal(sig, h)
 
 
+def _say(message: str) -> None:
+  """Prints once per run (process 0), without breaking the progress bar."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
+
+
 def save_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Keeps the config the run used next to its outputs (process 0 only)."""
   if jax.process_index() == 0:
@@ -74,6 +88,33 @@ def save_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def _to_device(batch: dict, mesh) -> dict:
   return sharding.shard_batch({k: v for k, v in batch.items() if k != "level"}, mesh)
+
+
+def _next_batch(data_iter: pipeline.TrainIterator) -> tuple[dict, float]:
+  """This process's next batch, as wide as the widest of any process, and the step's
+  loss tokens over all processes. Padded columns have zero masks: the loss is unchanged."""
+  batch = next(data_iter)
+  tokens = int(batch["trace_mask"].sum() + batch["plan_mask"].sum())
+  if jax.process_count() == 1:
+    return batch, float(tokens)
+  enc_len, dec_len, extra = distributed.max_batch_widths(batch, [tokens])
+  return pipeline.pad_to(batch, enc_len, dec_len), float(extra.sum())
+
+
+def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
+  """The checkpoint's state; the data iterator too when the process count is unchanged.
+
+  The iterator state is one file per process over that process's share of the
+  stream, so it cannot carry over to another process count: the data stream
+  then starts again from its beginning (said on stdout).
+  """
+  written_by = ckpt.process_count(step)
+  if written_by == jax.process_count():
+    return ckpt.restore(step, abstract_state, data_iter)
+  _say(f"checkpoint {step} was written by {written_by} processes, this run has "
+       f"{jax.process_count()}: restoring the model and optimizer; the data stream starts "
+       "again from its beginning")
+  return ckpt.restore(step, abstract_state, None)
 
 
 def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
@@ -98,6 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   vocab = Vocab.from_list(meta["vocab"])
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
+  distributed.check_batch_split(mesh, config.train.batch_size)
   save_run_config(config, workdir)
 
   ckpt = Checkpointer(workdir, config, vocab.to_list())
@@ -111,9 +153,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   else:  # restore straight onto the shardings: no throw-away init
     graphdef = step_lib.model_graphdef(config, len(vocab))
     state_shardings = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
-    state = ckpt.restore(start, state_shardings, data_iter)
+    state = _restore(ckpt, start, state_shardings, data_iter)
     state_shardings = jax.tree.map(lambda x: x.sharding, state_shardings)
-    tqdm.write(f"resumed from checkpoint {start} in {ckpt.directory}")
+    _say(f"resumed from checkpoint {start} in {ckpt.directory}")
   train_step = step_lib.make_train_step(graphdef, config, mesh, state_shardings)
   eval_step = step_lib.make_eval_step(graphdef, config, mesh, state_shardings)
   start = int(start or 0)
@@ -123,17 +165,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   num_steps = config.train.num_steps
   pending = None  # (step, device metrics) of a log step, read one step later
   speed = _Throughput()
-  bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", disable=None,
-             mininterval=2)
+  multi = jax.process_count() > 1
+  bar = tqdm(total=num_steps, initial=start, desc="train", unit="step",
+             disable=None if jax.process_index() == 0 else True, mininterval=2)
+  # Several processes: no Python SIGTERM handler, jax's preemption notifier gets the signal.
+  handlers = contextlib.nullcontext() if multi else stop.installed()
   try:
-    with stop.installed(), jax.set_mesh(mesh):
+    with handlers, jax.set_mesh(mesh):
       for step in range(start + 1, num_steps + 1):
-        batch = next(data_iter)
-        speed.add(float(batch["trace_mask"].sum() + batch["plan_mask"].sum()))
+        batch, tokens = _next_batch(data_iter)
         state, metrics = train_step(state, _to_device(batch, mesh))
         if pending is not None:  # dispatched this step before syncing on the last one
           _log_train(*pending, logger, bar, speed, data_iter.stats)
           pending = None
+        speed.add(tokens)  # after the log: the rate of step s counts steps up to s
         if step % config.train.log_every == 0 or step == num_steps:
           pending = (step, metrics)
         bar.update(1)
@@ -141,11 +186,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         if step % config.train.eval_every == 0 or step == num_steps:
           ev = evaluate_loss(eval_step, state.params, eval_data, mesh, config.train.eval_batches)
           logger.write(step, ev, prefix="eval_")
-          tqdm.write(f"step {step}: eval loss {ev['loss']:.4f}, token accuracy "
-                     f"{ev['accuracy']:.3f}")
+          _say(f"step {step}: eval loss {ev['loss']:.4f}, token accuracy {ev['accuracy']:.3f}")
           result.final_metrics = ev
         if step % config.train.checkpoint_every == 0 or step == num_steps:
           ckpt.save(step, state, data_iter)
+        # Every process must stop at the same step: the save below is collective.
+        if multi and multihost_utils.reached_preemption_sync_point(step):
+          stop.signum = signal.SIGTERM
         if stop.signum:
           ckpt.save(step, state, data_iter, force=True)
           result.interrupted, result.signal_number = True, stop.signum
@@ -157,10 +204,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     ckpt.close()
     logger.close()
     data_iter.close()
+  overlong = _global_stats(data_iter.stats)[0]
   if jax.process_index() == 0:
     plot_loss(workdir)
-    if data_iter.stats.overlong:
-      tqdm.write(f"the pipeline skipped {data_iter.stats.overlong} over-long examples "
+    if overlong:
+      tqdm.write(f"the pipeline skipped {overlong:.0f} over-long examples "
                  f"(longer than data.max_prompt_len / data.max_decoder_len)")
   return result
 
@@ -181,6 +229,19 @@ class _Throughput:
     return r
 
 
+def _global_stats(stats: pipeline.PipelineStats) -> tuple[float, float]:
+  """(overlong examples, padding efficiency) over all processes' pipelines.
+
+  Each pipeline counts its padding before the batch is widened to the widest
+  process's, so with several processes the efficiency is an upper bound.
+  """
+  if jax.process_count() == 1:
+    return float(stats.overlong), stats.padding_efficiency
+  rows = distributed.allgather_floats([stats.overlong, stats.real_tokens, stats.padded_tokens])
+  overlong, real, padded = rows.sum(axis=0)
+  return float(overlong), float(real / max(padded, 1.0))
+
+
 def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput,
                data_stats: pipeline.PipelineStats) -> None:
   """Logs a finished step's metrics (a host sync on an already-finished step)."""
@@ -188,7 +249,6 @@ def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput
   if not np.isfinite(host["loss"]):
     raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
   host["tokens_per_s"] = speed.rate()
-  host["data_overlong"] = data_stats.overlong
-  host["data_padding_efficiency"] = data_stats.padding_efficiency
+  host["data_overlong"], host["data_padding_efficiency"] = _global_stats(data_stats)
   logger.write(step, host)
   bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_s']:.0f}")
