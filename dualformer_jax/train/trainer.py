@@ -252,3 +252,5 @@ def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput
   host["data_overlong"], host["data_padding_efficiency"] = _global_stats(data_stats)
   logger.write(step, host)
   bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_s']:.0f}")
+  if bar.disable:  # no TTY (CI, nohup, SLURM logs): a plain line stands in for the bar
+    _say(f"step {step}: loss {host['loss']:.4f}, {host['tokens_per_s']:.0f} tokens/s")
