@@ -71,6 +71,10 @@ def _make_shard(job: dict) -> tuple[str, int]:
   nondeterministic = config.data.astar == "nondeterministic"
   seen: set[str] = set()
   out: list[bytes] = []
+
+  def owned(layout_key: str) -> bool:
+    return _owner(layout_key, test_frac, shards) == (split, index)
+
   barren = 0
   while len(out) < quota:
     barren += 1
@@ -79,9 +83,7 @@ def _make_shard(job: dict) -> tuple[str, int]:
           f"{split} shard {index}: found only {len(out)} of {quota} distinct tasks after "
           f"{_MAX_BARREN_DRAWS} draws without a new one; the task space of this config is too "
           "small for data.num_train/num_test")
-    group = task.sample_group(rng)
-    if not group or _owner(task.layout_key(group[0]), test_frac, shards) != (split, index):
-      continue
+    group = task.sample_group(rng, keep=owned)
     for spec in group:
       sid = _spec_id(task, spec)
       if sid in seen:

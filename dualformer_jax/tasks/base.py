@@ -9,7 +9,7 @@ evaluation) sees only these methods and string tokens.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -43,11 +43,13 @@ class Task(Protocol):
   def vocabulary(self) -> list[str]:
     """All task tokens (no pad/bos/eos), in a fixed order."""
 
-  def sample_group(self, rng: np.random.Generator) -> list[Any]:
+  def sample_group(self, rng: np.random.Generator,
+                   keep: Callable[[str], bool] | None = None) -> list[Any]:
     """Specs sharing one layout (maze walls / Sokoban level); may be empty.
 
-    Keep it cheap (no traced search): the generator calls it for layouts that
-    other shards own. Specs may still prove unsolvable in `solve_tokens`.
+    `keep(layout_key)` is asked as soon as the layout is drawn; a rejected
+    layout gives [] at once (dataset shards own disjoint layouts, so most
+    draws are rejected). Specs may still prove unsolvable in `solve_tokens`.
     """
 
   def layout_key(self, spec: Any) -> str:

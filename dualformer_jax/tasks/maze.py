@@ -16,7 +16,7 @@ import collections
 import dataclasses
 import hashlib
 import operator
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -140,11 +140,13 @@ class MazeTask:
 
   # ----------------------------------------------------------------- generator
 
-  def sample_group(self, rng: np.random.Generator) -> list[MazeSpec]:
+  def sample_group(self, rng: np.random.Generator,
+                   keep: Callable[[str], bool] | None = None) -> list[MazeSpec]:
     """One random wall layout and up to `pairs_per_layout` start/goal pairs on it.
 
     Pairs that are unsolvable or whose shortest plan is shorter than
-    `min_plan_len` are dropped, so the list may be short or empty.
+    `min_plan_len` are dropped, so the list may be short or empty. A layout
+    whose key `keep` rejects gives [] before any search.
     """
     n_side = self.size
     n = n_side * n_side
@@ -161,6 +163,8 @@ class MazeTask:
     for s in wall_cells.tolist():
       blocked[s] = 1
     walls = tuple((s % n_side, s // n_side) for s in wall_cells.tolist())
+    if keep is not None and not keep(_walls_key(n_side, n_side, walls)):
+      return []
     specs, seen = [], set()
     for _ in range(self.pairs_per_layout):
       a, b = rng.choice(len(free), size=2, replace=False).tolist()
@@ -177,8 +181,7 @@ class MazeTask:
 
   def layout_key(self, spec: MazeSpec) -> str:
     """A content hash of the grid shape and walls (stable across processes)."""
-    text = f"{spec.width}x{spec.height}:" + ";".join(f"{x},{y}" for x, y in spec.walls)
-    return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+    return _walls_key(spec.width, spec.height, spec.walls)
 
   # ------------------------------------------------------------ solve, tokens
 
@@ -317,6 +320,11 @@ class MazeTask:
     correct = spec is not None and is_valid_path(spec, plan)
     return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
                    malformed=False)
+
+
+def _walls_key(width: int, height: int, walls: Sequence[Cell]) -> str:
+  text = f"{width}x{height}:" + ";".join(f"{x},{y}" for x, y in walls)
+  return hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
 
 
 def is_valid_path(spec: MazeSpec, plan: Sequence[Cell]) -> bool:

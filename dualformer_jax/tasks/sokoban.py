@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -393,11 +393,14 @@ class SokobanTask:
     return SokobanSpec(n, n, tuple(_border(n, n)) + tuple(walls), tuple(boxes), tuple(docks),
                        worker)
 
-  def sample_group(self, rng: np.random.Generator) -> list[SokobanSpec]:
-    """[one drawn level], unsolved: cheap, so dataset shards can reject levels they do
-    not own before any search; `solve_tokens` raises Unsolvable on a bad one."""
+  def sample_group(self, rng: np.random.Generator,
+                   keep: Callable[[str], bool] | None = None) -> list[SokobanSpec]:
+    """[one drawn level], unsolved (cheap); `solve_tokens` raises Unsolvable on a bad
+    one. A level whose key `keep` rejects gives []."""
     spec = self.draw_level(rng)
-    return [] if spec is None else [spec]
+    if spec is None or (keep is not None and not keep(self.layout_key(spec))):
+      return []
+    return [spec]
 
   def accepts(self, spec: SokobanSpec) -> bool:
     """Solvable within max_expansions, with every trace cost at most max_cost.

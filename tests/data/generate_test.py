@@ -103,3 +103,21 @@ def test_sokoban_dataset(tmp_path):
   task = make_task(c.task)
   for r in read_split(str(tmp_path), "test", meta):
     assert task.check(vocab.decode(r["prompt"]), vocab.decode(r["plan"])).correct
+
+
+@pytest.mark.parametrize("get_config", [maze_configs.get_config, sokoban_configs.get_config])
+def test_sample_group_asks_keep_before_any_search(get_config):
+  """Shards reject the layouts they do not own before paying for a search."""
+  import numpy as np
+  task = make_task(get_config("default").task)
+  asked = []
+
+  def keep(key):
+    asked.append(key)
+    return len(asked) % 2 == 0
+
+  rng = np.random.default_rng(0)
+  groups = [task.sample_group(rng, keep=keep) for _ in range(40)]
+  kept_keys = {task.layout_key(s) for g in groups for s in g}
+  assert kept_keys and kept_keys <= set(asked[1::2])
+  assert not kept_keys & set(asked[0::2])
