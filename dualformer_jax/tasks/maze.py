@@ -21,10 +21,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Verdict, trace_len
+from dualformer_jax.tasks.parsing import is_int, json_cell, number, parse_plan, prompt_body
+from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Verdict
 
 START, GOAL, WALL = "start", "goal", "wall"
-EOS = "eos"  # the decoder's end token (data/vocab.py); the checker ignores what follows it
 KEYWORDS = (START, GOAL, WALL, CREATE, CLOSE, PLAN)
 
 Cell = tuple[int, int]  # (x, y)
@@ -247,13 +247,13 @@ class MazeTask:
       raise ValueError(f"unknown fields {unknown}")
     width, height = obj["width"], obj["height"]
     for field, v in (("width", width), ("height", height)):
-      if not _is_int(v) or not 1 <= v <= MAX_SIDE:
+      if not is_int(v) or not 1 <= v <= MAX_SIDE:
         raise ValueError(f"{field}={v!r}: must be an integer in [1, {MAX_SIDE}]")
-    start = _cell(obj["start"], "start", width, height)
-    goal = _cell(obj["goal"], "goal", width, height)
+    start = json_cell(obj["start"], "start", width, height)
+    goal = json_cell(obj["goal"], "goal", width, height)
     if not isinstance(obj["walls"], list):
       raise ValueError(f"walls={obj['walls']!r}: must be a list of [x, y]")
-    walls = [_cell(c, f"walls[{i}]", width, height) for i, c in enumerate(obj["walls"])]
+    walls = [json_cell(c, f"walls[{i}]", width, height) for i, c in enumerate(obj["walls"])]
     return _make_spec(width, height, start, goal, walls)
 
   def spec_to_json(self, spec: MazeSpec) -> dict:
@@ -268,11 +268,7 @@ class MazeTask:
     A leading `bos` and everything from the first `eos` on are ignored.
     ValueError says what is wrong (never another exception, whatever the input).
     """
-    toks = _clean(prompt)
-    if toks and toks[0] == "bos":
-      toks = toks[1:]
-    if EOS in toks:
-      toks = toks[:toks.index(EOS)]
+    toks = prompt_body(prompt)
     if len(toks) < 6 or len(toks) % 3:
       raise ValueError(f"a maze prompt has 6 + 3k tokens, got {len(toks)}")
     cells = []
@@ -281,7 +277,7 @@ class MazeTask:
       want = START if i == 0 else GOAL if i == 3 else WALL
       if head != want:
         raise ValueError(f"token {i} is {head!r}, expected {want!r}")
-      x, y = _number(toks[i + 1]), _number(toks[i + 2])
+      x, y = number(toks[i + 1]), number(toks[i + 2])
       if x is None or y is None or x >= self.size or y >= self.size:
         raise ValueError(f"tokens {i + 1}, {i + 2} ({toks[i + 1]!r}, {toks[i + 2]!r}) "
                          f"are not coordinates of a {self.size}x{self.size} maze")
@@ -297,22 +293,9 @@ class MazeTask:
     a non-coordinate) makes it malformed. A plan is correct when it starts at
     start, ends at goal and every move goes to a free 4-neighbour in the grid.
     """
-    toks = _clean(response)
-    if EOS in toks:
-      toks = toks[:toks.index(EOS)]
-    n_trace = trace_len(toks)
-    body = toks[n_trace:]
-    cells = []
-    ok = len(body) % 3 == 0 and len(body) > 0
-    for i in range(0, len(body) if ok else 0, 3):
-      x, y = _number(body[i + 1]), _number(body[i + 2])
-      if body[i] != PLAN or x is None or y is None:
-        ok = False
-        break
-      cells.append((x, y))
-    if not ok:
+    n_trace, plan = parse_plan(response)
+    if plan is None:
       return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
-    plan = tuple(cells)
     try:
       spec = self.spec_from_prompt(prompt)
     except ValueError:
@@ -378,35 +361,3 @@ def _make_spec(width: int, height: int, start: Cell, goal: Cell,
       raise ValueError(f"{name} {cell} is on a wall")
   ordered = tuple(sorted(wall_set, key=lambda c: c[0] + c[1] * width))
   return MazeSpec(width, height, start, goal, ordered)
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _cell(v, field: str, width: int, height: int) -> Cell:
-  if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(c) for c in v)):
-    raise ValueError(f"{field}={v!r}: must be [x, y] with integer coordinates")
-  x, y = v
-  if not (0 <= x < width and 0 <= y < height):
-    raise ValueError(f"{field}={v!r}: outside the {width}x{height} grid")
-  return (x, y)
-
-
-def _clean(tokens) -> list:
-  """A list of the tokens, with anything that is not a str replaced by None."""
-  try:
-    return [t if isinstance(t, str) else None for t in tokens]
-  except TypeError:  # not iterable at all
-    return []
-
-
-def _number(tok) -> int | None:
-  """A coordinate token ("0", "17": ASCII digits, no leading zero), else None.
-
-  The length cap keeps int() away from its digit limit: garbage never raises.
-  """
-  if (isinstance(tok, str) and 0 < len(tok) <= 6 and tok.isascii() and tok.isdigit()
-      and (tok == "0" or tok[0] != "0")):
-    return int(tok)
-  return None

@@ -26,10 +26,10 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
+from dualformer_jax.tasks.parsing import is_int, json_cell, number, parse_plan, prompt_body
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Unsolvable, Verdict
 
 WORKER, BOX, DOCK, WALL = "worker", "box", "dock", "wall"
-EOS = "eos"  # the decoder's end token (data/vocab.py); the checker ignores what follows it
 KEYWORDS = (WORKER, BOX, DOCK, WALL, CREATE, CLOSE, PLAN)
 MOVES = ("up", "down", "left", "right")  # the A* child order
 _DELTAS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # per MOVES entry
@@ -60,17 +60,17 @@ class SokobanSpec:
   def __post_init__(self):
     w, h = self.width, self.height
     for field, v in (("width", w), ("height", h)):
-      if not _is_int(v) or v < 3:
+      if not is_int(v) or v < 3:
         raise ValueError(f"{field}={v!r}: must be an integer >= 3")
     groups = {}
     for field in ("walls", "boxes", "docks"):
-      cells = [_cell(c, f"{field}[{i}]", w, h) for i, c in enumerate(getattr(self, field))]
+      cells = [json_cell(c, f"{field}[{i}]", w, h) for i, c in enumerate(getattr(self, field))]
       if len(set(cells)) != len(cells):
         dup = sorted({c for c in cells if cells.count(c) > 1})
         raise ValueError(f"{field}: duplicate cells {dup}")
       groups[field] = tuple(sorted(cells))
       object.__setattr__(self, field, groups[field])
-    worker = _cell(self.worker, "worker", w, h)
+    worker = json_cell(self.worker, "worker", w, h)
     object.__setattr__(self, "worker", worker)
     walls = set(groups["walls"])
     for c in _border(w, h):  # lazily: a garbage prompt may claim a huge grid
@@ -330,8 +330,8 @@ class SokobanTask:
   name: ClassVar[str] = "sokoban"
 
   def __post_init__(self):
-    rules = (("size", self.size, _is_int(self.size) and self.size >= 3, "an integer >= 3"),
-             ("max_cost", self.max_cost, _is_int(self.max_cost) and self.max_cost >= 0,
+    rules = (("size", self.size, is_int(self.size) and self.size >= 3, "an integer >= 3"),
+             ("max_cost", self.max_cost, is_int(self.max_cost) and self.max_cost >= 0,
               "an integer >= 0"),
              ("max_expansions", self.max_expansions,
               self.max_expansions is None or self.max_expansions >= 1, ">= 1 or None"),
@@ -480,16 +480,12 @@ class SokobanTask:
     A leading `bos` and everything from the first `eos` on are ignored.
     ValueError says what is wrong (never another exception, whatever the input).
     """
-    toks = _clean(prompt)
-    if toks and toks[0] == "bos":
-      toks = toks[1:]
-    if EOS in toks:
-      toks = toks[:toks.index(EOS)]
+    toks = prompt_body(prompt)
     if not toks or len(toks) % 3:
       raise ValueError(f"a Sokoban prompt has 3k tokens, got {len(toks)}")
     groups = {WORKER: [], BOX: [], DOCK: [], WALL: []}
     for i in range(0, len(toks), 3):
-      x, y = _number(toks[i + 1]), _number(toks[i + 2])
+      x, y = number(toks[i + 1]), number(toks[i + 2])
       if toks[i] not in groups or x is None or y is None:
         raise ValueError(f"tokens {i}..{i + 2} {toks[i:i + 3]!r}: expected worker, box, dock "
                          "or wall and two coordinates")
@@ -513,21 +509,9 @@ class SokobanTask:
     the worker, each step moves to a 4-neighbour (pushing a box ahead
     legally, never into a wall) and all boxes are on docks at the end.
     """
-    toks = _clean(response)  # only str or None left, so list.index is safe (and fast)
-    end = _index(toks, EOS, len(toks))
-    n_trace = _index(toks, PLAN, end)  # = base.trace_len of the tokens before eos
-    body = toks[n_trace:end]
-    cells = []
-    ok = len(body) % 3 == 0 and len(body) > 0
-    for i in range(0, len(body) if ok else 0, 3):
-      x, y = _number(body[i + 1]), _number(body[i + 2])
-      if body[i] != PLAN or x is None or y is None:
-        ok = False
-        break
-      cells.append((x, y))
-    if not ok:
+    n_trace, plan = parse_plan(response)
+    if plan is None:
       return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
-    plan = tuple(cells)
     try:
       spec = self.spec_from_prompt(prompt)
     except ValueError:
@@ -544,40 +528,3 @@ def prompt_tokens(spec: SokobanSpec) -> list[str]:
     for x, y in sorted(cells, key=lambda c: f"{c[0]}-{c[1]}"):
       out += (kw, str(x), str(y))
   return out
-
-
-def _is_int(v) -> bool:
-  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _cell(v, field: str, width: int, height: int) -> Cell:
-  if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(c) for c in v)):
-    raise ValueError(f"{field}={v!r}: must be (x, y) with integer coordinates")
-  x, y = int(v[0]), int(v[1])
-  if not (0 <= x < width and 0 <= y < height):
-    raise ValueError(f"{field}={v!r}: outside the {width}x{height} grid")
-  return (x, y)
-
-
-def _clean(tokens) -> list:
-  """A list of the tokens, with anything that is not a str replaced by None."""
-  try:
-    return [t if isinstance(t, str) else None for t in tokens]
-  except TypeError:  # not iterable at all
-    return []
-
-
-def _index(toks: list, tok: str, stop: int) -> int:
-  """The first position of tok before stop, else stop."""
-  try:
-    return toks.index(tok, 0, stop)
-  except ValueError:
-    return stop
-
-
-def _number(tok) -> int | None:
-  """A coordinate token ("0", "17": ASCII digits, no leading zero), else None."""
-  if (isinstance(tok, str) and 0 < len(tok) <= 6 and tok.isascii() and tok.isdigit()
-      and (tok == "0" or tok[0] != "0")):
-    return int(tok)
-  return None

@@ -1,0 +1,82 @@
+"""Never-raising token parsing shared by the tasks' checkers and JSON readers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from dualformer_jax.tasks.base import PLAN
+
+Cell = tuple[int, int]
+EOS = "eos"  # the decoder's end token (data/vocab.py); what follows it is ignored
+
+
+def is_int(v: Any) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def json_cell(v: Any, field: str, width: int, height: int) -> Cell:
+  """`[x, y]` from a JSON task spec; ValueError names the field."""
+  if not (isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(c) for c in v)):
+    raise ValueError(f"{field}={v!r}: must be [x, y] with integer coordinates")
+  x, y = int(v[0]), int(v[1])
+  if not (0 <= x < width and 0 <= y < height):
+    raise ValueError(f"{field}={v!r}: outside the {width}x{height} grid")
+  return (x, y)
+
+
+def clean_tokens(tokens: Any) -> list:
+  """A list of the tokens, with anything that is not a str replaced by None."""
+  try:
+    return [t if isinstance(t, str) else None for t in tokens]
+  except TypeError:  # not iterable at all
+    return []
+
+
+def number(tok: Any) -> int | None:
+  """A coordinate token ("0", "17": ASCII digits, no leading zero), else None.
+
+  The length cap keeps int() away from its digit limit: garbage never raises.
+  """
+  if (isinstance(tok, str) and 0 < len(tok) <= 6 and tok.isascii() and tok.isdigit()
+      and (tok == "0" or tok[0] != "0")):
+    return int(tok)
+  return None
+
+
+def _index(toks: list, tok: str, stop: int) -> int:
+  try:
+    return toks.index(tok, 0, stop)
+  except ValueError:
+    return stop
+
+
+def parse_plan(response: Sequence[Any]) -> tuple[int, tuple[Cell, ...] | None]:
+  """(trace length, plan cells) of a decoder response; cells None when malformed.
+
+  Tokens from `eos` on are ignored. The plan is the `plan x y` groups from the
+  first `plan` token to the end; anything else there (trailing garbage, a
+  clause, a non-coordinate) or no plan at all makes it malformed.
+  """
+  toks = clean_tokens(response)  # only str or None left, so list.index is safe (and fast)
+  end = _index(toks, EOS, len(toks))
+  n_trace = _index(toks, PLAN, end)
+  body = toks[n_trace:end]
+  if not body or len(body) % 3:
+    return n_trace, None
+  cells = []
+  for i in range(0, len(body), 3):
+    x, y = number(body[i + 1]), number(body[i + 2])
+    if body[i] != PLAN or x is None or y is None:
+      return n_trace, None
+    cells.append((x, y))
+  return n_trace, tuple(cells)
+
+
+def prompt_body(prompt: Any) -> list:
+  """A prompt's tokens without a leading `bos` and without `eos` and what follows it."""
+  toks = clean_tokens(prompt)
+  if toks and toks[0] == "bos":
+    toks = toks[1:]
+  return toks[:_index(toks, EOS, len(toks))]
