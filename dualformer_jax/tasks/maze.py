@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks.parsing import is_int, json_cell, number, parse_plan, prompt_body
+from dualformer_jax.tasks.parsing import is_int, json_cell, judge, number, prompt_body
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Verdict
 
 START, GOAL, WALL = "start", "goal", "wall"
@@ -293,16 +293,7 @@ class MazeTask:
     a non-coordinate) makes it malformed. A plan is correct when it starts at
     start, ends at goal and every move goes to a free 4-neighbour in the grid.
     """
-    n_trace, plan = parse_plan(response)
-    if plan is None:
-      return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
-    try:
-      spec = self.spec_from_prompt(prompt)
-    except ValueError:
-      spec = None
-    correct = spec is not None and is_valid_path(spec, plan)
-    return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
-                   malformed=False)
+    return judge(prompt, response, self.spec_from_prompt, is_valid_path)
 
 
 def _walls_key(width: int, height: int, walls: Sequence[Cell]) -> str:

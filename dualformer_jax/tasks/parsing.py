@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dualformer_jax.tasks.base import PLAN
+from dualformer_jax.tasks.base import PLAN, Verdict
 
 Cell = tuple[int, int]
 EOS = "eos"  # the decoder's end token (data/vocab.py); what follows it is ignored
@@ -80,3 +80,18 @@ def prompt_body(prompt: Any) -> list:
   if toks and toks[0] == "bos":
     toks = toks[1:]
   return toks[:_index(toks, EOS, len(toks))]
+
+
+def judge(prompt: Any, response: Any, spec_from_prompt: Callable[[Any], Any],
+          plan_is_legal: Callable[[Any, tuple[Cell, ...]], bool]) -> Verdict:
+  """The Verdict of a response, given the task's prompt parser and plan rule."""
+  n_trace, plan = parse_plan(response)
+  if plan is None:
+    return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
+  try:
+    spec = spec_from_prompt(prompt)
+  except ValueError:
+    spec = None
+  correct = spec is not None and plan_is_legal(spec, plan)
+  return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
+                 malformed=False)

@@ -26,7 +26,7 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks.parsing import is_int, json_cell, number, parse_plan, prompt_body
+from dualformer_jax.tasks.parsing import is_int, json_cell, judge, number, prompt_body
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Unsolvable, Verdict
 
 WORKER, BOX, DOCK, WALL = "worker", "box", "dock", "wall"
@@ -509,16 +509,7 @@ class SokobanTask:
     the worker, each step moves to a 4-neighbour (pushing a box ahead
     legally, never into a wall) and all boxes are on docks at the end.
     """
-    n_trace, plan = parse_plan(response)
-    if plan is None:
-      return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
-    try:
-      spec = self.spec_from_prompt(prompt)
-    except ValueError:
-      spec = None
-    correct = spec is not None and replay(spec, plan)
-    return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
-                   malformed=False)
+    return judge(prompt, response, self.spec_from_prompt, replay)
 
 
 def prompt_tokens(spec: SokobanSpec) -> list[str]:
