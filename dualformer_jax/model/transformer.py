@@ -146,6 +146,13 @@ def _project(x_BxTxD: jax.Array, w: nnx.Param, dtype: jnp.dtype) -> jax.Array:
   return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dtype), w[...].astype(dtype))
 
 
+def _attention_weights(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, ...]:
+  """Q, K, V [D, H, K] and output [H, K, D] kernels (self- and cross-attention alike)."""
+  d, h, k = cfg.dim, cfg.heads, cfg.head_dim
+  qkv = [_param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv")) for _ in range(3)]
+  return (*qkv, _param(rngs, _dense_init(d), (h, k, d), ("heads", "kv", "embed")))
+
+
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with RoPE on queries and keys.
 
@@ -156,11 +163,7 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    d, h, k = cfg.dim, cfg.heads, cfg.head_dim
-    self.wq = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wk = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wv = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wo = _param(rngs, _dense_init(d), (h, k, d), ("heads", "kv", "embed"))
+    self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
   def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
     q, k, v = (_project(x_BxTxD, w, self.cfg.compute_dtype) for w in (self.wq, self.wk, self.wv))
@@ -179,11 +182,7 @@ class CrossAttention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    d, h, k = cfg.dim, cfg.heads, cfg.head_dim
-    self.wq = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wk = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wv = _param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv"))
-    self.wo = _param(rngs, _dense_init(d), (h, k, d), ("heads", "kv", "embed"))
+    self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
   def kv(self, enc_BxPxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     dt = self.cfg.compute_dtype
