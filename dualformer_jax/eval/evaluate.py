@@ -50,6 +50,7 @@ def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
   """The first `eval.num_tasks` tasks of the test split, or of `eval.tasks_file`."""
   out = []
   if config.eval.tasks_file:
+    known = set(vocab.tokens)
     with open(config.eval.tasks_file) as f:
       for lineno, line in enumerate(f, 1):
         if len(out) >= config.eval.num_tasks:
@@ -62,7 +63,7 @@ def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
           toks = task.solve_tokens(spec, None)
         except (ValueError, Unsolvable) as e:  # json errors are ValueErrors
           raise ValueError(f"{where}: {e}") from None
-        unknown = [t for t in toks.prompt if t not in set(vocab.tokens)]
+        unknown = [t for t in toks.prompt if t not in known]
         if unknown:
           raise ValueError(f"{where}: tokens {sorted(set(unknown))} are outside the model's "
                            "vocabulary (a larger grid than it was trained on?)")
