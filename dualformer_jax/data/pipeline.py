@@ -439,8 +439,20 @@ def eval_records(config: ml_collections.ConfigDict, data_dir: str) -> list[dict[
   return [records.decode_record(src[i]) for i in range(len(src))]
 
 
+def eval_level(trace_mode: str, fixed_level: int) -> int:
+  """The drop level of the eval-loss batches of a run trained with `trace_mode`."""
+  if trace_mode == "solution_only":
+    return dropping.EMPTY
+  return fixed_level if trace_mode == "fixed_level" else dropping.COMPLETE
+
+
 class EvalBatches:
-  """The test split once, in order, complete traces (level 0), no shuffle.
+  """The test split once, in order, no shuffle, in the run's own target format.
+
+  Complete traces (level 0) for dualformer and complete runs, the empty trace
+  for solution_only, `data.fixed_level` for fixed_level (level 3's drops are
+  seeded, so every pass is the same). A loss is then comparable across runs on
+  the plan tokens, and a Solution-Only run is not scored on traces it never saw.
 
   Global batch j holds the next batch_size * process_count examples; process p
   gets rows [p * batch_size, (p + 1) * batch_size). Shapes depend on the whole
@@ -460,8 +472,11 @@ class EvalBatches:
     self.buckets = design_buckets(config, ds)
     d = config.data
     self._examples, self.stats = [], PipelineStats()
+    level = eval_level(d.trace_mode, d.fixed_level)
+    rng = np.random.default_rng([d.seed, level])  # level 3 only
     for i, rec in enumerate(eval_records(config, data_dir)):
-      ex = encode_example(i, -1, rec["prompt"], rec["trace"], rec["plan"],
+      trace = dropping.drop_trace(rec["trace"], level, ds.grammar, rng, d.create_drop_rate)
+      ex = encode_example(i, -1, rec["prompt"], trace, rec["plan"],
                           d.max_prompt_len, d.max_decoder_len)
       if ex["overlong"] == _LONG_PROMPT:
         self.stats.overlong_prompt += 1
@@ -489,5 +504,5 @@ class EvalBatches:
 def eval_batches(config: ml_collections.ConfigDict, data_dir: str, batch_size: int,
                  process_index: int | None = None,
                  process_count: int | None = None) -> EvalBatches:
-  """The test split as padded level-0 batches; see EvalBatches."""
+  """The test split as padded batches in the run's format; see EvalBatches."""
   return EvalBatches(config, data_dir, batch_size, process_index, process_count)

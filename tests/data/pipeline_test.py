@@ -336,6 +336,20 @@ def test_eval_batches_cover_the_test_split_once_in_order(overlong):
   assert same_batches(list(ev), batches)  # a second pass is identical
 
 
+@pytest.mark.parametrize("mode,level", [("solution_only", 4), ("fixed_level", 2),
+                                        ("fixed_level", 3), ("dualformer", 0)])
+def test_eval_batches_use_the_runs_own_format(plain, mode, level):
+  """A Solution-Only run's eval loss is on plan-only rows, not on traces it never saw."""
+  d, _, test = plain
+  config = make_config(trace_mode=mode, fixed_level=level)
+  batches = list(pipeline.eval_batches(config, d, 8))
+  rows = [(b, r) for b in batches for r in range(8) if b["plan_mask"][r].any()]
+  assert len(rows) == len(test)
+  for (batch, r), rec in zip(rows, test):
+    check_row(batch, r, rec, level)
+  assert same_batches(list(pipeline.eval_batches(config, d, 8)), batches)  # level 3: seeded
+
+
 def test_eval_batches_split_over_processes(plain):
   d, _, test = plain
   per = [list(pipeline.eval_batches(make_config(), d, 4, p, 2)) for p in range(2)]
