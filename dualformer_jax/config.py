@@ -8,6 +8,7 @@ once with a message that names the field.
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 
@@ -170,6 +171,15 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
   if c.eval.top_k < 0:
     _fail("eval.top_k", c.eval.top_k, "must be >= 0")
+
+
+def enable_compilation_cache(c: ml_collections.ConfigDict) -> None:
+  """Points jax at the persistent XLA cache of `compilation_cache_dir`, so re-runs and
+  resumes skip compilation. Call before the first jit."""
+  if c.compilation_cache_dir:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache_dir))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def eval_modes(c: ml_collections.ConfigDict) -> list[str]:

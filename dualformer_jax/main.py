@@ -16,6 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dualformer_jax import config as config_lib
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file[:preset], e.g. configs/maze.py:paper_30", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for data, checkpoints, metrics, eval")
@@ -37,7 +39,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  from dualformer_jax import config as config_lib
   from dualformer_jax import distributed
   from dualformer_jax.data import records
   from dualformer_jax.train.checkpoint import CheckpointError
@@ -68,9 +69,7 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
   from dualformer_jax import distributed
   from dualformer_jax.data import generate, records
   os.makedirs(workdir, exist_ok=True)
-  if config.compilation_cache_dir:  # re-runs and resumes skip XLA compilation
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  config_lib.enable_compilation_cache(config)
   if mode in ("all", "generate"):
     # One writer: process 0 generates into the shared workdir while the others wait
     # (launchers generate first in a single process, so here it is usually a check).
