@@ -3,6 +3,9 @@
   python -m dualformer_jax.main --config=configs/maze.py --workdir=/tmp/maze
       default: 6x6 mazes, tiny model; about 6-10 minutes on a 2-core CPU, ending with the
       fast/slow/auto table (about half of the test mazes solved in every mode).
+  python -m dualformer_jax.experiments.compare --config=configs/maze.py:compare --workdir=runs/cmp
+      compare: Solution-Only vs Complete-Trace vs Dualformer on 8x8 mazes (RESULTS.md);
+      about 75 minutes for the three trainings and evaluations on a 2-core CPU.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
@@ -31,6 +34,23 @@ def get_config(preset: str = "default"):
     c.train.warmup_steps = 100
     c.train.eval_every = 500
     c.train.checkpoint_every = 500
+  elif preset == "compare":  # the CPU-scale comparison of RESULTS.md
+    c.task.size = 8
+    c.data.num_train = 50_000
+    c.data.num_test = 200
+    c.data.num_shards = 8
+    c.data.max_prompt_len = 112  # 8x8: at most 104 prompt tokens
+    c.data.max_decoder_len = 576  # 8x8: traces of up to ~500 tokens + plan
+    c.model.size = "tiny"
+    c.train.num_steps = 3000  # Complete-Trace: about 35 minutes on 2 cores
+    c.train.batch_size = 32
+    c.train.learning_rate = 1e-3
+    c.train.warmup_steps = 100
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.eval.num_samples = 64
+    c.eval.num_tasks = 200
+    c.eval.prompts_per_batch = 8
   elif preset.startswith("paper_") and preset[6:].isdigit() and int(preset[6:]) in _PAPER_LENGTHS:
     size = int(preset[6:])
     c.task.size = size
@@ -53,5 +73,5 @@ def get_config(preset: str = "default"):
     c.eval.num_tasks = 1000
     c.eval.prompts_per_batch = 16
   else:
-    raise ValueError(f"unknown maze preset {preset!r}: use default or paper_15/20/25/30")
+    raise ValueError(f"unknown maze preset {preset!r}: use default, compare or paper_15/20/25/30")
   return c

@@ -1,0 +1,186 @@
+"""Solution-Only vs Complete-Trace vs Dualformer: three trainings on one dataset, one table.
+
+  python -m dualformer_jax.experiments.compare --config=configs/maze.py:compare --workdir=DIR \
+      [--models=solution_only,complete_trace,dualformer] [--config.x.y=value ...]
+
+The three models differ only in `data.trace_mode` (PAPER.md, "Baselines"): same
+data, model, steps, batch and learning rate. Dualformer is evaluated in fast,
+slow and auto mode, each baseline in the one mode it was trained for.
+
+Workdir layout (each model's run directory is what `main.py` would write):
+  data/                          the dataset, generated once
+  <model>/data -> ../data        one run per model: checkpoints, metrics, eval/
+  <model>/timing.json            wall seconds spent training and evaluating it
+  summary.json, results.md, optimal.png, reasoning_length.png, loss.png
+Each stage whose output exists is skipped, so an interrupted sweep resumes with
+the same command (a training stopped by SIGTERM/SIGINT resumes from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import ml_collections
+
+from dualformer_jax import config as config_lib
+
+# name -> (data.trace_mode, the modes it is evaluated in)
+MODELS = {
+    "solution_only": ("solution_only", ("fast",)),
+    "complete_trace": ("complete", ("slow",)),
+    "dualformer": ("dualformer", ("fast", "slow", "auto")),
+}
+SUMMARY = "summary.json"
+
+
+class Interrupted(Exception):
+  """A training stopped by a signal; its checkpoint is saved and the sweep can resume."""
+
+  def __init__(self, model: str, step: int, signum: int):
+    super().__init__(f"{model}: stopped by signal {signum} at step {step}")
+    self.model, self.step, self.signum = model, step, signum
+
+
+def model_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config` with the trace format and evaluation modes of model `name`."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}: expected one of {tuple(MODELS)}")
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.data.trace_mode, modes = MODELS[name]
+  c.eval.modes = ",".join(modes)
+  config_lib.validate(c)
+  return c
+
+
+def run_dir(workdir: str, name: str) -> str:
+  """`<workdir>/<name>`, whose `data` links to the shared dataset."""
+  path = os.path.join(workdir, name)
+  os.makedirs(path, exist_ok=True)
+  link = os.path.join(path, "data")
+  if not os.path.islink(link):
+    if os.path.exists(link):
+      raise FileExistsError(f"{link} exists and is not a link to ../data: the three models "
+                            "must share one dataset; move it away")
+    os.symlink(os.path.join("..", "data"), link)
+  return path
+
+
+def _timing(path: str) -> dict:
+  file = os.path.join(path, "timing.json")
+  if not os.path.exists(file):
+    return {"train_s": 0.0, "eval_s": 0.0}
+  with open(file) as f:
+    return json.load(f)
+
+
+def _add_time(path: str, key: str, seconds: float) -> None:
+  timing = _timing(path)
+  timing[key] = round(timing.get(key, 0.0) + seconds, 1)
+  with open(os.path.join(path, "timing.json"), "w") as f:
+    json.dump(timing, f)
+
+
+def _results(path: str, step: int, modes: tuple[str, ...]) -> dict | None:
+  """The saved evaluation of checkpoint `step` if it covers `modes` (and matches the config)."""
+  file = os.path.join(path, "eval", str(step), "results.json")
+  if not os.path.exists(file):
+    return None
+  with open(file) as f:
+    results = json.load(f)
+  return results if all(m in results for m in modes) else None
+
+
+def _trained_step(config: ml_collections.ConfigDict, path: str) -> int:
+  from dualformer_jax.data import records
+  from dualformer_jax.train.checkpoint import Checkpointer
+  vocab = records.read_meta(records.data_dir(path))["vocab"]
+  ckpt = Checkpointer(path, config, vocab)
+  try:
+    return int(ckpt.latest_step() or 0)
+  finally:
+    ckpt.close()
+
+
+def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
+  """Trains (or finishes training) and evaluates one model; returns mode -> metrics."""
+  from dualformer_jax.eval import evaluate
+  from dualformer_jax.train import trainer
+  c = model_config(config, name)
+  path = run_dir(workdir, name)
+  modes = MODELS[name][1]
+  steps = c.train.num_steps
+  if _trained_step(c, path) < steps:
+    print(f"[{name}] training {steps} steps in {path}", flush=True)
+    start = time.perf_counter()
+    result = trainer.train(c, path)
+    _add_time(path, "train_s", time.perf_counter() - start)
+    if result.interrupted:
+      raise Interrupted(name, result.step, result.signal_number)
+  results = _results(path, steps, modes)
+  if results is None:
+    print(f"[{name}] evaluating {', '.join(modes)} mode", flush=True)
+    start = time.perf_counter()
+    results = evaluate.evaluate(c, path)
+    _add_time(path, "eval_s", time.perf_counter() - start)
+  return {m: results[m] for m in modes}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str,
+        models: tuple[str, ...] = tuple(MODELS)) -> dict:
+  """The whole sweep: data, each model's training and evaluation, summary and report."""
+  from dualformer_jax.data import generate
+  from dualformer_jax.experiments import report
+  config_lib.validate(config)
+  for name in models:
+    model_config(config, name)  # fail on a bad name before any work
+  os.makedirs(workdir, exist_ok=True)
+  meta = generate.generate(config, workdir)
+  summary = {"task": config.task.name, "models": {}, "wall_s": {}, "steps": {},
+             "reference": {"complete_trace_len_mean": meta["lengths"]["test"]["trace"]["mean"],
+                           "plan_len_mean": meta["lengths"]["test"]["plan"]["mean"]},
+             "config": config.to_dict()}
+  for name in models:
+    summary["models"][name] = run_model(config, workdir, name)
+    summary["wall_s"][name] = _timing(os.path.join(workdir, name))
+    summary["steps"][name] = config.train.num_steps
+  with open(os.path.join(workdir, SUMMARY), "w") as f:
+    json.dump(summary, f, indent=1, default=list)
+  report.write_report(workdir, summary)
+  return summary
+
+
+def main(argv) -> None:
+  del argv
+  from dualformer_jax.data import records
+  from dualformer_jax.train.checkpoint import CheckpointError
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
+  config = _CONFIG.value
+  config_lib.enable_compilation_cache(config)
+  models = tuple(m.strip() for m in _MODELS.value.split(",") if m.strip())
+  try:
+    summary = run(config, _WORKDIR.value, models)
+  except Interrupted as e:
+    print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except (records.DatasetError, CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  with open(os.path.join(_WORKDIR.value, "results.md")) as f:
+    print(f"\n{f.read()}")
+  del summary
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", None, "config file[:preset], e.g. configs/maze.py:compare", lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "directory of the sweep")
+  _MODELS = flags.DEFINE_string("models", ",".join(MODELS),
+                                f"comma-separated subset of {','.join(MODELS)}")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

@@ -1,0 +1,145 @@
+"""The comparison's report: a RESULTS.md-ready table and three plots from summary.json.
+
+  python -m dualformer_jax.experiments.report DIR   # re-draws DIR/results.md and the PNGs
+
+Plots: optimal rate per model and mode, reasoning (trace) length per model and
+mode, and the training loss curves of the three runs (read from each run's
+metrics.jsonl; the plan-token eval loss is the one loss the three formats share).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from dualformer_jax.train.logger import read_metrics
+
+LABELS = {"solution_only": "Solution-Only", "complete_trace": "Complete-Trace",
+          "dualformer": "Dualformer"}
+COLORS = {"solution_only": "tab:gray", "complete_trace": "tab:blue", "dualformer": "tab:orange"}
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x, fmt: str) -> str:
+  return "-" if x is None else format(x, fmt)
+
+
+def rows(summary: dict) -> list[tuple[str, str, dict]]:
+  """(model, mode, metrics) in table order."""
+  return [(model, mode, m) for model, modes in summary["models"].items()
+          for mode, m in modes.items()]
+
+
+def markdown(summary: dict) -> str:
+  """The comparison table, with each trace length also as a share of the complete A* trace."""
+  ref = summary.get("reference", {}).get("complete_trace_len_mean")
+  any_m = rows(summary)[0][2] if summary["models"] else {}
+  n = any_m.get("num_samples", "n")
+  lines = [f"| model | mode | 1-Solved-{n} | 1-Optimal-{n} | 3-Solved-{n} | 3-Optimal-{n} | SWC "
+           "| distinct correct plans | trace len | vs complete A* | slow share |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for model, mode, m in rows(summary):
+    trace = m["mean_trace_len"]
+    share = "-" if not ref or not trace else f"{100 * (trace / ref - 1):+.0f}%"
+    lines.append(
+        f"| {LABELS.get(model, model)} | {mode} | {_pct(m['1_solved'])} | {_pct(m['1_optimal'])} "
+        f"| {_pct(m['3_solved'])} | {_pct(m['3_optimal'])} | {_num(m['swc'], '.3f')} "
+        f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} | {share} "
+        f"| {_pct(m['slow_share'])} |")
+  note = (f"{any_m.get('num_tasks', '?')} unseen test tasks x {any_m.get('num_samples', '?')} "
+          f"responses per mode; trace len = mean reasoning tokens per response")
+  if ref:
+    note += f"; complete A* traces of these tasks average {ref:.1f} tokens"
+  return "\n".join(lines) + f"\n\n{note}.\n"
+
+
+def _bars(ax, summary: dict, values) -> None:
+  labels, heights, colors = [], [], []
+  for model, mode, m in rows(summary):
+    labels.append(f"{LABELS.get(model, model)}\n{mode}")
+    heights.append(values(m))
+    colors.append(COLORS.get(model, "tab:green"))
+  xs = range(len(labels))
+  ax.bar(xs, heights, color=colors)
+  ax.set_xticks(list(xs), labels, fontsize=8)
+  for x, h in zip(xs, heights):
+    ax.annotate(f"{h:.1f}", (x, h), ha="center", va="bottom", fontsize=8)
+
+
+def plot_optimal(summary: dict, path: str) -> None:
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100, sharey=True)
+  n = rows(summary)[0][2]["num_samples"] if summary["models"] else "n"
+  for ax, key, title in zip(axes, ("1_optimal", "3_optimal"), (f"1-Optimal-{n}", f"3-Optimal-{n}")):
+    _bars(ax, summary, lambda m, key=key: 100 * m[key])
+    ax.set_title(title)
+    ax.set_ylim(0, 105)
+  axes[0].set_ylabel("% of test tasks")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_reasoning_length(summary: dict, path: str) -> None:
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
+  _bars(ax, summary, lambda m: m["mean_trace_len"] or 0.0)
+  ref = summary.get("reference", {}).get("complete_trace_len_mean")
+  if ref:
+    ax.axhline(ref, color="k", ls="--", lw=1, label=f"complete A* trace ({ref:.0f})")
+    ax.legend(fontsize=8)
+  ax.set_ylabel("trace tokens per response")
+  ax.set_title("reasoning length")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_losses(workdir: str, models: list[str], path: str) -> None:
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+  for model in models:
+    metrics = read_metrics(os.path.join(workdir, model))
+    color, label = COLORS.get(model, "tab:green"), LABELS.get(model, model)
+    train = [(r["step"], r["loss"]) for r in metrics if isinstance(r.get("loss"), float)]
+    plan = [(r["step"], r["eval_plan_loss"]) for r in metrics
+            if isinstance(r.get("eval_plan_loss"), float)]
+    if train:
+      axes[0].plot(*zip(*train), color=color, label=label)
+    if plan:
+      axes[1].plot(*zip(*plan), color=color, marker="o", ms=3, label=label)
+  axes[0].set_title("training loss (all decoder tokens)")
+  axes[1].set_title("test loss on plan tokens")
+  for ax in axes:
+    ax.set_xlabel("step")
+    if ax.lines:
+      ax.set_yscale("log")
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_report(workdir: str, summary: dict) -> list[str]:
+  """Writes results.md, optimal.png, reasoning_length.png and loss.png; returns their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  paths = [os.path.join(workdir, n) for n in
+           ("results.md", "optimal.png", "reasoning_length.png", "loss.png")]
+  with open(paths[0], "w") as f:
+    f.write(markdown(summary))
+  plot_optimal(summary, paths[1])
+  plot_reasoning_length(summary, paths[2])
+  plot_losses(workdir, list(summary["models"]), paths[3])
+  return paths
+
+
+if __name__ == "__main__":
+  if len(sys.argv) != 2:
+    sys.exit("usage: python -m dualformer_jax.experiments.report SWEEP_WORKDIR")
+  with open(os.path.join(sys.argv[1], "summary.json")) as f:
+    print("\n".join(write_report(sys.argv[1], json.load(f))))

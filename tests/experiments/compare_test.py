@@ -1,0 +1,130 @@
+"""The comparison sweep on a tiny maze set: one dataset, three formats, summary, resume."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from configs import maze as maze_configs
+from dualformer_jax.eval import evaluate
+from dualformer_jax.eval.metrics import METRIC_KEYS
+from dualformer_jax.experiments import compare
+from dualformer_jax.train import trainer
+from dualformer_jax.train.logger import read_metrics
+
+
+def tiny_config():
+  c = maze_configs.get_config("compare")
+  c.task.size = 5
+  c.data.num_train, c.data.num_test, c.data.num_shards = 48, 8, 2
+  c.data.max_prompt_len, c.data.max_decoder_len = 64, 160
+  c.data.num_buckets = 1  # one compiled shape keeps the test fast
+  c.train.num_steps = 4
+  c.train.batch_size = 8
+  c.train.warmup_steps = 1
+  c.train.log_every = 2
+  c.train.eval_every = 4
+  c.train.eval_batches = 1
+  c.train.checkpoint_every = 2
+  c.eval.num_tasks, c.eval.num_samples, c.eval.num_pictures = 3, 2, 1
+  c.compilation_cache_dir = ""
+  return c
+
+
+def test_models_differ_only_in_trace_format_and_modes():
+  base = tiny_config()
+  want = {"solution_only": ("solution_only", "fast"), "complete_trace": ("complete", "slow"),
+          "dualformer": ("dualformer", "fast,slow,auto")}
+  for name, (trace_mode, modes) in want.items():
+    c = compare.model_config(base, name)
+    assert (c.data.trace_mode, c.eval.modes) == (trace_mode, modes)
+    c.data.trace_mode, c.eval.modes = base.data.trace_mode, base.eval.modes
+    assert c.to_dict() == base.to_dict()
+  with pytest.raises(ValueError, match="unknown model 'searchformer'"):
+    compare.model_config(base, "searchformer")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sweep"))
+  return workdir, compare.run(tiny_config(), workdir)
+
+
+def test_sweep_writes_the_summary_of_every_model_and_mode(sweep):
+  workdir, summary = sweep
+  with open(os.path.join(workdir, compare.SUMMARY)) as f:
+    assert json.load(f)["models"] == summary["models"]
+  assert summary["task"] == "maze"
+  assert {m: sorted(v) for m, v in summary["models"].items()} == {
+      "solution_only": ["fast"], "complete_trace": ["slow"],
+      "dualformer": ["auto", "fast", "slow"]}
+  for name, modes in summary["models"].items():
+    for mode, metrics in modes.items():
+      assert set(metrics) == set(METRIC_KEYS)
+      assert (metrics["num_tasks"], metrics["num_samples"]) == (3, 2)
+      with open(os.path.join(workdir, name, "eval", "4", "results.json")) as f:
+        assert json.load(f)[mode] == metrics  # M is the run's results.json object
+    assert summary["wall_s"][name]["train_s"] > 0 and summary["wall_s"][name]["eval_s"] > 0
+  for name in ("results.md", "optimal.png", "reasoning_length.png", "loss.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+def test_the_three_runs_share_one_dataset_and_train_their_own_format(sweep):
+  workdir, _ = sweep
+  data = os.path.realpath(os.path.join(workdir, "data"))
+  trace_tokens = {}
+  for name in compare.MODELS:
+    assert os.path.realpath(os.path.join(workdir, name, "data")) == data
+    rows = [r for r in read_metrics(os.path.join(workdir, name)) if "trace_tokens" in r]
+    trace_tokens[name] = sum(r["trace_tokens"] for r in rows)
+    evals = [r for r in read_metrics(os.path.join(workdir, name)) if "eval_trace_tokens" in r]
+    assert evals and (evals[-1]["eval_trace_tokens"] == 0) == (name == "solution_only")
+  assert trace_tokens["solution_only"] == 0
+  assert trace_tokens["complete_trace"] > trace_tokens["dualformer"] > 0
+
+
+def test_a_finished_sweep_is_not_recomputed(sweep, monkeypatch):
+  workdir, summary = sweep
+
+  def fail(*args):
+    raise AssertionError("a finished stage ran again")
+
+  monkeypatch.setattr(trainer, "train", fail)
+  monkeypatch.setattr(evaluate, "evaluate", fail)
+  again = compare.run(tiny_config(), workdir)
+  assert again["models"] == summary["models"]
+
+
+def test_a_missing_evaluation_is_redone_without_training(sweep, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  shutil.rmtree(os.path.join(workdir, "dualformer", "eval"))
+  calls = []
+  real_evaluate = evaluate.evaluate
+
+  def counted(config, path):
+    calls.append(os.path.basename(path))
+    return real_evaluate(config, path)
+
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", counted)
+  summary = compare.run(tiny_config(), workdir)
+  assert calls == ["dualformer"]
+  assert summary["models"] == sweep[1]["models"]  # same checkpoint, same seed, same samples
+
+
+def test_an_interrupted_training_stops_the_sweep(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  monkeypatch.setattr(trainer, "train",
+                      lambda c, path: trainer.TrainResult(step=2, interrupted=True,
+                                                          signal_number=15))
+  with pytest.raises(compare.Interrupted, match="solution_only: stopped by signal 15 at step 2"):
+    compare.run(tiny_config(), workdir)
+  assert not os.path.exists(os.path.join(workdir, compare.SUMMARY))
+
+
+def test_a_run_directory_with_its_own_data_is_refused(tmp_path):
+  os.makedirs(tmp_path / "dualformer" / "data")
+  with pytest.raises(FileExistsError, match="must share one dataset"):
+    compare.run_dir(str(tmp_path), "dualformer")

@@ -1,0 +1,48 @@
+"""The comparison report: table rows and figures from a hand-written summary."""
+
+import os
+
+from dualformer_jax.eval.metrics import METRIC_KEYS
+from dualformer_jax.experiments import report
+
+
+def metrics(**kw):
+  m = dict.fromkeys(METRIC_KEYS, 0.0)
+  m.update(num_tasks=200, num_samples=64, slow_share=None, mean_trace_len_correct=None)
+  m.update(kw)
+  return m
+
+
+SUMMARY = {
+    "task": "maze",
+    "reference": {"complete_trace_len_mean": 200.0},
+    "models": {
+        "solution_only": {"fast": metrics(**{"1_optimal": 0.25, "3_optimal": 0.1})},
+        "complete_trace": {"slow": metrics(**{"1_optimal": 0.5, "mean_trace_len": 210.0})},
+        "dualformer": {"fast": metrics(**{"1_optimal": 0.4}),
+                       "slow": metrics(**{"1_optimal": 0.6, "mean_trace_len": 100.0}),
+                       "auto": metrics(**{"1_optimal": 0.55, "mean_trace_len": 80.0,
+                                          "slow_share": 0.75})}},
+}
+
+
+def test_markdown_has_one_row_per_model_and_mode():
+  lines = report.markdown(SUMMARY).splitlines()
+  assert lines[0].startswith("| model | mode | 1-Solved-64 | 1-Optimal-64 |")
+  rows = [l for l in lines[2:] if l.startswith("| ")]
+  assert [r.split(" | ")[:2] for r in rows] == [
+      ["| Solution-Only", "fast"], ["| Complete-Trace", "slow"], ["| Dualformer", "fast"],
+      ["| Dualformer", "slow"], ["| Dualformer", "auto"]]
+  cells = [c.strip() for c in rows[3].split("|")[1:-1]]
+  assert cells[3] == "60.0%" and cells[8] == "100.0" and cells[9] == "-50%"  # vs 200 tokens
+  assert [c.strip() for c in rows[4].split("|")[1:-1]][10] == "75.0%"
+  assert [c.strip() for c in rows[0].split("|")[1:-1]][8:10] == ["0.0", "-"]  # no trace
+  assert "200 unseen test tasks x 64 responses" in report.markdown(SUMMARY)
+
+
+def test_write_report_draws_every_figure(tmp_path):
+  paths = report.write_report(str(tmp_path), SUMMARY)  # no run directories: empty loss plot
+  assert [os.path.basename(p) for p in paths] == [
+      "results.md", "optimal.png", "reasoning_length.png", "loss.png"]
+  for p in paths:
+    assert os.path.getsize(p) > 0
