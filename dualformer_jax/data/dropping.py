@@ -139,6 +139,13 @@ def draw_level(rng: np.random.Generator, mode: str, level_probs: Sequence[float]
   return LevelSampler(mode, level_probs, fixed_level)(rng)
 
 
+def eval_level(mode: str, fixed_level: int) -> int:
+  """The one level a run trained under trace_mode `mode` is scored on (its eval loss)."""
+  if mode == "solution_only":
+    return EMPTY
+  return fixed_level if mode == "fixed_level" else COMPLETE
+
+
 class LevelSampler:
   """draw_level with the arguments checked once, for the per-example hot path."""
 

@@ -439,13 +439,6 @@ def eval_records(config: ml_collections.ConfigDict, data_dir: str) -> list[dict[
   return [records.decode_record(src[i]) for i in range(len(src))]
 
 
-def eval_level(trace_mode: str, fixed_level: int) -> int:
-  """The drop level of the eval-loss batches of a run trained with `trace_mode`."""
-  if trace_mode == "solution_only":
-    return dropping.EMPTY
-  return fixed_level if trace_mode == "fixed_level" else dropping.COMPLETE
-
-
 class EvalBatches:
   """The test split once, in order, no shuffle, in the run's own target format.
 
@@ -472,7 +465,7 @@ class EvalBatches:
     self.buckets = design_buckets(config, ds)
     d = config.data
     self._examples, self.stats = [], PipelineStats()
-    level = eval_level(d.trace_mode, d.fixed_level)
+    level = dropping.eval_level(d.trace_mode, d.fixed_level)
     rng = np.random.default_rng([d.seed, level])  # level 3 only
     for i, rec in enumerate(eval_records(config, data_dir)):
       trace = dropping.drop_trace(rec["trace"], level, ds.grammar, rng, d.create_drop_rate)
