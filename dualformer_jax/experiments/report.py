@@ -35,21 +35,26 @@ def rows(summary: dict) -> list[tuple[str, str, dict]]:
 
 
 def markdown(summary: dict) -> str:
-  """The comparison table, with each trace length also as a share of the complete A* trace."""
+  """The comparison table; trace lengths also relative to Complete-Trace's and to A*'s traces."""
   ref = summary.get("reference", {}).get("complete_trace_len_mean")
+  searchformer = summary["models"].get("complete_trace", {}).get("slow", {}).get("mean_trace_len")
   any_m = rows(summary)[0][2] if summary["models"] else {}
   n = any_m.get("num_samples", "n")
   lines = [f"| model | mode | 1-Solved-{n} | 1-Optimal-{n} | 3-Solved-{n} | 3-Optimal-{n} | SWC "
-           "| distinct correct plans | trace len | vs complete A* | slow share |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| distinct correct plans | trace len | vs Complete-Trace | vs complete A* "
+           "| slow share |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+  def change(trace, base):
+    return "-" if not base or not trace else f"{100 * (trace / base - 1):+.0f}%"
+
   for model, mode, m in rows(summary):
     trace = m["mean_trace_len"]
-    share = "-" if not ref or not trace else f"{100 * (trace / ref - 1):+.0f}%"
     lines.append(
         f"| {LABELS.get(model, model)} | {mode} | {_pct(m['1_solved'])} | {_pct(m['1_optimal'])} "
         f"| {_pct(m['3_solved'])} | {_pct(m['3_optimal'])} | {_num(m['swc'], '.3f')} "
-        f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} | {share} "
-        f"| {_pct(m['slow_share'])} |")
+        f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} | {change(trace, searchformer)} "
+        f"| {change(trace, ref)} | {_pct(m['slow_share'])} |")
   note = (f"{any_m.get('num_tasks', '?')} unseen test tasks x {any_m.get('num_samples', '?')} "
           f"responses per mode; trace len = mean reasoning tokens per response")
   if ref:

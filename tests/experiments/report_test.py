@@ -34,9 +34,10 @@ def test_markdown_has_one_row_per_model_and_mode():
       ["| Solution-Only", "fast"], ["| Complete-Trace", "slow"], ["| Dualformer", "fast"],
       ["| Dualformer", "slow"], ["| Dualformer", "auto"]]
   cells = [c.strip() for c in rows[3].split("|")[1:-1]]
-  assert cells[3] == "60.0%" and cells[8] == "100.0" and cells[9] == "-50%"  # vs 200 tokens
-  assert [c.strip() for c in rows[4].split("|")[1:-1]][10] == "75.0%"
-  assert [c.strip() for c in rows[0].split("|")[1:-1]][8:10] == ["0.0", "-"]  # no trace
+  assert cells[3] == "60.0%" and cells[8] == "100.0"
+  assert cells[9:11] == ["-52%", "-50%"]  # vs Complete-Trace's 210 tokens, vs A*'s 200
+  assert [c.strip() for c in rows[4].split("|")[1:-1]][11] == "75.0%"
+  assert [c.strip() for c in rows[0].split("|")[1:-1]][8:11] == ["0.0", "-", "-"]  # no trace
   assert "200 unseen test tasks x 64 responses" in report.markdown(SUMMARY)
 
 

@@ -1,0 +1,39 @@
+"""Every preset in configs/ is a valid config, also as each model of the comparison sweep."""
+
+import pytest
+
+from configs import maze as maze_configs
+from configs import sokoban as sokoban_configs
+from dualformer_jax import config as config_lib
+from dualformer_jax.experiments import compare
+
+PRESETS = ([(maze_configs, p) for p in ("default", "compare", "paper_15", "paper_20",
+                                        "paper_25", "paper_30")]
+           + [(sokoban_configs, p) for p in ("default", "paper")])
+
+
+@pytest.mark.parametrize("module,preset", PRESETS)
+def test_preset_validates_for_every_model_of_the_sweep(module, preset):
+  config = module.get_config(preset)
+  config_lib.validate(config)
+  for name in compare.MODELS:
+    compare.model_config(config, name)
+
+
+def test_paper_presets_hold_the_reference_schedules():
+  maze = maze_configs.get_config("paper_30")
+  assert (maze.task.size, maze.model.size, maze.train.num_steps) == (30, "m-s", 400_000)
+  assert (maze.eval.num_tasks, maze.eval.num_samples) == (1000, 64)
+  sokoban = sokoban_configs.get_config("paper")
+  assert (sokoban.task.size, sokoban.task.num_boxes, sokoban.train.num_steps) == (7, 2, 800_000)
+
+
+def test_the_compare_preset_meets_the_evaluation_floor():
+  c = maze_configs.get_config("compare")
+  assert c.data.num_test >= c.eval.num_tasks >= 200 and c.eval.num_samples == 64
+
+
+@pytest.mark.parametrize("module", [maze_configs, sokoban_configs])
+def test_unknown_preset_is_refused(module):
+  with pytest.raises(ValueError, match="unknown .* preset 'papr'"):
+    module.get_config("papr")
