@@ -14,6 +14,7 @@ Workdir layout (each model's run directory is what `main.py` would write):
   summary.json, results.md, optimal.png, reasoning_length.png, loss.png
 Each stage whose output exists is skipped, so an interrupted sweep resumes with
 the same command (a training stopped by SIGTERM/SIGINT resumes from its checkpoint).
+It runs in one process; multi-host launches (launch/) train one model at a time.
 """
 
 from __future__ import annotations
@@ -83,14 +84,15 @@ def _add_time(path: str, key: str, seconds: float) -> None:
     json.dump(timing, f)
 
 
-def _results(path: str, step: int, modes: tuple[str, ...]) -> dict | None:
-  """The saved evaluation of checkpoint `step` if it covers `modes` (and matches the config)."""
+def _results(path: str, step: int, modes: tuple[str, ...], num_samples: int) -> dict | None:
+  """The saved evaluation of checkpoint `step` if it covers `modes` with `num_samples` each."""
   file = os.path.join(path, "eval", str(step), "results.json")
   if not os.path.exists(file):
     return None
   with open(file) as f:
     results = json.load(f)
-  return results if all(m in results for m in modes) else None
+  ok = all(m in results and results[m]["num_samples"] == num_samples for m in modes)
+  return results if ok else None
 
 
 def _trained_step(config: ml_collections.ConfigDict, path: str) -> int:
@@ -119,7 +121,7 @@ def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dic
     _add_time(path, "train_s", time.perf_counter() - start)
     if result.interrupted:
       raise Interrupted(name, result.step, result.signal_number)
-  results = _results(path, steps, modes)
+  results = _results(path, steps, modes, c.eval.num_samples)
   if results is None:
     print(f"[{name}] evaluating {', '.join(modes)} mode", flush=True)
     start = time.perf_counter()
@@ -154,15 +156,16 @@ def run(config: ml_collections.ConfigDict, workdir: str,
 
 def main(argv) -> None:
   del argv
+  from absl import logging
+
   from dualformer_jax.data import records
   from dualformer_jax.train.checkpoint import CheckpointError
-  from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   config = _CONFIG.value
   config_lib.enable_compilation_cache(config)
   models = tuple(m.strip() for m in _MODELS.value.split(",") if m.strip())
   try:
-    summary = run(config, _WORKDIR.value, models)
+    run(config, _WORKDIR.value, models)
   except Interrupted as e:
     print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -171,7 +174,6 @@ def main(argv) -> None:
     sys.exit(1)
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:
     print(f"\n{f.read()}")
-  del summary
 
 
 if __name__ == "__main__":

@@ -128,3 +128,23 @@ def test_a_run_directory_with_its_own_data_is_refused(tmp_path):
   os.makedirs(tmp_path / "dualformer" / "data")
   with pytest.raises(FileExistsError, match="must share one dataset"):
     compare.run_dir(str(tmp_path), "dualformer")
+
+
+
+def test_an_evaluation_with_another_sample_count_is_redone(sweep, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  calls = []
+
+  def fake_evaluate(config, path):
+    calls.append(os.path.basename(path))
+    return {m: dict(sweep[1]["models"]["dualformer"]["fast"], num_samples=config.eval.num_samples)
+            for m in config.eval.modes.split(",")}
+
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+  config = tiny_config()
+  config.eval.num_samples = 3
+  summary = compare.run(config, workdir)
+  assert calls == list(compare.MODELS)
+  assert summary["models"]["complete_trace"]["slow"]["num_samples"] == 3
