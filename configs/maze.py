@@ -5,7 +5,7 @@
       fast/slow/auto table (about half of the test mazes solved in every mode).
   python -m dualformer_jax.experiments.compare --config=configs/maze.py:compare --workdir=runs/cmp
       compare: Solution-Only vs Complete-Trace vs Dualformer on 8x8 mazes (RESULTS.md);
-      about 75 minutes for the three trainings and evaluations on a 2-core CPU.
+      about 80 minutes for the three trainings and evaluations on a 2-core CPU.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
