@@ -177,6 +177,8 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  # Flags exist only when run as a script: importing this module next to main.py
+  # (tests, notebooks) must not define --config twice.
   from absl import app, flags
   from ml_collections import config_flags
   _CONFIG = config_flags.DEFINE_config_file(
