@@ -140,14 +140,13 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     model_config(config, name)  # fail on a bad name before any work
   os.makedirs(workdir, exist_ok=True)
   meta = generate.generate(config, workdir)
-  summary = {"task": config.task.name, "models": {}, "wall_s": {}, "steps": {},
+  summary = {"task": config.task.name, "models": {}, "wall_s": {},
              "reference": {"complete_trace_len_mean": meta["lengths"]["test"]["trace"]["mean"],
                            "plan_len_mean": meta["lengths"]["test"]["plan"]["mean"]},
              "config": config.to_dict()}
   for name in models:
     summary["models"][name] = run_model(config, workdir, name)
     summary["wall_s"][name] = _timing(os.path.join(workdir, name))
-    summary["steps"][name] = config.train.num_steps
   with open(os.path.join(workdir, SUMMARY), "w") as f:
     json.dump(summary, f, indent=1, default=list)
   report.write_report(workdir, summary)
