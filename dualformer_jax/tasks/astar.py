@@ -3,7 +3,7 @@
 Tasks pass plain functions over hashable, compact states (ints, tuples), so
 the inner loop touches no objects. Every move costs 1 (maze and Sokoban).
 
-Rules (those of the reference implementation, pinned by shared/fixtures):
+Rules (those of the reference implementation, pinned by tests/fixtures):
   * the open node with the smallest f = g + h is expanded (closed) next; ties:
     deterministic -> the smallest `tie_key(state)`; nondeterministic -> random;
   * a child reached with g no better than a known g (open or closed) is

@@ -4,7 +4,7 @@ Inside A* a cell is the int `s = x + y * width`. For x < width the reference
 tie key `x + 100000 * y` orders cells exactly as `s` does, so the identity is
 the deterministic tie key. Children come in the reference order up (y+1),
 down (y-1), left (x-1), right (x+1); with both rules the generic A* in
-tasks/astar.py reproduces the reference traces in shared/fixtures.
+tasks/astar.py reproduces the reference traces in tests/fixtures.
 
 Tokens (PAPER.md): prompt `start x y goal x y wall x y ...` (walls row-major),
 trace `create x y cG cH` / `close x y cG cH`, plan `plan x y` per cell.

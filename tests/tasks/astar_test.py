@@ -10,10 +10,10 @@ import pytest
 from dualformer_jax.tasks import astar as astar_lib
 from dualformer_jax.tasks.base import Unsolvable
 
-# Beside the clone (CI too): <repo>/../shared/fixtures.
-FIXTURES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+# Reference traces carried by the repository (tests/fixtures/README.md).
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 
-# name -> (width, height, start, goal, walls), from shared/fixtures/README.md.
+# name -> (width, height, start, goal, walls), from tests/fixtures/README.md.
 FIXTURE_MAZES = {
     "searchformer_trace_maze.json": (3, 3, (0, 0), (2, 2), ()),
     "searchformer_trace_maze_short.json": (3, 3, (0, 0), (0, 2), ((0, 1),)),
@@ -55,7 +55,7 @@ def bfs_len(width, height, start, goal, walls):
 
 def load_fixture(name):
   path = FIXTURES / name
-  assert path.exists(), f"missing {path}: shared/fixtures must sit beside the repository"
+  assert path.exists(), f"missing fixture {path}"
   return json.loads(path.read_text())
 
 

@@ -16,8 +16,8 @@ from dualformer_jax.tasks import astar as astar_lib
 from dualformer_jax.tasks import base
 from dualformer_jax.tasks.maze import MazeSpec, MazeTask, shortest_plan_len
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-FIXTURE_SPECS = {  # from shared/fixtures/README.md
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE_SPECS = {  # from tests/fixtures/README.md
     "searchformer_trace_maze.json": MazeSpec(3, 3, (0, 0), (2, 2), ()),
     "searchformer_trace_maze_short.json": MazeSpec(3, 3, (0, 0), (0, 2), ((0, 1),)),
     "searchformer_trace_maze_walls.json": MazeSpec(3, 3, (0, 0), (0, 2), ((0, 1), (1, 1))),
@@ -126,7 +126,7 @@ def test_min_plan_len_filters():
 @pytest.mark.parametrize("name", sorted(FIXTURE_SPECS))
 def test_reference_tokens(name):
   path = FIXTURES / name
-  assert path.exists(), f"missing {path}: shared/fixtures must sit beside the repository"
+  assert path.exists(), f"missing fixture {path}"
   steps = json.loads(path.read_text())
   toks = MazeTask(3).solve_tokens(FIXTURE_SPECS[name])
   trace, plan = [], []
