@@ -342,9 +342,9 @@ def _make_spec(width: int, height: int, start: Cell, goal: Cell,
                walls: Sequence[Cell]) -> MazeSpec:
   """Checks the cells against each other and sorts the walls row-major."""
   wall_set = set(walls)
-  if len(wall_set) != len(walls):
-    dup = sorted({c for c in walls if walls.count(c) > 1})
-    raise ValueError(f"duplicate walls {dup}")
+  if len(wall_set) != len(walls):  # counted once each: list.count per wall is quadratic
+    dup = sorted(c for c, k in collections.Counter(walls).items() if k > 1)
+    raise ValueError(f"duplicate walls {dup[:10]}{' ...' if len(dup) > 10 else ''}")
   if start == goal:
     raise ValueError(f"start == goal == {start}")
   for name, cell in (("start", start), ("goal", goal)):

@@ -18,6 +18,7 @@ cH` list only boxes off docks; the plan is `plan x y` per worker cell.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import operator
@@ -38,6 +39,11 @@ WORKER_CH, WORKER_DOCK_CH, BOX_CH, BOX_DOCK_CH = "@", "+", "$", "*"
 _SYMBOLS = FLOOR_CH + WALL_CH + DOCK_CH + WORKER_CH + WORKER_DOCK_CH + BOX_CH + BOX_DOCK_CH
 
 Cell = tuple[int, int]  # (x, y)
+# Levels larger or fuller than these are refused before any table is built: the
+# A* tables grow with cells x docks, so a 1500x1500 level took 4.5 GB to fail.
+# Reference levels are 7x7 to 10x10 with 1 to 4 boxes.
+MAX_SIDE = 64
+MAX_BOXES = 16
 
 
 class CostOverflow(Unsolvable):
@@ -60,14 +66,17 @@ class SokobanSpec:
   def __post_init__(self):
     w, h = self.width, self.height
     for field, v in (("width", w), ("height", h)):
-      if not is_int(v) or v < 3:
-        raise ValueError(f"{field}={v!r}: must be an integer >= 3")
+      if not is_int(v) or not 3 <= v <= MAX_SIDE:
+        raise ValueError(f"{field}={v!r}: must be an integer in [3, {MAX_SIDE}]")
+    for field in ("boxes", "docks"):
+      if len(getattr(self, field)) > MAX_BOXES:
+        raise ValueError(f"{field}: {len(getattr(self, field))} cells, at most {MAX_BOXES}")
     groups = {}
     for field in ("walls", "boxes", "docks"):
       cells = [json_cell(c, f"{field}[{i}]", w, h) for i, c in enumerate(getattr(self, field))]
-      if len(set(cells)) != len(cells):
-        dup = sorted({c for c in cells if cells.count(c) > 1})
-        raise ValueError(f"{field}: duplicate cells {dup}")
+      if len(set(cells)) != len(cells):  # counted once each: list.count per cell is quadratic
+        dup = sorted(c for c, k in collections.Counter(cells).items() if k > 1)
+        raise ValueError(f"{field}: duplicate cells {dup[:10]}")
       groups[field] = tuple(sorted(cells))
       object.__setattr__(self, field, groups[field])
     worker = json_cell(self.worker, "worker", w, h)
@@ -110,6 +119,9 @@ def parse_level(lines: Sequence[str]) -> SokobanSpec:
   """The inverse of render_level; ValueError names the bad row or character."""
   if isinstance(lines, str) or not isinstance(lines, (list, tuple)) or not lines:
     raise ValueError(f"a level is a non-empty list of row strings, got {lines!r:.80}")
+  width = len(lines[0]) if isinstance(lines[0], str) else 0
+  if len(lines) > MAX_SIDE or width > MAX_SIDE:  # before reading a huge level cell by cell
+    raise ValueError(f"a {width}x{len(lines)} level: at most {MAX_SIDE}x{MAX_SIDE} is accepted")
   walls, boxes, docks, workers = [], [], [], []
   for y, row in enumerate(lines):
     if not isinstance(row, str):

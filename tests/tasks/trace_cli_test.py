@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 from dualformer_jax.tasks import trace_cli
 from dualformer_jax.tasks.maze import MazeTask
@@ -90,3 +91,35 @@ def test_cli_sokoban_through_the_generic_task():
   assert "unsolvable" in out[1]["error"]
   assert "level" in out[2]["error"]
   assert "invalid JSON" in out[3]["error"]
+
+
+def test_cli_answers_hostile_lines_and_goes_on():
+  """Deep nesting, a 5,000-digit integer and a non-UTF-8 byte each cost one error line."""
+  lines = [b"[" * 100_000 + b"]" * 100_000,
+           b'{"width": ' + b"9" * 5000 + b"}",
+           b'{"width": 3\xff}',
+           json.dumps(FIXTURE).encode()]
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "dualformer_jax.tasks.trace_cli", "--task=maze"],
+                        input=b"\n".join(lines) + b"\n", capture_output=True, cwd=REPO, env=env,
+                        timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+  assert len(out) == len(lines)
+  assert "nested too deeply" in out[0]["error"]
+  assert "digits" in out[1]["error"]
+  assert "not UTF-8" in out[2]["error"]
+  assert out[3]["plan"][:3] == ["plan", "0", "0"]
+
+
+def test_huge_inputs_get_a_quick_error_line():
+  """Duplicate walls are found in linear time, and Sokoban levels are capped before any
+  table is built (before: 14 s for 30k walls; 50 s and 4.5 GB for a 1500x1500 level)."""
+  walls = [[5, 5]] * 30_000
+  start = time.perf_counter()
+  out = trace_cli.answer_line(MazeTask(10), json.dumps(
+      {"width": 300, "height": 300, "start": [0, 0], "goal": [1, 1], "walls": walls}))
+  assert "duplicate walls [(5, 5)]" in out["error"]
+  out = trace_cli.answer_line(SokobanTask(), json.dumps({"level": ["#" * 1500] * 1500}))
+  assert "1500x1500 level: at most" in out["error"]
+  assert time.perf_counter() - start < 5.0
