@@ -14,12 +14,17 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
+from dualformer_jax import workdir_lock
 from dualformer_jax.data import records
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks.base import Unsolvable, make_task
@@ -56,6 +61,26 @@ def _owner(layout_key: str, test_frac: float, shards: dict[str, int]) -> tuple[s
 
 def _spec_id(task, spec) -> str:
   return json.dumps(task.spec_to_json(spec), sort_keys=True)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+  """Worker initializer: exit when the generating process dies (kill -9 or SIGTERM),
+  instead of writing shards for nobody. The kernel's parent-death signal acts at
+  once on Linux; a watchdog thread covers other systems (and the race before prctl)."""
+  if sys.platform.startswith("linux"):
+    try:
+      import ctypes
+      pr_set_pdeathsig = 1
+      ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+      pass
+
+  def watch() -> None:
+    while os.getppid() == parent_pid:
+      time.sleep(0.5)
+    os._exit(1)
+
+  threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _make_shard(job: dict) -> tuple[str, int]:
@@ -119,7 +144,16 @@ def _length_stats(paths: list[str]) -> dict:
   return stats
 
 
-def _check_compatible(meta: dict, fingerprint: dict, directory: str) -> None:
+def check_dataset_config(meta: dict, config: ml_collections.ConfigDict, directory: str) -> None:
+  """DatasetError when the dataset of `meta` was generated from another task or data config:
+  a run must not train or score on data of another grid size, seed or split."""
+  if "generator" in meta:  # a hand-made dataset has no record to compare
+    _check_compatible(meta, generator_fingerprint(config), directory, "another --workdir, or "
+                      "the config it was generated with")
+
+
+def _check_compatible(meta: dict, fingerprint: dict, directory: str,
+                      advice: str = "another --workdir or delete that directory") -> None:
   old = meta.get("generator")
   if old == fingerprint:
     return
@@ -134,12 +168,20 @@ def _check_compatible(meta: dict, fingerprint: dict, directory: str) -> None:
         diffs.append(f"{key}: {a!r} -> {b!r}")
   raise records.DatasetError(
       f"the dataset in {directory} was generated from a different config ({'; '.join(diffs)}); "
-      "use another --workdir or delete that directory")
+      f"use {advice}")
 
 
 def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None = None) -> dict:
-  """Writes (or completes) the dataset of `config` under <workdir>/data; returns meta.json's content."""
+  """Writes (or completes) the dataset of `config` under <workdir>/data; returns meta.json's content.
+
+  Holds the workdir's lock (workdir_lock.WorkdirBusy when another run has it).
+  """
   config_lib.validate(config)
+  with workdir_lock.hold(workdir, "generation"):
+    return _generate(config, workdir, workers)
+
+
+def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None) -> dict:
   directory = records.data_dir(workdir)
   os.makedirs(directory, exist_ok=True)
   fingerprint = generator_fingerprint(config)
@@ -147,7 +189,9 @@ def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | Non
   if os.path.exists(meta_path):
     meta = records.read_meta(directory)
     _check_compatible(meta, fingerprint, directory)
-    if meta.get("status") == "complete":
+    if meta.get("status") == "complete" and all(
+        os.path.exists(p) for split, n in meta.get("num_shards", {}).items()
+        for p in records.shard_paths(directory, split, n)):
       return meta
   task = make_task(config.task)
   vocab = Vocab(task.vocabulary())
@@ -173,7 +217,9 @@ def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | Non
         bar.update(_make_shard(job)[1])
     elif jobs:
       ctx = multiprocessing.get_context("spawn")  # no fork: the parent may hold jax threads
-      with concurrent.futures.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+      with concurrent.futures.ProcessPoolExecutor(
+          min(workers, len(jobs)), mp_context=ctx, initializer=_die_with_parent,
+          initargs=(os.getpid(),)) as pool:
         for fut in concurrent.futures.as_completed([pool.submit(_make_shard, j) for j in jobs]):
           bar.update(fut.result()[1])
   lengths = {s: _length_stats(records.shard_paths(directory, s, shards[s])) for s in counts}

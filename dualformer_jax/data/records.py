@@ -16,6 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
+from dualformer_jax import io_utils
+
 SPLITS = ("train", "test")
 META = "meta.json"
 
@@ -67,22 +69,33 @@ def write_shard(path: str, records: Iterable[bytes]) -> int:
 
 
 def read_shards(paths: list[str]):
-  """A random-access source over shards; clear error when one is missing or unreadable."""
+  """A random-access source over shards; DatasetError naming the shard that is missing or
+  unreadable (generation rewrites a deleted shard, byte for byte)."""
   import grain
   for p in paths:
     if not os.path.exists(p):
-      raise DatasetError(f"missing dataset shard {p}; run with --mode=generate")
+      raise DatasetError(f"missing dataset shard {p}; run with --mode=generate to rewrite it")
+  for p in paths if len(paths) > 1 else ():  # one at a time, to name the bad one
+    try:
+      grain.sources.ArrayRecordDataSource([p])
+    except Exception as e:  # array_record raises plain RuntimeErrors on bad files
+      raise DatasetError(f"corrupt dataset shard {p} ({_first_line(e)}); delete it and run "
+                         "with --mode=generate to rewrite it") from None
   try:
     return grain.sources.ArrayRecordDataSource(paths)
-  except Exception as e:  # array_record raises plain RuntimeErrors on bad files
-    raise DatasetError(f"cannot read dataset shards {paths}: {e}") from None
+  except Exception as e:
+    where = paths[0] if len(paths) == 1 else f"{len(paths)} shards in {os.path.dirname(paths[0])}"
+    raise DatasetError(f"cannot read dataset shard {where} ({_first_line(e)}); delete it and "
+                       "run with --mode=generate to rewrite it") from None
+
+
+def _first_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {lines[0][:300] if lines else 'no details'}"
 
 
 def write_meta(directory: str, meta: dict) -> None:
-  tmp = os.path.join(directory, META + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, META))
+  io_utils.write_json(os.path.join(directory, META), meta, indent=1, sort_keys=True)
 
 
 def read_meta(directory: str) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import ml_collections
 from absl import app, flags
@@ -72,9 +73,15 @@ def _run() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
+    from dualformer_jax import workdir_lock
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for example in draw_examples(config.value, workdir.value, num.value):
+    try:
+      examples = draw_examples(config.value, workdir.value, num.value)
+    except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line
+      sys.exit(1)
+    for example in examples:
       print(json.dumps(example))
 
   app.run(main)

@@ -121,3 +121,86 @@ def test_sample_group_asks_keep_before_any_search(get_config):
   kept_keys = {task.layout_key(s) for g in groups for s in g}
   assert kept_keys and kept_keys <= set(asked[1::2])
   assert not kept_keys & set(asked[0::2])
+
+
+def test_a_shard_deleted_from_a_complete_dataset_is_rewritten(tmp_path):
+  """The advice of a missing shard's error (--mode=generate) must work although meta.json
+  says complete: the shard comes back byte for byte."""
+  c = small_maze_config()
+  generate.generate(c, str(tmp_path), workers=1)
+  before = shard_bytes(tmp_path)
+  d = records.data_dir(str(tmp_path))
+  os.remove(os.path.join(d, records.shard_name("test", 2, 3)))
+  with pytest.raises(records.DatasetError, match="missing dataset shard .*--mode=generate"):
+    read_split(str(tmp_path), "test", json.load(open(os.path.join(d, records.META))))
+  generate.generate(c, str(tmp_path), workers=1)
+  assert shard_bytes(tmp_path) == before
+
+
+_GENERATE_FOREVER = """
+import sys
+sys.path.insert(0, {repo!r})
+from configs import maze
+from dualformer_jax.data import generate
+c = maze.get_config("default")
+c.task.size = 10
+c.data.num_train, c.data.num_test, c.data.num_shards, c.data.gen_workers = 200000, 2, 2, 2
+generate.generate(c, {workdir!r})
+"""
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue
+      if ppid == pid:
+        out.append(int(entry))
+  return out
+
+
+def _is_worker(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+      return b"spawn_main" in f.read()
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the workers")
+def test_workers_die_with_a_killed_parent(tmp_path):
+  """kill -9 of the generating process: its workers stop instead of writing shards forever."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  parent = subprocess.Popen([sys.executable, "-c", _GENERATE_FOREVER.format(
+      repo=repo, workdir=str(tmp_path))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  workers = []
+  try:
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+      time.sleep(0.5)
+      workers = [p for p in _children(parent.pid) if _is_worker(p)]
+    assert len(workers) == 2, "the generation never started its two workers"
+    time.sleep(1.0)  # the workers are generating now (a shard takes minutes)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+      time.sleep(0.2)
+    alive = [p for p in workers if os.path.exists(f"/proc/{p}")
+             and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not alive, f"workers {alive} outlived their parent"
+  finally:
+    parent.kill()
+    for p in workers:
+      try:
+        os.kill(p, signal.SIGKILL)
+      except ProcessLookupError:
+        pass

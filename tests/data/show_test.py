@@ -82,4 +82,13 @@ def test_cli_generates_a_missing_dataset_and_prints_json_lines(tmp_path):
   other = subprocess.run([c if c != "--config.task.size=5" else "--config.task.size=6"
                           for c in cmd], cwd=REPO, capture_output=True, text=True, timeout=300)
   assert other.returncode != 0 and "different config" in other.stderr
+  assert "Traceback" not in other.stderr and "error: the dataset" in other.stderr
+  # A damaged shard: one line that names it, no traceback.
+  shard = records.shard_paths(records.data_dir(str(tmp_path)), "train", 1)[0]
+  with open(shard, "r+b") as f:
+    f.seek(os.path.getsize(shard) // 2)
+    f.write(b"\xff" * 64)
+  bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 1 and "Traceback" not in bad.stderr
+  assert f"error: cannot read dataset shard {shard}" in bad.stderr
 
