@@ -2,42 +2,91 @@
 
 A checkpoint is refused (CheckpointError) when it was written by a config
 whose model, task or vocabulary differ from the current one; the training
-schedule may change between runs (e.g. to train longer).
+schedule may change between runs (e.g. to train longer), and so may
+execution-only model fields (attention kernel, remat policy). Resuming a
+training also needs the same data stream (seed, trace format).
+
+Integrity: a state with NaN/Inf values is never saved (FloatingPointError), and
+each checkpoint records a checksum per array (train/integrity.py). Restore
+verifies both, so a damaged step (unreadable, changed bytes, non-finite) raises
+CorruptCheckpoint, and `newest_good` falls back to the previous step, saying so.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable, TypeVar
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dualformer_jax.train import integrity
+
 # Config groups that must match for a checkpoint to fit the current run.
 _COMPAT_GROUPS = ("model", "task")
+# Model fields that choose how the same math runs, not what it computes.
+_EXECUTION_ONLY = ("remat", "attention")
+T = TypeVar("T")
 
 
 class CheckpointError(RuntimeError):
   pass
 
 
+class CorruptCheckpoint(CheckpointError):
+  """One step cannot be used (unreadable, checksum mismatch, NaN/Inf); an earlier one may."""
+
+
+def _drop_execution_only(view: dict) -> dict:
+  if isinstance(view.get("model"), dict):
+    view = {**view, "model": {k: v for k, v in view["model"].items()
+                              if k not in _EXECUTION_ONLY}}
+  return view
+
+
 def compat_view(config: ml_collections.ConfigDict, vocab: list[str]) -> dict:
-  return {**{g: config[g].to_dict() for g in _COMPAT_GROUPS}, "vocab": list(vocab)}
+  """What a checkpoint must share with the run that restores it (see _EXECUTION_ONLY)."""
+  view = {**{g: config[g].to_dict() for g in _COMPAT_GROUPS}, "vocab": list(vocab)}
+  return _drop_execution_only(view)
+
+
+def stream_view(config: ml_collections.ConfigDict) -> dict:
+  """The data settings a resumed training must keep: its data-iterator state is a
+  position in the stream they define."""
+  d = config.data
+  view = {"data.seed": d.seed, "data.trace_mode": d.trace_mode}
+  if d.trace_mode == "dualformer":
+    view["data.level_probs"] = list(d.level_probs)
+  if d.trace_mode == "fixed_level":
+    view["data.fixed_level"] = d.fixed_level
+  if d.trace_mode == "dualformer" or (d.trace_mode == "fixed_level" and d.fixed_level == 3):
+    view["data.create_drop_rate"] = d.create_drop_rate
+  return view
 
 
 def _json_roundtrip(x: Any) -> Any:
   return json.loads(json.dumps(x))
 
 
+def _one_line(e: BaseException) -> str:
+  """An exception as one short line (tensorstore errors run to dozens of lines)."""
+  lines = str(e).strip().splitlines()
+  text = lines[0] if lines else ""
+  return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 or len(lines) > 1 else ''}"
+
+
 class Checkpointer:
   """CheckpointManager over `<workdir>/checkpoints`, async, keeping the last K."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, vocab: list[str]):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self.compat = _json_roundtrip(compat_view(config, vocab))
+    self.stream = _json_roundtrip(stream_view(config))
     self.config = config
     options = ocp.CheckpointManagerOptions(
         max_to_keep=config.train.keep_checkpoints, enable_async_checkpointing=True, create=True)
@@ -50,9 +99,20 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state: Any, data_iter: Any | None, force: bool = False) -> bool:
-    """Starts an asynchronous save; returns False when orbax skipped it (step exists)."""
+    """Starts an asynchronous save; returns False when orbax skipped it (step exists).
+
+    FloatingPointError, and nothing written, when the state holds NaN or Inf:
+    a bad state must never become the latest checkpoint and push out a good one.
+    """
+    checksums, bad = integrity.digest(state)
+    if bad:
+      raise FloatingPointError(
+          f"the train state at step {step} holds NaN/Inf values ({len(bad)} arrays, e.g. "
+          f"{bad[0]}); it was not saved, the last checkpoint ({self.latest_step()}) is kept. "
+          "Lower train.learning_rate or raise train.warmup_steps")
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave({"step": step, "compat": self.compat,
+                                        "stream": self.stream, "checksums": checksums,
                                         "config": json.loads(self.config.to_json()),
                                         "process_count": jax.process_count()})}
     if data_iter is not None:
@@ -62,26 +122,27 @@ class Checkpointer:
   def read_meta(self, step: int) -> dict:
     try:
       out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      return out.meta
+      meta = out.meta
     except Exception as e:  # orbax raises many types for damaged directories
-      raise CheckpointError(
-          f"cannot read checkpoint {step} in {self.directory} ({type(e).__name__}: {e}); "
-          "it may be corrupt or partly written: delete that step directory to fall back "
-          "to an earlier one") from None
+      raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} is unreadable "
+                              f"({_one_line(e)})") from None
+    if not isinstance(meta, dict):
+      raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} has no readable record")
+    return meta
 
   def process_count(self, step: int) -> int:
     """Processes that wrote checkpoint `step` (one data-iterator file each); 1 if unrecorded."""
-    meta = self.read_meta(step)
-    return int(meta.get("process_count", 1)) if isinstance(meta, dict) else 1
+    return int(self.read_meta(step).get("process_count", 1))
 
   def check_compatible(self, step: int) -> None:
     meta = self.read_meta(step)
-    theirs = meta.get("compat") if isinstance(meta, dict) else None
-    if theirs == self.compat:
-      return
+    theirs = meta.get("compat")
     if not isinstance(theirs, dict):
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no config record: "
                             "it was not written by dualformer_jax")
+    theirs = _drop_execution_only(theirs)
+    if theirs == self.compat:
+      return
     diffs = []
     for group in sorted(set(theirs) | set(self.compat)):
       a, b = theirs.get(group), self.compat.get(group)
@@ -97,18 +158,78 @@ class Checkpointer:
         f"checkpoint {step} in {self.directory} was written by an incompatible config: "
         f"{'; '.join(diffs)}. Use another --workdir, or the config it was trained with.")
 
+  def check_stream(self, step: int) -> None:
+    """CheckpointError when the training of `step` read another data stream (seed, format)."""
+    theirs = self.read_meta(step).get("stream")
+    if theirs is None or theirs == self.stream:  # older checkpoints have no record
+      return
+    diffs = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {self.stream.get(k)!r} (now)"
+             for k in sorted(set(theirs) | set(self.stream)) if theirs.get(k) != self.stream.get(k)]
+    raise CheckpointError(
+        f"checkpoint {step} in {self.directory} was trained on another data stream: "
+        f"{'; '.join(diffs)}. Resume with the settings it was trained with, or use another "
+        "--workdir")
+
   def restore(self, step: int, abstract_state: Any, data_iter: Any | None) -> Any:
-    """Restores the state onto `abstract_state`'s shardings and the iterator in place."""
+    """Restores the state onto `abstract_state`'s shardings and the iterator in place,
+    then verifies checksums and finiteness (CorruptCheckpoint when they fail)."""
     self.check_compatible(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(**items)).state
+      state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
     except Exception as e:
-      raise CheckpointError(
-          f"cannot restore checkpoint {step} from {self.directory} "
-          f"({type(e).__name__}: {e})") from None
+      raise CorruptCheckpoint(f"cannot restore checkpoint {step} from {self.directory} "
+                              f"({_one_line(e)})") from None
+    checksums, bad = integrity.digest(state)
+    if bad:
+      raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} holds NaN/Inf values "
+                              f"({len(bad)} arrays, e.g. {bad[0]})")
+    recorded = self.read_meta(step).get("checksums")
+    if recorded is not None:  # older checkpoints have none
+      wrong = integrity.mismatches(recorded, checksums)
+      if wrong:
+        raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} fails its checksum in "
+                                f"{len(wrong)} arrays (e.g. {wrong[0]}): its files changed "
+                                "after they were written")
+    return state
+
+  def newest_good(self, restore_step: Callable[[int], T], say: Callable[[str], None],
+                  steps: list[int] | None = None) -> tuple[int, T, list[int]]:
+    """(step, restore_step(step), damaged newer steps) for the newest step that restores.
+
+    A CorruptCheckpoint moves on to the previous step with one line through `say`;
+    any other error (an incompatible config) stops at once. CheckpointError when
+    no step is usable.
+    """
+    damaged = []
+    for step in sorted(self.all_steps() if steps is None else steps, reverse=True):
+      try:
+        return step, restore_step(step), damaged
+      except CorruptCheckpoint as e:
+        damaged.append(step)
+        say(f"warning: {e}; trying the previous checkpoint")
+    raise CheckpointError(f"no usable checkpoint in {self.directory} (damaged: steps "
+                          f"{damaged}); move that directory away to train from scratch")
+
+  def set_aside(self, steps: list[int]) -> str:
+    """Moves damaged steps to `<workdir>/checkpoints.damaged/` (kept, but out of orbax's
+    sight, so a resumed training can save those steps again); returns that directory."""
+    aside = os.path.join(self.workdir, "checkpoints.damaged")
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):  # an older copy of the same step: keep both
+          target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from dualformer_jax import distributed
+      distributed.barrier("dualformer_jax: damaged checkpoints set aside")
+    self.manager.reload()
+    return aside
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

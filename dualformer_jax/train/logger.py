@@ -1,6 +1,8 @@
 """Run metrics: `metrics.jsonl` (one JSON object per logged step) and TensorBoard events.
 
 Only process 0 writes; other processes get a logger that drops everything.
+A resumed run first drops the rows past its checkpoint (steps that will be
+trained again) and a last line cut short by a crash; readers skip bad lines.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import os
 
 import jax
 
+from dualformer_jax import io_utils
+
 
 class MetricLogger:
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.active:
+      _keep_rows_up_to(self.path, resume_step)
       from tensorboardX import SummaryWriter  # no TensorFlow needed
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -38,12 +43,40 @@ class MetricLogger:
       self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
+def _parse_rows(path: str) -> list[dict]:
+  """The well-formed rows of a metrics file (a line cut by a crash or full disk is skipped)."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  rows = []
+  with open(path, errors="replace") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and isinstance(row.get("step"), int):
+        rows.append(row)
+  return rows
+
+
+def _keep_rows_up_to(path: str, step: int) -> None:
+  """Rewrites the file (atomically) without rows past `step` or bad lines, when it has any:
+  after kill -9 and a resume, steps past the checkpoint would otherwise appear twice."""
+  if not os.path.exists(path):
+    return
+  with open(path, errors="replace") as f:
+    text = f.read()
+  rows = _parse_rows(path)
+  kept = [r for r in rows if r["step"] <= step]
+  clean = len(kept) == len(rows) == len(text.splitlines()) and text.endswith("\n")
+  if clean:
+    return
+  io_utils.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Every well-formed row of `<workdir>/metrics.jsonl`, in file order."""
+  return _parse_rows(os.path.join(workdir, "metrics.jsonl"))
 
 
 def plot_loss(workdir: str, out_name: str = "loss.png") -> str | None:

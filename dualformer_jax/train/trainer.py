@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
-from dualformer_jax import distributed
-from dualformer_jax.data import pipeline, records
+from dualformer_jax import distributed, io_utils, workdir_lock
+from dualformer_jax.data import generate, pipeline, records
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
@@ -81,9 +81,8 @@ def _say(message: str) -> None:
 def save_run_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Keeps the config the run used next to its outputs (process 0 only)."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=1, sort_keys=True))
+    io_utils.write_text(os.path.join(workdir, "config.json"),
+                        config.to_json(indent=1, sort_keys=True))
 
 
 def _to_device(batch: dict, mesh) -> dict:
@@ -108,6 +107,8 @@ def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
   stream, so it cannot carry over to another process count: the data stream
   then starts again from its beginning (said on stdout).
   """
+  ckpt.check_compatible(step)
+  ckpt.check_stream(step)
   written_by = ckpt.process_count(step)
   if written_by == jax.process_count():
     return ckpt.restore(step, abstract_state, data_iter)
@@ -118,7 +119,7 @@ def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
 
 
 def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
-  """Eval loss and token accuracy over the first `num_batches` test batches."""
+  """Eval loss and token accuracy over the first `num_batches` test batches; {} if none."""
   sums: dict[str, float] = {}
   for i, batch in enumerate(eval_data):
     if i >= num_batches:
@@ -126,40 +127,62 @@ def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
     out = jax.device_get(eval_step(params, _to_device(batch, mesh)))
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(np.asarray(v))
+  if not sums:
+    return {}
   return {k: float(v) for k, v in step_lib.summarize(sums).items()}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint if any."""
+  """Trains `config` in `workdir`, resuming from its newest usable checkpoint if any.
+
+  Process 0 holds the workdir's lock for the run (workdir_lock.WorkdirBusy when
+  another training or generation has it).
+  """
   config_lib.validate(config)
+  if jax.process_index() != 0:
+    return _train(config, workdir)
+  with workdir_lock.hold(workdir, "training"):
+    return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   directory = records.data_dir(workdir)
   meta = records.read_meta(directory)
   if meta.get("status") != "complete":
     raise records.DatasetError(f"the dataset in {directory} is incomplete; run --mode=generate")
+  generate.check_dataset_config(meta, config, directory)
   vocab = Vocab.from_list(meta["vocab"])
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
   distributed.check_batch_split(mesh, config.train.batch_size)
-  save_run_config(config, workdir)
 
   ckpt = Checkpointer(workdir, config, vocab.to_list())
   local_batch = config.train.batch_size // jax.process_count()
   data_iter = pipeline.train_iterator(config, directory, local_batch)
   eval_data = pipeline.eval_batches(config, directory, local_batch)
-  start = ckpt.latest_step()
-  if start is None:
+  if not len(eval_data):
+    _say(f"warning: none of the {config.data.num_test} test examples fits "
+         f"data.max_prompt_len={config.data.max_prompt_len} / data.max_decoder_len="
+         f"{config.data.max_decoder_len}: no eval loss will be measured")
+  if not ckpt.all_steps():
+    start = 0
     graphdef, state, state_shardings = step_lib.create_train_state(
         config, len(vocab), mesh, config.seed)
   else:  # restore straight onto the shardings: no throw-away init
     graphdef = step_lib.model_graphdef(config, len(vocab))
     state_shardings = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
-    state = _restore(ckpt, start, state_shardings, data_iter)
+    start, state, damaged = ckpt.newest_good(
+        lambda s: _restore(ckpt, s, state_shardings, data_iter), _say)
+    if damaged:
+      aside = ckpt.set_aside(damaged)
+      _say(f"warning: checkpoints {damaged} are damaged and were moved to {aside}; "
+           f"training resumes from checkpoint {start}")
     state_shardings = jax.tree.map(lambda x: x.sharding, state_shardings)
     _say(f"resumed from checkpoint {start} in {ckpt.directory}")
+  save_run_config(config, workdir)  # after the checks: a refused run leaves the old one
   train_step = step_lib.make_train_step(graphdef, config, mesh, state_shardings)
   eval_step = step_lib.make_eval_step(graphdef, config, mesh, state_shardings)
-  start = int(start or 0)
-  logger = MetricLogger(workdir)
+  logger = MetricLogger(workdir, resume_step=start)
   stop = _StopFlag()
   result = TrainResult(step=start, interrupted=False)
   num_steps = config.train.num_steps
@@ -183,13 +206,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
           pending = (step, metrics)
         bar.update(1)
         result.step = step
-        if step % config.train.eval_every == 0 or step == num_steps:
+        # Save before the eval: a failing eval must not cost the steps since the last save.
+        if step % config.train.checkpoint_every == 0 or step == num_steps:
+          ckpt.save(step, state, data_iter)
+        if (step % config.train.eval_every == 0 or step == num_steps) and len(eval_data):
           ev = evaluate_loss(eval_step, state.params, eval_data, mesh, config.train.eval_batches)
           logger.write(step, ev, prefix="eval_")
           _say(f"step {step}: eval loss {ev['loss']:.4f}, token accuracy {ev['accuracy']:.3f}")
           result.final_metrics = ev
-        if step % config.train.checkpoint_every == 0 or step == num_steps:
-          ckpt.save(step, state, data_iter)
         # Every process must stop at the same step: the save below is collective.
         if multi and multihost_utils.reached_preemption_sync_point(step):
           stop.signum = signal.SIGTERM

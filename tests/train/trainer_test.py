@@ -1,9 +1,14 @@
-"""The training loop end to end on a tiny maze set: logging, resume, preemption, bad checkpoints."""
+"""The training loop end to end on a tiny maze set: logging, resume, preemption, bad checkpoints,
+and the faults a run must survive or refuse in one line (damaged or non-finite checkpoints,
+another dataset, another data stream, a second trainer, a test split that never fits)."""
 
+import glob
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,10 +16,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import maze as maze_configs
-from dualformer_jax.data import generate
+from dualformer_jax import workdir_lock
+from dualformer_jax.data import generate, records
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train import trainer
 from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.logger import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_config(num_steps=8):
@@ -30,7 +39,7 @@ def tiny_config(num_steps=8):
   c.train.log_every = 2
   c.train.eval_every = 4
   c.train.eval_batches = 1
-  c.train.checkpoint_every = 4
+  c.train.checkpoint_every = 2
   c.compilation_cache_dir = ""
   return c
 
@@ -47,6 +56,24 @@ def workdir_with_data(tmp_path, data_dir, name="run"):
   w = tmp_path / name
   shutil.copytree(data_dir / "data", w / "data")
   return str(w)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  """A run trained 4 steps with checkpoints 2 and 4; tests work on copies (copy_run)."""
+  w = workdir_with_data(tmp_path_factory.mktemp("trained"), data_dir)
+  trainer.train(tiny_config(num_steps=4), w)
+  return w
+
+
+def copy_run(tmp_path, trained, name="run"):
+  w = str(tmp_path / name)
+  shutil.copytree(trained, w)
+  return w
+
+
+def steps_on_disk(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
 
 
 def final_params(config, workdir):
@@ -106,24 +133,113 @@ def test_preempted_then_resumed_equals_uninterrupted(tmp_path, data_dir, monkeyp
     np.testing.assert_array_equal(a, b)
 
 
-def test_refuses_checkpoint_of_another_model(tmp_path, data_dir):
-  c = tiny_config(num_steps=2)
-  w = workdir_with_data(tmp_path, data_dir)
-  trainer.train(c, w)
-  other = tiny_config(num_steps=4)
+def test_refuses_checkpoint_of_another_model(tmp_path, trained):
+  w = copy_run(tmp_path, trained)
+  other = tiny_config(num_steps=6)
   other.model.size = "s"
   with pytest.raises(CheckpointError, match="model.size: 'tiny' \\(checkpoint\\) vs 's'"):
     trainer.train(other, w)
+  # The refused run leaves the config of the run that trained the checkpoints.
+  assert json.load(open(os.path.join(w, "config.json")))["model"]["size"] == "tiny"
 
 
-def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, data_dir):
+def test_refuses_another_data_stream_or_dataset(tmp_path, trained):
+  """Resuming on another trace format, or on data of another grid size, is refused."""
+  w = copy_run(tmp_path, trained)
+  other = tiny_config(num_steps=6)
+  other.data.trace_mode = "complete"
+  with pytest.raises(CheckpointError, match="data.trace_mode: 'dualformer' \\(checkpoint\\) "
+                                            "vs 'complete' \\(now\\)"):
+    trainer.train(other, w)
+  other = tiny_config(num_steps=6)
+  other.task.size = 6
+  with pytest.raises(records.DatasetError, match="task.size: 5 -> 6"):
+    trainer.train(other, w)
+  assert steps_on_disk(w) == [2, 4]
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, trained):
+  w = copy_run(tmp_path, trained)
+  for step in ("2", "4"):
+    for root, _, files in os.walk(os.path.join(w, "checkpoints", step, "state")):
+      for f in files:
+        with open(os.path.join(root, f), "wb") as fh:
+          fh.write(b"\0garbage")
+  with pytest.raises(CheckpointError, match=r"no usable checkpoint.*damaged: steps \[4, 2\]") as e:
+    trainer.train(tiny_config(num_steps=6), w)
+  assert "\n" not in str(e.value)
+
+
+def flip_a_byte(workdir, step):
+  """Changes one byte in the middle of the largest array file of checkpoint `step`."""
+  files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "d", "*"),
+                    recursive=True)
+  path = max(files, key=os.path.getsize)
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, trained, capsys):
+  """One flipped byte in checkpoint 4: training resumes from 2, says so, keeps 4 aside,
+  and metrics.jsonl ends with each step once (also after a line cut short by kill -9)."""
+  w = copy_run(tmp_path, trained)
+  flip_a_byte(w, 4)
+  with open(os.path.join(w, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 5, "lo')  # a write cut short
+  result = trainer.train(tiny_config(num_steps=6), w)
+  out = capsys.readouterr().out
+  assert "checkpoint 4" in out and "fails its checksum" in out
+  assert "resumed from checkpoint 2" in out
+  assert result.step == 6 and steps_on_disk(w) == [4, 6]
+  assert os.listdir(os.path.join(w, "checkpoints.damaged")) == ["4"]
+  rows = read_metrics(w)
+  assert [r["step"] for r in rows if "loss" in r] == [2, 4, 6]
+  assert [r["step"] for r in rows if "eval_loss" in r] == [4, 6]
+  assert len(open(os.path.join(w, "metrics.jsonl")).read().splitlines()) == len(rows)
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path, trained):
+  """A diverged run stops at the save with one line; the good checkpoints stay (before:
+  the NaN state was saved and, with keep_checkpoints=2, pushed the good ones out)."""
+  w = copy_run(tmp_path, trained)
+  c = tiny_config(num_steps=10)
+  c.train.learning_rate, c.train.warmup_steps, c.train.log_every = 1e30, 0, 100
+  with pytest.raises(FloatingPointError, match="step 6 holds NaN/Inf.*not saved.*\\(4\\) is kept"):
+    trainer.train(c, w)
+  assert steps_on_disk(w) == [2, 4]
+  _, params = final_params(c, w)
+  assert all(np.isfinite(p).all() for p in params)
+
+
+def test_no_test_example_fits_the_decoder(tmp_path, data_dir, capsys):
+  """Plan-only training whose complete test traces never fit max_decoder_len: a warning and
+  no eval loss, not a KeyError at the first evaluation."""
   c = tiny_config(num_steps=2)
+  c.data.level_probs, c.data.max_decoder_len = (0.0, 0.0, 0.0, 0.0, 1.0), 64
   w = workdir_with_data(tmp_path, data_dir)
-  trainer.train(c, w)
-  step_dir = os.path.join(w, "checkpoints", "2")
-  for root, _, files in os.walk(os.path.join(step_dir, "state")):
-    for f in files:
-      with open(os.path.join(root, f), "wb") as fh:
-        fh.write(b"\0garbage")
-  with pytest.raises(CheckpointError, match="cannot restore checkpoint 2"):
-    trainer.train(tiny_config(num_steps=4), w)
+  result = trainer.train(c, w)
+  assert result.step == 2 and steps_on_disk(w) == [2]
+  assert "none of the 8 test examples fits" in capsys.readouterr().out
+  assert not any("eval_loss" in r for r in read_metrics(w))
+
+
+def test_a_second_trainer_on_one_workdir_is_refused(tmp_path, data_dir):
+  w = workdir_with_data(tmp_path, data_dir)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nsys.path.insert(0, sys.argv[1])\n"
+       "from dualformer_jax import workdir_lock\n"
+       "with workdir_lock.hold(sys.argv[2]):\n  print('held', flush=True)\n  time.sleep(120)",
+       REPO, w], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(workdir_lock.WorkdirBusy, match=f"in use by pid {holder.pid} on "):
+      trainer.train(tiny_config(num_steps=2), w)
+    with pytest.raises(workdir_lock.WorkdirBusy, match="in use by pid"):
+      generate.generate(tiny_config(), w, workers=1)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert not os.path.exists(os.path.join(w, "checkpoints"))
