@@ -39,7 +39,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  from dualformer_jax import distributed
+  from dualformer_jax import distributed, workdir_lock
   from dualformer_jax.data import records
   from dualformer_jax.train.checkpoint import CheckpointError
 
@@ -59,7 +59,10 @@ def main(argv):
   try:
     distributed.initialize(launch)  # before anything touches a device
     _run(config, workdir, mode, multi_process=launch is not None)
-  except (records.DatasetError, CheckpointError, distributed.DistributedError) as e:
+  except (records.DatasetError, CheckpointError, distributed.DistributedError,
+          workdir_lock.WorkdirBusy, FloatingPointError, ValueError) as e:
+    # User errors (a bad tasks file, a mesh that does not fit the devices, a diverged
+    # run, a busy workdir) get one line, not a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

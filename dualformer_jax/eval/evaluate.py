@@ -3,7 +3,9 @@
 Modes differ only in the forced decoder prefix (PAPER.md, "Controlling the
 mode at inference"): fast `bos plan`, slow `bos create`, auto `bos`.
 Writes `<workdir>/eval/<step>/results.json`, `table.md`, pictures, and
-prints the table.
+prints the table. The first `eval.num_tasks` test tasks are scored; a tasks
+file (`eval.tasks_file`) is scored whole, into `eval/<step>/tasks-<file name>/`,
+so it never replaces the test split's table.
 
 Each sampling call takes `prompts_per_batch` prompts (rounded up to a multiple
 of the mesh's data x fsdp size) split over the batch axes of the mesh, so with
@@ -25,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
-from dualformer_jax import distributed
-from dualformer_jax.data import pipeline, records
+from dualformer_jax import distributed, io_utils
+from dualformer_jax.data import generate, pipeline, records
 from dualformer_jax.data.vocab import BOS, EOS, PAD, Vocab
 from dualformer_jax.eval import metrics as metrics_lib
 from dualformer_jax.eval import render
@@ -47,27 +49,43 @@ class EvalTask:
 
 def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
                vocab: Vocab) -> list[EvalTask]:
-  """The first `eval.num_tasks` tasks of the test split, or of `eval.tasks_file`."""
+  """The first `eval.num_tasks` tasks of the test split, or every task of `eval.tasks_file`.
+
+  ValueError names the file and line of a bad task, including one whose prompt
+  the model would read as another task (a maze prompt does not state its grid
+  size: a 3x3 maze would be read, and scored, as a size x size one).
+  """
   out = []
   if config.eval.tasks_file:
     known = set(vocab.tokens)
-    with open(config.eval.tasks_file) as f:
-      for lineno, line in enumerate(f, 1):
-        if len(out) >= config.eval.num_tasks:
-          break
-        if not line.strip():
-          continue
-        where = f"{config.eval.tasks_file}:{lineno}"
-        try:
-          spec = task.spec_from_json(json.loads(line))
-          toks = task.solve_tokens(spec, None)
-        except (ValueError, Unsolvable) as e:  # json errors are ValueErrors
-          raise ValueError(f"{where}: {e}") from None
-        unknown = [t for t in toks.prompt if t not in known]
-        if unknown:
-          raise ValueError(f"{where}: tokens {sorted(set(unknown))} are outside the model's "
-                           "vocabulary (a larger grid than it was trained on?)")
-        out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
+    try:
+      with open(config.eval.tasks_file, errors="replace") as f:
+        lines = list(f)
+    except OSError as e:
+      raise ValueError(f"config.eval.tasks_file={config.eval.tasks_file!r}: {e.strerror}") from None
+    for lineno, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      where = f"{config.eval.tasks_file}:{lineno}"
+      try:
+        spec = task.spec_from_json(json.loads(line))
+        toks = task.solve_tokens(spec, None)
+      except (ValueError, RecursionError, Unsolvable) as e:  # json errors are ValueErrors
+        raise ValueError(f"{where}: {e}") from None
+      unknown = [t for t in toks.prompt if t not in known]
+      if unknown:
+        raise ValueError(f"{where}: tokens {sorted(set(unknown))} are outside the model's "
+                         "vocabulary (a larger grid than it was trained on?)")
+      try:
+        as_read = task.spec_from_prompt(toks.prompt)
+      except ValueError as e:
+        as_read = e
+      if as_read != spec:
+        raise ValueError(
+            f"{where}: a {spec.width}x{spec.height} {task.name} task, which the model "
+            f"(task.size={config.task.size}) would read as another one, since the prompt does "
+            f"not state the grid size; give {config.task.size}x{config.task.size} tasks")
+      out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
   else:
     for rec in pipeline.eval_records(config, data_dir)[:config.eval.num_tasks]:
       prompt, plan = vocab.decode(rec["prompt"]), vocab.decode(rec["plan"])
@@ -96,16 +114,27 @@ def _encode_prompts(prompts: list[list[str]], vocab: Vocab, length: int) -> np.n
 
 
 def restore_params(config, workdir: str, vocab: Vocab, mesh):
-  """(graphdef, params, step) of the checkpoint asked for by `eval.checkpoint_step`."""
+  """(graphdef, params, step) of the checkpoint asked for by `eval.checkpoint_step`.
+
+  The latest (-1) falls back to the newest usable step when later ones are
+  damaged, saying so; an explicit step that is damaged is an error.
+  """
   ckpt = Checkpointer(workdir, config, vocab.to_list())
   try:
-    step = ckpt.latest_step() if config.eval.checkpoint_step < 0 else config.eval.checkpoint_step
-    if step is None:
+    steps = ckpt.all_steps()
+    if not steps:
       raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
-    if step not in ckpt.all_steps():
-      raise CheckpointError(f"no checkpoint {step} in {ckpt.directory}; have {ckpt.all_steps()}")
+    asked = config.eval.checkpoint_step
+    if asked >= 0 and asked not in steps:
+      raise CheckpointError(f"no checkpoint {asked} in {ckpt.directory}; have {steps}")
     abstract = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
-    state = ckpt.restore(step, abstract, None)
+    if asked >= 0:
+      step, state = asked, ckpt.restore(asked, abstract, None)
+    else:
+      say = print if jax.process_index() == 0 else (lambda _: None)
+      step, state, damaged = ckpt.newest_good(lambda s: ckpt.restore(s, abstract, None), say)
+      if damaged:
+        say(f"warning: checkpoints {damaged} are damaged: evaluating checkpoint {step}")
   finally:
     ckpt.close()
   return step_lib.model_graphdef(config, len(vocab)), state.params, step
@@ -145,7 +174,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every mode of `eval.modes`; returns mode -> metrics (on every process)."""
   config_lib.validate(config)
   directory = records.data_dir(workdir)
-  vocab = Vocab.from_list(records.read_meta(directory)["vocab"])
+  meta = records.read_meta(directory)
+  generate.check_dataset_config(meta, config, directory)
+  vocab = Vocab.from_list(meta["vocab"])
   task = make_task(config.task)
   tasks = load_tasks(config, task, directory, vocab)
   mesh = sharding.make_mesh(config.mesh)
@@ -154,6 +185,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              else config.data.max_decoder_len)
   prompt_len = -(-max(len(t.prompt) + 2 for t in tasks) // 16) * 16  # one compiled shape
   out_dir = os.path.join(workdir, "eval", str(step))
+  if config.eval.tasks_file:  # beside the test split's table, never over it
+    stem = os.path.splitext(os.path.basename(config.eval.tasks_file))[0]
+    out_dir = os.path.join(out_dir, f"tasks-{stem}")
   writes = jax.process_index() == 0
   if writes:
     os.makedirs(out_dir, exist_ok=True)
@@ -202,10 +236,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     pictures[mode] = [gathered[i][1] for i in range(num_pictures)]
   table = metrics_lib.markdown_table(results)
   if writes:
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-      json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-      f.write(f"checkpoint {step}, {len(tasks)} tasks x {n} samples\n\n{table}\n")
+    io_utils.write_json(os.path.join(out_dir, "results.json"), results, indent=1)
+    source = config.eval.tasks_file or "the test split"
+    io_utils.write_text(os.path.join(out_dir, "table.md"),
+                        f"checkpoint {step}, {len(tasks)} tasks of {source} x {n} samples\n\n"
+                        f"{table}\n")
     for mode, responses in pictures.items():
       for i, response in enumerate(responses):
         render.render_response(task.name, tasks[i].prompt, response,
