@@ -134,7 +134,8 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     out = run(["bash", str(LAUNCH / "local_multiprocess.sh"), "2", *flags(), f"--workdir={two}",
-               "--mode=all"], CPU_DEVICES="2", LOG_DIR=str(tmp_path / "logs"))  # a free port
+               "--mode=all"], CPU_DEVICES="2", LOG_DIR=str(tmp_path / "logs"),  # a free port
+              PYTHON=sys.executable)  # this interpreter, even from an unactivated venv
   finally:
     ref_out, _ = reference.communicate()
   assert reference.returncode == 0, ref_out[-4000:]

@@ -19,7 +19,6 @@ It runs in one process; multi-host launches (launch/) train one model at a time.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import time
 import ml_collections
 
 from dualformer_jax import config as config_lib
+from dualformer_jax import io_utils
 
 # name -> (data.trace_mode, the modes it is evaluated in)
 MODELS = {
@@ -69,29 +69,39 @@ def run_dir(workdir: str, name: str) -> str:
   return path
 
 
-def _timing(path: str) -> dict:
-  file = os.path.join(path, "timing.json")
+def _read_output(file: str) -> dict | None:
+  """A JSON object this sweep wrote, or None when missing; an unreadable one (cut short by
+  a crash before writes were atomic) is named and treated as missing, so it is redone."""
   if not os.path.exists(file):
-    return {"train_s": 0.0, "eval_s": 0.0}
-  with open(file) as f:
-    return json.load(f)
+    return None
+  try:
+    obj = io_utils.read_json(file, "sweep output")
+  except ValueError as e:
+    print(f"warning: {e}; redoing it", flush=True)
+    return None
+  if not isinstance(obj, dict):
+    print(f"warning: {file} holds no JSON object; redoing it", flush=True)
+    return None
+  return obj
+
+
+def _timing(path: str) -> dict:
+  return _read_output(os.path.join(path, "timing.json")) or {"train_s": 0.0, "eval_s": 0.0}
 
 
 def _add_time(path: str, key: str, seconds: float) -> None:
   timing = _timing(path)
   timing[key] = round(timing.get(key, 0.0) + seconds, 1)
-  with open(os.path.join(path, "timing.json"), "w") as f:
-    json.dump(timing, f)
+  io_utils.write_json(os.path.join(path, "timing.json"), timing)
 
 
 def _results(path: str, step: int, modes: tuple[str, ...], num_samples: int) -> dict | None:
   """The saved evaluation of checkpoint `step` if it covers `modes` with `num_samples` each."""
-  file = os.path.join(path, "eval", str(step), "results.json")
-  if not os.path.exists(file):
+  results = _read_output(os.path.join(path, "eval", str(step), "results.json"))
+  if results is None:
     return None
-  with open(file) as f:
-    results = json.load(f)
-  ok = all(m in results and results[m]["num_samples"] == num_samples for m in modes)
+  ok = all(isinstance(results.get(m), dict) and results[m].get("num_samples") == num_samples
+           for m in modes)
   return results if ok else None
 
 
@@ -147,8 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for name in models:
     summary["models"][name] = run_model(config, workdir, name)
     summary["wall_s"][name] = _timing(os.path.join(workdir, name))
-  with open(os.path.join(workdir, SUMMARY), "w") as f:
-    json.dump(summary, f, indent=1, default=list)
+  io_utils.write_json(os.path.join(workdir, SUMMARY), summary, indent=1, default=list)
   report.write_report(workdir, summary)
   return summary
 
@@ -157,6 +166,7 @@ def main(argv) -> None:
   del argv
   from absl import logging
 
+  from dualformer_jax import workdir_lock
   from dualformer_jax.data import records
   from dualformer_jax.train.checkpoint import CheckpointError
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
@@ -168,7 +178,8 @@ def main(argv) -> None:
   except Interrupted as e:
     print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
-  except (records.DatasetError, CheckpointError, FileExistsError, ValueError) as e:
+  except (records.DatasetError, CheckpointError, FileExistsError, ValueError,
+          FloatingPointError, workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   with open(os.path.join(_WORKDIR.value, "results.md")) as f:

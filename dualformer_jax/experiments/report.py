@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from dualformer_jax import io_utils
 from dualformer_jax.train.logger import read_metrics
 
 LABELS = {"solution_only": "Solution-Only", "complete_trace": "Complete-Trace",
@@ -135,8 +136,7 @@ def write_report(workdir: str, summary: dict) -> list[str]:
   matplotlib.use("Agg")
   paths = [os.path.join(workdir, n) for n in
            ("results.md", "optimal.png", "reasoning_length.png", "loss.png")]
-  with open(paths[0], "w") as f:
-    f.write(markdown(summary))
+  io_utils.write_text(paths[0], markdown(summary))
   plot_optimal(summary, paths[1])
   plot_reasoning_length(summary, paths[2])
   plot_losses(workdir, list(summary["models"]), paths[3])
@@ -146,5 +146,8 @@ def write_report(workdir: str, summary: dict) -> list[str]:
 if __name__ == "__main__":
   if len(sys.argv) != 2:
     sys.exit("usage: python -m dualformer_jax.experiments.report SWEEP_WORKDIR")
-  with open(os.path.join(sys.argv[1], "summary.json")) as f:
-    print("\n".join(write_report(sys.argv[1], json.load(f))))
+  try:
+    summary = io_utils.read_json(os.path.join(sys.argv[1], "summary.json"), "summary")
+  except (OSError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  print("\n".join(write_report(sys.argv[1], summary)))

@@ -148,3 +148,23 @@ def test_an_evaluation_with_another_sample_count_is_redone(sweep, tmp_path, monk
   summary = compare.run(config, workdir)
   assert calls == list(compare.MODELS)
   assert summary["models"]["complete_trace"]["slow"]["num_samples"] == 3
+
+
+def test_an_unreadable_results_file_is_named_and_redone(sweep, tmp_path, monkeypatch, capsys):
+  """An empty results.json (a write cut short before writes were atomic) is named and its
+  evaluation redone, instead of a JSONDecodeError that names no file."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  bad = os.path.join(workdir, "dualformer", "eval", "4", "results.json")
+  open(bad, "w").close()
+  calls = []
+
+  def fake_evaluate(config, path):
+    calls.append(os.path.basename(path))
+    return sweep[1]["models"]["dualformer"]
+
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+  summary = compare.run(tiny_config(), workdir)
+  assert calls == ["dualformer"] and summary["models"] == sweep[1]["models"]
+  assert f"{bad} is unreadable" in capsys.readouterr().out
