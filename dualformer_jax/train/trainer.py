@@ -4,6 +4,10 @@ Reads batches from the grain pipeline, runs `train_step`, logs one step late
 (so the host never stalls the device), evaluates the test-split loss,
 checkpoints (state + data iterator + config) and resumes from the latest
 checkpoint of the workdir. SIGTERM/SIGINT save a checkpoint before exiting.
+A damaged latest checkpoint is set aside and the previous one resumed (said on
+stdout); a state with NaN/Inf stops the run before it is saved; the workdir is
+locked for the run (workdir_lock), and a dataset or data stream of another
+config is refused.
 
 Multi-process (distributed.py): every process runs this loop on its own share
 of the data; each step the processes agree on the batch width (buckets are
