@@ -17,6 +17,8 @@ TRACE_MODES = ("dualformer", "complete", "solution_only", "fixed_level")
 EVAL_MODES = ("fast", "slow", "auto")
 MODEL_SIZES = ("tiny", "s", "m-s", "l", "xl-2")
 DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "dots", "full")
+ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 ASTAR_MODES = ("deterministic", "nondeterministic")
 
 
@@ -64,7 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
   c.model.dtype = "float32"  # compute dtype; params stay float32
-  c.model.remat = False  # rematerialise blocks in the backward pass
+  c.model.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
+  # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.
+  # Like remat, an execution setting: a checkpoint restores under any of them.
+  c.model.attention = "auto"
   c.model.rope_base = 10000.0
 
   c.mesh = ml_collections.ConfigDict()
@@ -146,6 +151,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("model.size", c.model.size, f"expected one of {MODEL_SIZES}")
   if c.model.dtype not in DTYPES:
     _fail("model.dtype", c.model.dtype, f"expected one of {DTYPES}")
+  if c.model.remat not in REMAT_POLICIES:
+    _fail("model.remat", c.model.remat, f"expected one of {REMAT_POLICIES}")
+  if c.model.attention not in ATTENTION_IMPLS:
+    _fail("model.attention", c.model.attention, f"expected one of {ATTENTION_IMPLS}")
   for axis in ("fsdp", "tensor"):
     if c.mesh[axis] < 1:
       _fail(f"mesh.{axis}", c.mesh[axis], "must be >= 1")

@@ -6,13 +6,12 @@ to start with (PAPER.md, "Controlling the mode at inference"): `bos plan`
 nothing about tasks: it gets encoder ids, a prefix per row, and a key.
 
 Rows are prompts x samples, prompt-major: row r belongs to prompt
-r // num_samples. Decoding is jitted `lax.while_loop`s over positions with a
-KV cache built for sampling many rows per prompt (the model's own
-`init_cache`/`decode_step` serve one row per prompt):
-  * cross-attention K/V are computed once per prompt, not per row: a
-    prompt's S rows enter cross-attention as its S query positions;
-  * the self-attention cache is split into blocks of positions, and the loop
-    runs one stage per block, attending only to the blocks reached so far.
+r // num_samples. Decoding is jitted `lax.while_loop`s over positions through
+the model's one cached-decoding API (`Transformer.init_cache` /
+`decode_step`), which is built for many rows per prompt:
+  * cross-attention K/V are computed once per prompt, not per row;
+  * the self-attention cache is split into blocks of positions, and the
+    sampler runs one loop per block, attending only to the blocks reached.
 Small batches decode memory-bound on the cache, so both cut the bytes read
 per token: preset s, 1 prompt x 64 rows x 384 tokens on 2 CPU cores went from
 ~0.9k tokens/s (one [L, R, max_len, H, Dh] cache per step) to ~7k.
@@ -34,7 +33,6 @@ from flax import nnx
 
 from dualformer_jax.data.vocab import EOS_ID, PAD_ID
 
-_NEG = -1e30  # masked attention score, as in the model
 # Cache blocks: compile time grows with their square, and past 4 blocks the
 # extra ops ate the saved bytes (preset s, 385 positions, 2-core CPU).
 _MAX_BLOCKS = 4
@@ -86,63 +84,6 @@ def _pick(logits_RxV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: 
   return jnp.sum(cdf_RxV < x_Rx1, axis=-1).astype(jnp.int32)
 
 
-# ------------------------------------------------------------------ decoding
-
-def _init_cache(model: nnx.Module, enc_ids_NpxP: jax.Array, rows: int, num_blocks: int,
-                block_len: int) -> dict:
-  """Self K/V: per layer, num_blocks zero blocks [R, H, W, Dh]; cross K/V per prompt."""
-  cfg = model.cfg
-  enc_NpxPxD = model.encode(enc_ids_NpxP)
-  cross = [blk.cross.kv(enc_NpxPxD) for blk in model.decoder]  # [Np, P, H, Dh] each
-  zeros_RxHxWxDh = jnp.zeros((rows, cfg.heads, block_len, cfg.head_dim), cfg.compute_dtype)
-  blocks = [zeros_RxHxWxDh] * num_blocks
-  return {"self_k": [list(blocks) for _ in model.decoder],
-          "self_v": [list(blocks) for _ in model.decoder],
-          "cross_k": [k for k, _ in cross], "cross_v": [v for _, v in cross],
-          "enc_mask": (enc_ids_NpxP != PAD_ID)[:, None, None, :]}  # [Np, 1, 1, P]
-
-
-def _attend_blocks(q_RxHxDh: jax.Array, k_blocks: list, v_blocks: list,
-                   seen_W: jax.Array) -> jax.Array:
-  """Softmax attention of one query per row over the given cache blocks (model's math)."""
-  scale = q_RxHxDh.shape[-1] ** -0.5
-  s_RxHxW = jnp.concatenate(
-      [jnp.einsum("rhk,rhsk->rhs", q_RxHxDh, k, preferred_element_type=jnp.float32)
-       for k in k_blocks], axis=-1) * scale
-  s_RxHxW = jnp.where(seen_W[None, None, :], s_RxHxW, _NEG)
-  p_RxHxW = jax.nn.softmax(s_RxHxW, axis=-1).astype(v_blocks[0].dtype)
-  w = k_blocks[0].shape[2]
-  return sum(jnp.einsum("rhs,rhsk->rhk", p_RxHxW[:, :, i * w:(i + 1) * w], v)
-             for i, v in enumerate(v_blocks))
-
-
-def _decode_step(model: nnx.Module, tok_R: jax.Array, pos: jax.Array, cache: dict,
-                 num_blocks: int, num_samples: int) -> tuple[jax.Array, dict]:
-  """Feeds tok_R at position pos, which lies in block num_blocks - 1 -> logits [R, V]."""
-  self_k = [list(b) for b in cache["self_k"]]
-  self_v = [list(b) for b in cache["self_v"]]
-  j = num_blocks - 1
-  w = self_k[0][0].shape[2]
-  seen_W = jnp.arange(num_blocks * w) <= pos
-  x_Rx1xD = model._embed(model.dec_embed, tok_R[:, None])
-  r, _, d = x_Rx1xD.shape
-  for i, blk in enumerate(model.decoder):
-    q, k, v = blk.attn.qkv(blk.norm1(x_Rx1xD), pos[None])  # [R, 1, H, Dh]
-    at = (0, 0, pos - j * w, 0)
-    self_k[i][j] = jax.lax.dynamic_update_slice(
-        self_k[i][j], k.transpose(0, 2, 1, 3).astype(self_k[i][j].dtype), at)
-    self_v[i][j] = jax.lax.dynamic_update_slice(
-        self_v[i][j], v.transpose(0, 2, 1, 3).astype(self_v[i][j].dtype), at)
-    o_RxHxDh = _attend_blocks(q[:, 0], self_k[i][:num_blocks], self_v[i][:num_blocks], seen_W)
-    x_Rx1xD = x_Rx1xD + blk.attn.out(o_RxHxDh[:, None])
-    # A prompt's S rows are its S query positions against its one set of K/V.
-    h_NpxSxD = blk.norm2(x_Rx1xD).reshape(r // num_samples, num_samples, d)
-    h_NpxSxD = blk.cross(h_NpxSxD, cache["cross_k"][i], cache["cross_v"][i], cache["enc_mask"])
-    x_Rx1xD = x_Rx1xD + h_NpxSxD.reshape(r, 1, d)
-    x_Rx1xD = x_Rx1xD + blk.mlp(blk.norm3(x_Rx1xD))
-  return model._logits(x_Rx1xD)[:, 0], {**cache, "self_k": self_k, "self_v": self_v}
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "max_len", "top_k",
                                              "eos_id", "block_len"))
 def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
@@ -153,7 +94,8 @@ def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
   r, k = prefix_RxK.shape
   # Positions 0 .. max_len - 2 are fed (each yields the token after it).
   num_blocks = -(-(max_len - 1) // block_len)
-  cache = _init_cache(model, enc_ids_NpxP, r, num_blocks, block_len)
+  cache = model.init_cache(model.encode(enc_ids_NpxP), enc_ids_NpxP != PAD_ID, num_samples,
+                           max_len - 1, block_len)
   in_prefix_RxK = jnp.arange(k)[None, :] < prefix_len_R[:, None]
   out_RxL = jnp.zeros((r, max_len), jnp.int32)
   out_RxL = out_RxL.at[:, :k].set(jnp.where(in_prefix_RxK, prefix_RxK, PAD_ID).astype(jnp.int32))
@@ -170,7 +112,7 @@ def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
     def body(carry, b=b):
       t, out_RxL, cache, done_R, len_R = carry
       tok_R = jax.lax.dynamic_index_in_dim(out_RxL, t, axis=1, keepdims=False)
-      logits_RxV, cache = _decode_step(model, tok_R, t, cache, b + 1, num_samples)
+      logits_RxV, cache = model.decode_step(tok_R, t, cache, num_blocks=b + 1)
       sampled_R = _pick(logits_RxV, jax.random.fold_in(key, t), temperature, top_k)
       forced_R = t + 1 < prefix_len_R
       given_R = jax.lax.dynamic_index_in_dim(out_RxL, t + 1, axis=1, keepdims=False)

@@ -5,6 +5,13 @@ positions), SwiGLU feed-forward, no biases. Pad id 0 is masked out of encoder
 self-attention and cross-attention; the decoder is causal (its trailing pads
 are never attended by real tokens, and the loss mask drops them).
 
+Every attention (encoder, decoder, cross, cached decoding) goes through
+model/attention.py, whose implementation `cfg.attention` picks (plain,
+blockwise O(T) memory, cuDNN, splash). The only cached decoding is
+`init_cache` + `decode_step`: a self-attention cache kept in blocks of
+positions and cross-attention K/V computed once per prompt, for many
+sampled rows per prompt (infer/sampler.py drives it).
+
 Params are float32 and carry logical axis names (`model/sharding.py` maps
 them to the mesh); they are never sharded at creation, so the model builds
 the same with or without a mesh. Compute runs in `cfg.dtype`; norms, softmax
@@ -14,19 +21,21 @@ few hundred tokens tying saves nothing and couples input and output scales.
 
 Shape legend: B batch, P prompt (encoder) length, T decoder length, S cache
 length (max_len), D model dim, H heads, K head dim, F feed-forward dim,
-V vocabulary, L decoder layers.
+V vocabulary, L decoder layers; decoding: Np prompts, R = Np x S rows (S
+samples per prompt), W cache block length, N cache blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from dualformer_jax.data.vocab import PAD_ID
+from dualformer_jax.model import attention as attn_lib
 
 # (dim, layers, heads), the same for encoder and decoder (PAPER.md sizes + tiny).
 SIZES = {
@@ -36,10 +45,13 @@ SIZES = {
     "l": (768, 9, 4),
     "xl-2": (1152, 16, 12),
 }
-_NEG = -1e30  # masked attention score; finite so an all-pad row gives no NaN
 BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch (model/sharding.py)
-
-Cache = dict[str, jax.Array]
+# Rematerialisation in the backward pass, per block: what the forward keeps.
+REMAT_POLICIES = {
+    "none": None,  # no remat: every activation is kept
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight-matmul outputs
+    "full": jax.checkpoint_policies.nothing_saveable,  # block inputs only
+}
 
 
 def ffn_dim(dim: int) -> int:
@@ -57,7 +69,8 @@ class ModelConfig:
   vocab_size: int
   ffn: int = 0  # 0: ffn_dim(dim)
   dtype: str = "float32"  # compute dtype; params are float32
-  remat: bool = False  # recompute each block in the backward pass
+  remat: str = "none"  # REMAT_POLICIES key
+  attention: str = "auto"  # attention.IMPLEMENTATIONS
   rope_base: float = 10000.0
   norm_eps: float = 1e-6
 
@@ -72,6 +85,11 @@ class ModelConfig:
                        "into an even head dim (RoPE rotates pairs)")
     if self.dtype not in ("float32", "bfloat16"):
       raise ValueError(f"ModelConfig.dtype={self.dtype!r}: expected float32 or bfloat16")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat={self.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
+    if self.attention not in attn_lib.IMPLEMENTATIONS:
+      raise ValueError(f"ModelConfig.attention={self.attention!r}: expected one of "
+                       f"{attn_lib.IMPLEMENTATIONS}")
 
   @property
   def head_dim(self) -> int:
@@ -83,13 +101,21 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
-    """`config.model` (size name, dtype, remat, rope_base) + vocabulary size."""
+    """`config.model` (size name, dtype, remat, attention, rope_base) + vocabulary size."""
     if model_cfg.size not in SIZES:
       raise ValueError(f"config.model.size={model_cfg.size!r}: expected one of {tuple(SIZES)}")
     dim, layers, heads = SIZES[model_cfg.size]
     return cls(dim=dim, layers=layers, heads=heads, vocab_size=vocab_size,
-               dtype=model_cfg.dtype, remat=bool(model_cfg.remat),
+               dtype=model_cfg.dtype, remat=remat_policy(model_cfg.remat),
+               attention=model_cfg.get("attention", "auto"),
                rope_base=float(model_cfg.rope_base))
+
+
+def remat_policy(value: Any) -> str:
+  """A remat setting as a policy name; the booleans of older configs map to none / full."""
+  if isinstance(value, bool):
+    return "full" if value else "none"
+  return str(value)
 
 
 def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...]
@@ -130,17 +156,6 @@ def rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, base: float) -> jax.Array:
   return out.astype(x_BxTxHxK.dtype)
 
 
-def attend(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
-           mask: jax.Array) -> jax.Array:
-  """Softmax attention; mask broadcasts to [B, H, T, S] (True = attend)."""
-  scale = q_BxTxHxK.shape[-1] ** -0.5
-  s_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
-                         preferred_element_type=jnp.float32) * scale
-  s_BxHxTxS = jnp.where(mask, s_BxHxTxS, _NEG)
-  p_BxHxTxS = jax.nn.softmax(s_BxHxTxS, axis=-1).astype(v_BxSxHxK.dtype)
-  return jnp.einsum("bhts,bshk->bthk", p_BxHxTxS, v_BxSxHxK)
-
-
 def _project(x_BxTxD: jax.Array, w: nnx.Param, dtype: jnp.dtype) -> jax.Array:
   """x [B, T, D] @ w [D, H, K] -> [B, T, H, K] in the compute dtype."""
   return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dtype), w[...].astype(dtype))
@@ -161,8 +176,8 @@ class SelfAttention(nnx.Module):
   backward, which on CPU was slower than the larger fused matmul saves.
   """
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
+  def __init__(self, cfg: ModelConfig, causal: bool, *, rngs: nnx.Rngs):
+    self.cfg, self.causal = cfg, causal
     self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
   def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
@@ -172,9 +187,32 @@ class SelfAttention(nnx.Module):
   def out(self, o_BxTxHxK: jax.Array) -> jax.Array:
     return jnp.einsum("bthk,hkd->btd", o_BxTxHxK, self.wo[...].astype(self.cfg.compute_dtype))
 
-  def __call__(self, x_BxTxD: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, valid_BxT: jax.Array | None) -> jax.Array:
+    """Full sequence; valid_BxT marks real tokens as keys (None: all)."""
     q, k, v = self.qkv(x_BxTxD, jnp.arange(x_BxTxD.shape[1]))
-    return self.out(attend(q, k, v, mask))
+    return self.out(attn_lib.attention(q, k, v, kv_valid_BxS=valid_BxT, causal=self.causal,
+                                       impl=self.cfg.attention))
+
+  def step(self, x_Rx1xD: jax.Array, pos: jax.Array, k_blocks: list[jax.Array],
+           v_blocks: list[jax.Array], num_blocks: int
+           ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """One position of every row against the cache; writes its K/V into block num_blocks - 1.
+
+    k_blocks/v_blocks: [R, H, W, K] each; positions <= pos are visible, and pos
+    must lie in block num_blocks - 1 (blocks past it are neither read nor written).
+    """
+    q, k, v = self.qkv(x_Rx1xD, pos[None])  # [R, 1, H, K]
+    j, w = num_blocks - 1, k_blocks[0].shape[2]
+    at = (0, 0, pos - j * w, 0)
+    k_blocks, v_blocks = list(k_blocks), list(v_blocks)
+    k_blocks[j] = jax.lax.dynamic_update_slice(
+        k_blocks[j], k.transpose(0, 2, 1, 3).astype(k_blocks[j].dtype), at)
+    v_blocks[j] = jax.lax.dynamic_update_slice(
+        v_blocks[j], v.transpose(0, 2, 1, 3).astype(v_blocks[j].dtype), at)
+    visible_1xS = (jnp.arange(num_blocks * w) <= pos)[None, :]
+    o_RxHx1xK = attn_lib.attend_cached(q.transpose(0, 2, 1, 3), k_blocks[:num_blocks],
+                                       v_blocks[:num_blocks], visible_1xS)
+    return self.out(o_RxHx1xK.transpose(0, 2, 1, 3)), k_blocks, v_blocks
 
 
 class CrossAttention(nnx.Module):
@@ -189,9 +227,10 @@ class CrossAttention(nnx.Module):
     return _project(enc_BxPxD, self.wk, dt), _project(enc_BxPxD, self.wv, dt)
 
   def __call__(self, x_BxTxD: jax.Array, k_BxPxHxK: jax.Array, v_BxPxHxK: jax.Array,
-               mask_Bx1x1xP: jax.Array) -> jax.Array:
+               enc_valid_BxP: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    o = attend(_project(x_BxTxD, self.wq, dt), k_BxPxHxK, v_BxPxHxK, mask_Bx1x1xP)
+    o = attn_lib.attention(_project(x_BxTxD, self.wq, dt), k_BxPxHxK, v_BxPxHxK,
+                           kv_valid_BxS=enc_valid_BxP, impl=self.cfg.attention)
     return jnp.einsum("bthk,hkd->btd", o, self.wo[...].astype(dt))
 
 
@@ -214,26 +253,53 @@ class SwiGLU(nnx.Module):
 
 class EncoderBlock(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, rngs=rngs)
+    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, False, rngs=rngs)
     self.norm2, self.mlp = RMSNorm(cfg, rngs=rngs), SwiGLU(cfg, rngs=rngs)
 
-  def __call__(self, x_BxPxD: jax.Array, mask_Bx1x1xP: jax.Array) -> jax.Array:
-    x_BxPxD = x_BxPxD + self.attn(self.norm1(x_BxPxD), mask_Bx1x1xP)
+  def __call__(self, x_BxPxD: jax.Array, valid_BxP: jax.Array) -> jax.Array:
+    x_BxPxD = x_BxPxD + self.attn(self.norm1(x_BxPxD), valid_BxP)
     return x_BxPxD + self.mlp(self.norm2(x_BxPxD))
 
 
 class DecoderBlock(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, rngs=rngs)
+    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, True, rngs=rngs)
     self.norm2, self.cross = RMSNorm(cfg, rngs=rngs), CrossAttention(cfg, rngs=rngs)
     self.norm3, self.mlp = RMSNorm(cfg, rngs=rngs), SwiGLU(cfg, rngs=rngs)
 
-  def __call__(self, x_BxTxD: jax.Array, enc_BxPxD: jax.Array, enc_mask_Bx1x1xP: jax.Array,
-               causal_1x1xTxT: jax.Array) -> jax.Array:
-    x_BxTxD = x_BxTxD + self.attn(self.norm1(x_BxTxD), causal_1x1xTxT)
+  def __call__(self, x_BxTxD: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
+               ) -> jax.Array:
+    """Teacher-forced, causal; the decoder's trailing pads are never attended by real tokens."""
+    x_BxTxD = x_BxTxD + self.attn(self.norm1(x_BxTxD), None)
     k, v = self.cross.kv(enc_BxPxD)
-    x_BxTxD = x_BxTxD + self.cross(self.norm2(x_BxTxD), k, v, enc_mask_Bx1x1xP)
+    x_BxTxD = x_BxTxD + self.cross(self.norm2(x_BxTxD), k, v, enc_valid_BxP)
     return x_BxTxD + self.mlp(self.norm3(x_BxTxD))
+
+  def step(self, x_Rx1xD: jax.Array, pos: jax.Array, k_blocks: list[jax.Array],
+           v_blocks: list[jax.Array], num_blocks: int, cross_k_NpxPxHxK: jax.Array,
+           cross_v_NpxPxHxK: jax.Array, enc_valid_NpxP: jax.Array
+           ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
+    """`__call__` for one position of R = Np x S rows against the cache."""
+    h, k_blocks, v_blocks = self.attn.step(self.norm1(x_Rx1xD), pos, k_blocks, v_blocks,
+                                           num_blocks)
+    x_Rx1xD = x_Rx1xD + h
+    # A prompt's S rows enter cross-attention as its S query positions, so its
+    # K/V are read once per prompt rather than once per row.
+    r, _, d = x_Rx1xD.shape
+    np_ = cross_k_NpxPxHxK.shape[0]
+    h_NpxSxD = self.norm2(x_Rx1xD).reshape(np_, r // np_, d)
+    h_NpxSxD = self.cross(h_NpxSxD, cross_k_NpxPxHxK, cross_v_NpxPxHxK, enc_valid_NpxP)
+    x_Rx1xD = x_Rx1xD + h_NpxSxD.reshape(r, 1, d)
+    return x_Rx1xD + self.mlp(self.norm3(x_Rx1xD)), k_blocks, v_blocks
+
+
+class DecodeCache(NamedTuple):
+  """What `decode_step` reads and writes: a pytree that rides in a while_loop."""
+  self_k: tuple[tuple[jax.Array, ...], ...]  # [layer][block] -> [R, H, W, K] zeros at first
+  self_v: tuple[tuple[jax.Array, ...], ...]
+  cross_k: tuple[jax.Array, ...]  # [layer] -> [Np, P, H, K], once per prompt
+  cross_v: tuple[jax.Array, ...]
+  enc_valid: jax.Array  # [Np, P] bool: real prompt tokens
 
 
 def _mesh_has_batch_axes() -> bool:
@@ -267,11 +333,12 @@ def _call_block(block: nnx.Module, *args: jax.Array) -> jax.Array:
   return block(*args)
 
 
-_remat_block = nnx.remat(_call_block)
+_REMAT_BLOCK = {name: nnx.remat(_call_block, policy=policy)
+                for name, policy in REMAT_POLICIES.items() if name != "none"}
 
 
 class Transformer(nnx.Module):
-  """Encoder-decoder; `decode_step` + explicit cache for sampling."""
+  """Encoder-decoder: `__call__` for training, `init_cache` + `decode_step` for sampling."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -286,7 +353,12 @@ class Transformer(nnx.Module):
     self.head = _param(rngs, _dense_init(d), (d, v), ("embed", "vocab"))
 
   def _run(self, block: nnx.Module, *args: jax.Array) -> jax.Array:
-    return constrain_batch((_remat_block if self.cfg.remat else _call_block)(block, *args))
+    call = _REMAT_BLOCK.get(self.cfg.remat, _call_block)
+    return constrain_batch(call(block, *args))
+
+  def embed_decoder(self, dec_ids: jax.Array) -> jax.Array:
+    """Decoder input embeddings [..., D] in the compute dtype."""
+    return self._embed(self.dec_embed, dec_ids)
 
   def _embed(self, table: nnx.Param, ids: jax.Array) -> jax.Array:
     rows = jnp.take(_replicate(table[...]), ids, axis=0)
@@ -300,71 +372,70 @@ class Transformer(nnx.Module):
   def encode(self, enc_ids_BxP: jax.Array) -> jax.Array:
     """Prompt ids -> encodings [B, P, D] (compute dtype); pads are not attended."""
     _check_ids("enc_ids", enc_ids_BxP, 2)
-    mask_Bx1x1xP = (enc_ids_BxP != PAD_ID)[:, None, None, :]
+    valid_BxP = enc_ids_BxP != PAD_ID
     x_BxPxD = self._embed(self.enc_embed, enc_ids_BxP)
     for block in self.encoder:
-      x_BxPxD = self._run(block, x_BxPxD, mask_Bx1x1xP)
+      x_BxPxD = self._run(block, x_BxPxD, valid_BxP)
     return self.enc_norm(x_BxPxD)
 
-  def decode(self, dec_ids_BxT: jax.Array, enc_BxPxD: jax.Array, enc_mask_BxP: jax.Array
+  def decode(self, dec_ids_BxT: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
              ) -> jax.Array:
     """Teacher-forced decoder pass -> logits [B, T, V] float32 (causal)."""
     _check_ids("dec_ids", dec_ids_BxT, 2)
-    t = dec_ids_BxT.shape[1]
-    causal_1x1xTxT = jnp.tril(jnp.ones((t, t), bool))[None, None]
-    enc_mask_Bx1x1xP = enc_mask_BxP.astype(bool)[:, None, None, :]
-    x_BxTxD = self._embed(self.dec_embed, dec_ids_BxT)
+    return self.decode_embedded(self.embed_decoder(dec_ids_BxT), enc_BxPxD, enc_valid_BxP)
+
+  def decode_embedded(self, x_BxTxD: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
+                      ) -> jax.Array:
+    """`decode` from input embeddings on (the decoder stack, norm and head)."""
+    enc_valid_BxP = enc_valid_BxP.astype(bool)
     for block in self.decoder:
-      x_BxTxD = self._run(block, x_BxTxD, enc_BxPxD, enc_mask_Bx1x1xP, causal_1x1xTxT)
+      x_BxTxD = self._run(block, x_BxTxD, enc_BxPxD, enc_valid_BxP)
     return self._logits(x_BxTxD)
 
   def __call__(self, enc_ids_BxP: jax.Array, dec_ids_BxT: jax.Array) -> jax.Array:
     enc_BxPxD = self.encode(enc_ids_BxP)
     return self.decode(dec_ids_BxT, enc_BxPxD, enc_ids_BxP != PAD_ID)
 
-  def init_cache(self, enc_BxPxD: jax.Array, enc_mask_BxP: jax.Array, max_len: int) -> Cache:
-    """Empty self-attention K/V for max_len positions + cross K/V computed once.
+  def init_cache(self, enc_NpxPxD: jax.Array, enc_valid_NpxP: jax.Array, samples: int,
+                 max_len: int, block_len: int) -> DecodeCache:
+    """An empty cache for `samples` rows per prompt and positions 0 .. max_len - 1.
 
-    Keys: self_k/self_v [L, B, S, H, K] zeros, cross_k/cross_v [L, B, P, H, K],
-    enc_mask [B, P] bool. All arrays, so the cache can ride in a while_loop.
+    Self-attention K/V start as zeros in ceil(max_len / block_len) blocks;
+    cross-attention K/V are computed here, once per prompt.
     """
-    if max_len < 1:
-      raise ValueError(f"max_len={max_len}: must be >= 1")
+    if samples < 1 or max_len < 1 or block_len < 1:
+      raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
+                       f"block_len={block_len}: each must be >= 1")
     cfg = self.cfg
-    b = enc_BxPxD.shape[0]
-    zeros = jnp.zeros((cfg.layers, b, max_len, cfg.heads, cfg.head_dim), cfg.compute_dtype)
-    cross = [blk.cross.kv(enc_BxPxD) for blk in self.decoder]
-    return {"self_k": zeros, "self_v": zeros,
-            "cross_k": jnp.stack([k for k, _ in cross]),
-            "cross_v": jnp.stack([v for _, v in cross]),
-            "enc_mask": enc_mask_BxP.astype(bool)}
+    rows, num_blocks = enc_NpxPxD.shape[0] * samples, -(-max_len // block_len)
+    zeros_RxHxWxK = jnp.zeros((rows, cfg.heads, block_len, cfg.head_dim), cfg.compute_dtype)
+    blocks = tuple([zeros_RxHxWxK] * num_blocks)
+    cross = [blk.cross.kv(enc_NpxPxD) for blk in self.decoder]
+    return DecodeCache(self_k=tuple(blocks for _ in self.decoder),
+                       self_v=tuple(blocks for _ in self.decoder),
+                       cross_k=tuple(k for k, _ in cross), cross_v=tuple(v for _, v in cross),
+                       enc_valid=enc_valid_NpxP.astype(bool))
 
-  def decode_step(self, tok_B: jax.Array, pos: jax.Array, cache: Cache
-                  ) -> tuple[jax.Array, Cache]:
-    """Feeds token tok_B at position pos (the same for all rows) -> (logits [B, V], cache).
+  def decode_step(self, tok_R: jax.Array, pos: jax.Array, cache: DecodeCache,
+                  num_blocks: int | None = None) -> tuple[jax.Array, DecodeCache]:
+    """Feeds token tok_R at position pos (the same for all rows) -> (logits [R, V], cache).
 
-    Equals `decode` on the prefix ending at pos, given that positions < pos were
-    fed before. pos may be traced; pos >= max_len is not checked (it would clamp).
+    Equals `decode` on each row's prefix ending at pos, given that positions
+    < pos were fed before. num_blocks (static; default all): pos lies in block
+    num_blocks - 1, and only blocks up to it are read, so a sampler that runs
+    one loop per block reads only the cache filled so far. pos may be traced.
     """
-    s = cache["self_k"].shape[2]
+    num_blocks = len(cache.self_k[0]) if num_blocks is None else num_blocks
     pos = jnp.asarray(pos, jnp.int32)
-    pos_1 = pos[None]
-    seen_1x1x1xS = (jnp.arange(s) <= pos)[None, None, None, :]
-    enc_mask_Bx1x1xP = cache["enc_mask"][:, None, None, :]
-    self_k, self_v = cache["self_k"], cache["self_v"]
-    x_Bx1xD = self._embed(self.dec_embed, tok_B[:, None])
+    x_Rx1xD = self.embed_decoder(tok_R[:, None])
+    self_k, self_v = list(cache.self_k), list(cache.self_v)
     for i, blk in enumerate(self.decoder):
-      q, k, v = blk.attn.qkv(blk.norm1(x_Bx1xD), pos_1)  # [B, 1, H, K]
-      self_k = jax.lax.dynamic_update_slice(self_k, k[None].astype(self_k.dtype), (i, 0, pos, 0, 0))
-      self_v = jax.lax.dynamic_update_slice(self_v, v[None].astype(self_v.dtype), (i, 0, pos, 0, 0))
-      o = attend(q, self_k[i], self_v[i], seen_1x1x1xS)
-      x_Bx1xD = x_Bx1xD + blk.attn.out(o)
-      x_Bx1xD = x_Bx1xD + blk.cross(blk.norm2(x_Bx1xD), cache["cross_k"][i],
-                                    cache["cross_v"][i], enc_mask_Bx1x1xP)
-      x_Bx1xD = x_Bx1xD + blk.mlp(blk.norm3(x_Bx1xD))
-    cache = {**cache, "self_k": self_k, "self_v": self_v}
-    return self._logits(x_Bx1xD)[:, 0], cache
-
+      x_Rx1xD, k_blocks, v_blocks = blk.step(
+          x_Rx1xD, pos, self_k[i], self_v[i], num_blocks, cache.cross_k[i], cache.cross_v[i],
+          cache.enc_valid)
+      self_k[i], self_v[i] = tuple(k_blocks), tuple(v_blocks)
+    cache = cache._replace(self_k=tuple(self_k), self_v=tuple(self_v))
+    return self._logits(x_Rx1xD)[:, 0], cache
 
 def _check_ids(name: str, ids: jax.Array, ndim: int) -> None:
   if ids.ndim != ndim or not jnp.issubdtype(ids.dtype, jnp.integer):

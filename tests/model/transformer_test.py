@@ -39,18 +39,27 @@ def model():
 def test_size_table_and_ffn():
   expected_ffn = {"tiny": 512, "s": 512, "m-s": 1024, "l": 2048, "xl-2": 3072}
   for size, (dim, layers, heads) in SIZES.items():
-    mc = ml_collections.ConfigDict(dict(size=size, dtype="bfloat16", remat=True, rope_base=500.0))
+    mc = ml_collections.ConfigDict(dict(size=size, dtype="bfloat16", remat="dots",
+                                        attention="blockwise", rope_base=500.0))
     cfg = ModelConfig.from_config(mc, vocab_size=77)
     assert (cfg.dim, cfg.layers, cfg.heads, cfg.vocab_size) == (dim, layers, heads, 77)
     assert cfg.ffn == expected_ffn[size] and cfg.ffn % 256 == 0 and cfg.ffn >= 8 * dim / 3
-    assert cfg.dtype == "bfloat16" and cfg.remat and cfg.rope_base == 500.0
+    assert cfg.dtype == "bfloat16" and cfg.remat == "dots" and cfg.rope_base == 500.0
+    assert cfg.attention == "blockwise"
   assert ffn_dim(96) == 256 and ffn_dim(97) == 512  # 8*96/3 = 256 exactly; 97 rounds up
 
 
 def test_bad_config_names_the_value():
   with pytest.raises(ValueError, match="'huge'"):
     ModelConfig.from_config(ml_collections.ConfigDict(
-        dict(size="huge", dtype="float32", remat=False, rope_base=1e4)), 10)
+        dict(size="huge", dtype="float32", remat="none", rope_base=1e4)), 10)
+  # Older configs said remat=True/False: those mean the full / no policy.
+  old = ml_collections.ConfigDict(dict(size="tiny", dtype="float32", remat=True, rope_base=1e4))
+  assert ModelConfig.from_config(old, 10).remat == "full"
+  with pytest.raises(ValueError, match="remat='some'"):
+    ModelConfig(dim=64, layers=1, heads=4, vocab_size=10, remat="some")
+  with pytest.raises(ValueError, match="attention='flash'"):
+    ModelConfig(dim=64, layers=1, heads=4, vocab_size=10, attention="flash")
   with pytest.raises(ValueError, match="heads=5"):
     ModelConfig(dim=64, layers=1, heads=5, vocab_size=10)
   with pytest.raises(ValueError, match="float16"):
@@ -68,38 +77,40 @@ def test_param_count_and_names(model):
     assert len(names) == var.get_value().ndim, path
 
 
-def test_cached_decoding_equals_full_forward(model):
+@pytest.mark.parametrize("block_len", [4, 16])
+def test_cached_decoding_equals_full_forward(model, block_len):
+  """The production decode path (several rows per prompt, a blocked cache read
+  block by block, as infer/sampler.py drives it) equals teacher forcing."""
   rng = np.random.default_rng(1)
-  b, p, t = 3, 7, 10
-  enc_ids = _ids(rng, (b, p))
-  enc_ids[1, 4:] = 0  # padded prompt row
-  dec_ids = _ids(rng, (b, t))
-  full_BxTxV = _forward(model, enc_ids, dec_ids)
+  n_prompts, samples, p, t = 2, 3, 7, 10
+  enc_ids = _ids(rng, (n_prompts, p))
+  enc_ids[1, 4:] = 0  # padded prompt
+  dec_ids = _ids(rng, (n_prompts * samples, t))  # every row its own continuation
+  full_RxTxV = _forward(model, np.repeat(enc_ids, samples, axis=0), dec_ids)
 
-  @nnx.jit
-  def cached(model, enc_ids, dec_ids):
-    enc = model.encode(enc_ids)
-    cache = model.init_cache(enc, enc_ids != 0, max_len=t + 3)  # longer than needed
+  @nnx.jit(static_argnames="num_blocks")
+  def step(model, tok, pos, cache, num_blocks):
+    return model.decode_step(tok, pos, cache, num_blocks=num_blocks)
 
-    def body(cache, tok_pos):
-      logits, cache = model.decode_step(tok_pos[0], tok_pos[1], cache)
-      return cache, logits
-
-    _, logits_TxBxV = jax.lax.scan(body, cache, (dec_ids.T, jnp.arange(t)))
-    return logits_TxBxV.swapaxes(0, 1)
-
-  np.testing.assert_allclose(cached(model, enc_ids, dec_ids), full_BxTxV, atol=2e-5, rtol=1e-5)
-  assert full_BxTxV.dtype == jnp.float32 and full_BxTxV.shape == (b, t, V)
+  cache = nnx.jit(lambda m, e: m.init_cache(m.encode(e), e != 0, samples, t + 3, block_len))(
+      model, enc_ids)  # room for more positions than are fed
+  cols = []
+  for pos in range(t):
+    logits, cache = step(model, dec_ids[:, pos], pos, cache, num_blocks=pos // block_len + 1)
+    cols.append(logits)
+  np.testing.assert_allclose(np.stack(cols, axis=1), full_RxTxV, atol=2e-5, rtol=1e-5)
+  assert full_RxTxV.dtype == jnp.float32 and full_RxTxV.shape == (n_prompts * samples, t, V)
 
 
 def test_cache_layout(model):
   enc = _encode(model, _ids(np.random.default_rng(2), (2, 5)))
-  cache = model.init_cache(enc, jnp.ones((2, 5), bool), max_len=9)
-  assert cache["self_k"].shape == (CFG.layers, 2, 9, CFG.heads, CFG.head_dim)
-  assert cache["cross_v"].shape == (CFG.layers, 2, 5, CFG.heads, CFG.head_dim)
-  assert not cache["self_v"].any()
+  cache = model.init_cache(enc, jnp.ones((2, 5), bool), samples=3, max_len=9, block_len=4)
+  assert len(cache.self_k) == CFG.layers and len(cache.self_k[0]) == 3  # ceil(9 / 4) blocks
+  assert cache.self_k[0][0].shape == (6, CFG.heads, 4, CFG.head_dim)  # [rows, H, W, K]
+  assert cache.cross_v[0].shape == (2, 5, CFG.heads, CFG.head_dim)  # once per prompt
+  assert not any(b.any() for b in cache.self_v[0])
   with pytest.raises(ValueError, match="max_len=0"):
-    model.init_cache(enc, jnp.ones((2, 5), bool), max_len=0)
+    model.init_cache(enc, jnp.ones((2, 5), bool), samples=1, max_len=0, block_len=4)
 
 
 def test_decoder_is_causal(model):
@@ -114,15 +125,10 @@ def test_decoder_is_causal(model):
 
   # Gradient form: no earlier logit depends on a later input embedding.
   enc = _encode(model, enc_ids)
-  emb = jnp.take(model.dec_embed[...], dec_ids, axis=0)
+  emb = model.embed_decoder(jnp.asarray(dec_ids))
 
-  def logit_sum_before_j(delta):
-    x = emb + delta  # the decoder stack from its input embeddings on
-    causal = jnp.tril(jnp.ones((12, 12), bool))[None, None]
-    mask = jnp.ones((2, 6), bool)[:, None, None, :]
-    for blk in model.decoder:
-      x = blk(x, enc, mask, causal)
-    return model._logits(x)[:, :j].sum()
+  def logit_sum_before_j(delta):  # the decoder stack from its input embeddings on
+    return model.decode_embedded(emb + delta, enc, jnp.ones((2, 6), bool))[:, :j].sum()
 
   g = jax.jit(jax.grad(logit_sum_before_j))(jnp.zeros_like(emb))
   assert np.abs(np.asarray(g[:, j:])).max() == 0.0
@@ -152,15 +158,35 @@ def test_bfloat16_compute_and_remat(model):
   assert bf16.head[...].dtype == jnp.float32
   np.testing.assert_allclose(out, _forward(ref, enc_ids, dec_ids), atol=0.1)
 
-  remat = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V, remat=True))
+  @nnx.jit
+  def grads(m):
+    return nnx.grad(lambda m: jnp.mean(m(enc_ids, dec_ids) ** 2))(m)
+
+  g_ref = grads(ref)
+  for policy in ("dots", "full"):
+    remat = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V, remat=policy))
+    for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(grads(remat))):
+      np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_blockwise_attention_model_equals_plain(model):
+  """The whole model (encoder pads, causal decoder, cross-attention) under blockwise
+  attention: same logits and gradients as plain attention."""
+  rng = np.random.default_rng(6)
+  enc_ids, dec_ids = _ids(rng, (2, 9)), _ids(rng, (2, 11))
+  enc_ids[0, 6:] = 0
+  blockwise = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V,
+                                          attention="blockwise"))
+  plain = _variant(model, ModelConfig(dim=64, layers=2, heads=4, vocab_size=V, attention="xla"))
+  np.testing.assert_allclose(_forward(blockwise, enc_ids, dec_ids),
+                             _forward(plain, enc_ids, dec_ids), atol=1e-5, rtol=1e-5)
 
   @nnx.jit
   def grads(m):
     return nnx.grad(lambda m: jnp.mean(m(enc_ids, dec_ids) ** 2))(m)
 
-  g_ref, g_remat = grads(ref), grads(remat)
-  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_remat)):
-    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads(plain)), jax.tree.leaves(grads(blockwise))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_ids_rejected(model):
