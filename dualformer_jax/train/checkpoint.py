@@ -106,10 +106,12 @@ class Checkpointer:
     """
     checksums, bad = integrity.digest(state)
     if bad:
+      last = self.latest_step()
+      kept = "no checkpoint was written" if last is None else f"the last checkpoint ({last}) is kept"
       raise FloatingPointError(
           f"the train state at step {step} holds NaN/Inf values ({len(bad)} arrays, e.g. "
-          f"{bad[0]}); it was not saved, the last checkpoint ({self.latest_step()}) is kept. "
-          "Lower train.learning_rate or raise train.warmup_steps")
+          f"{bad[0]}); it was not saved, {kept}. Lower train.learning_rate or raise "
+          "train.warmup_steps")
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave({"step": step, "compat": self.compat,
                                         "stream": self.stream, "checksums": checksums,
@@ -163,8 +165,9 @@ class Checkpointer:
     theirs = self.read_meta(step).get("stream")
     if theirs is None or theirs == self.stream:  # older checkpoints have no record
       return
-    diffs = [f"{k}: {theirs.get(k)!r} (checkpoint) vs {self.stream.get(k)!r} (now)"
-             for k in sorted(set(theirs) | set(self.stream)) if theirs.get(k) != self.stream.get(k)]
+    # Fields of one format only (level_probs, ...) are named when both runs have them.
+    diffs = [f"{k}: {theirs[k]!r} (checkpoint) vs {self.stream[k]!r} (now)"
+             for k in sorted(set(theirs) & set(self.stream)) if theirs[k] != self.stream[k]]
     raise CheckpointError(
         f"checkpoint {step} in {self.directory} was trained on another data stream: "
         f"{'; '.join(diffs)}. Resume with the settings it was trained with, or use another "
