@@ -28,6 +28,7 @@ samples per prompt), W cache block length, N cache blocks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -329,12 +330,29 @@ def _replicate(w: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(w, jax.P())
 
 
-def _call_block(block: nnx.Module, *args: jax.Array) -> jax.Array:
-  return block(*args)
+def run_stack(blocks: nnx.List, x: jax.Array, *args: jax.Array, remat: str) -> jax.Array:
+  """x through every block (each called as block(x, *args)).
 
+  remat "none": a plain loop. Otherwise a `lax.scan` over the blocks' params
+  (stacked on the fly; they are small next to the activations) whose body is
+  `jax.checkpoint`ed with the policy: only each block's input is kept for the
+  backward pass. The scan makes that hold on every backend: XLA:CPU drops
+  remat's optimisation barriers and CSE would merge a loop's recomputation
+  back into its forward, keeping every activation alive.
+  """
+  if remat == "none":
+    for block in blocks:
+      x = constrain_batch(block(x, *args))
+    return x
+  graphdef, first = nnx.split(blocks[0])
+  stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), first,
+                         *[nnx.state(b) for b in list(blocks)[1:]])
 
-_REMAT_BLOCK = {name: nnx.remat(_call_block, policy=policy)
-                for name, policy in REMAT_POLICIES.items() if name != "none"}
+  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[remat])
+  def body(x, state):
+    return constrain_batch(nnx.merge(graphdef, state)(x, *args)), None
+
+  return jax.lax.scan(body, x, stacked)[0]
 
 
 class Transformer(nnx.Module):
@@ -351,10 +369,6 @@ class Transformer(nnx.Module):
     self.decoder = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.layers)])
     self.dec_norm = RMSNorm(cfg, rngs=rngs)
     self.head = _param(rngs, _dense_init(d), (d, v), ("embed", "vocab"))
-
-  def _run(self, block: nnx.Module, *args: jax.Array) -> jax.Array:
-    call = _REMAT_BLOCK.get(self.cfg.remat, _call_block)
-    return constrain_batch(call(block, *args))
 
   def embed_decoder(self, dec_ids: jax.Array) -> jax.Array:
     """Decoder input embeddings [..., D] in the compute dtype."""
@@ -374,8 +388,7 @@ class Transformer(nnx.Module):
     _check_ids("enc_ids", enc_ids_BxP, 2)
     valid_BxP = enc_ids_BxP != PAD_ID
     x_BxPxD = self._embed(self.enc_embed, enc_ids_BxP)
-    for block in self.encoder:
-      x_BxPxD = self._run(block, x_BxPxD, valid_BxP)
+    x_BxPxD = run_stack(self.encoder, x_BxPxD, valid_BxP, remat=self.cfg.remat)
     return self.enc_norm(x_BxPxD)
 
   def decode(self, dec_ids_BxT: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
@@ -387,9 +400,8 @@ class Transformer(nnx.Module):
   def decode_embedded(self, x_BxTxD: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
                       ) -> jax.Array:
     """`decode` from input embeddings on (the decoder stack, norm and head)."""
-    enc_valid_BxP = enc_valid_BxP.astype(bool)
-    for block in self.decoder:
-      x_BxTxD = self._run(block, x_BxTxD, enc_BxPxD, enc_valid_BxP)
+    x_BxTxD = run_stack(self.decoder, x_BxTxD, enc_BxPxD, enc_valid_BxP.astype(bool),
+                        remat=self.cfg.remat)
     return self._logits(x_BxTxD)
 
   def __call__(self, enc_ids_BxP: jax.Array, dec_ids_BxT: jax.Array) -> jax.Array:
