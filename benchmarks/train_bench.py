@@ -32,15 +32,15 @@ import time
 PEAK_FLOPS = 166e9
 # name -> (compute dtype, remat, batch multiplier, extra XLA flags)
 VARIANTS = {
-    "fp32": ("float32", False, 1, ""),
-    "bf16": ("bfloat16", False, 1, ""),
-    "bf16_remat": ("bfloat16", True, 1, ""),
-    "fp32_remat": ("float32", True, 1, ""),
-    "bf16_onednn": ("bfloat16", False, 1, "--xla_cpu_use_onednn=true"),
-    "fp32_onednn": ("float32", False, 1, "--xla_cpu_use_onednn=true"),
-    "bf16_batch16": ("bfloat16", False, 2, ""),
-    "fp32_batch16": ("float32", False, 2, ""),
-    "bf16_batch4": ("bfloat16", False, 0.5, ""),
+    "fp32": ("float32", "none", 1, ""),
+    "bf16": ("bfloat16", "none", 1, ""),
+    "bf16_remat": ("bfloat16", "full", 1, ""),
+    "fp32_remat": ("float32", "full", 1, ""),
+    "bf16_onednn": ("bfloat16", "none", 1, "--xla_cpu_use_onednn=true"),
+    "fp32_onednn": ("float32", "none", 1, "--xla_cpu_use_onednn=true"),
+    "bf16_batch16": ("bfloat16", "none", 2, ""),
+    "fp32_batch16": ("float32", "none", 2, ""),
+    "bf16_batch4": ("bfloat16", "none", 0.5, ""),
 }
 
 
@@ -71,6 +71,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   b, p, t, v = int(args.batch * mult), args.enc_len, args.dec_len, args.vocab_size
   c = config_lib.base_config()
   c.model.size, c.model.dtype, c.model.remat = args.size, dtype, remat
+  c.model.attention = args.attention
   c.mesh.data = 1
   c.train.batch_size = b
   config_lib.validate(c)
@@ -105,7 +106,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   mc = ModelConfig.from_config(c.model, v)
   flops = model_flops_per_step(mc.dim, mc.layers, mc.ffn, v, b, p, t)
   return {
-      "variant": name, "dtype": dtype, "remat": remat, "batch": b, "xla_flags": VARIANTS[name][3],
+      "variant": name, "dtype": dtype, "remat": remat, "attention": c.model.attention, "batch": b, "xla_flags": VARIANTS[name][3],
       "step_s": round(best, 4), "median_step_s": round(median, 4),
       "decoder_tokens_per_s": round(b * t / best, 1),
       "median_decoder_tokens_per_s": round(b * t / median, 1),
@@ -122,6 +123,7 @@ def main() -> None:
                   "bf16_batch16,bf16_batch4",
                   help=f"comma-separated subset of {list(VARIANTS)}")
   ap.add_argument("--size", default="s")
+  ap.add_argument("--attention", default="auto", help="auto | xla | blockwise (model/attention.py)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--enc_len", type=int, default=128)
   ap.add_argument("--dec_len", type=int, default=384)
