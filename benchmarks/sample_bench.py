@@ -1,6 +1,6 @@
 """Sampling throughput: generated tokens per second, preset s, random weights.
 
-  python benchmarks/sample_bench.py [--size=s] [--new_tokens=384] [--repeats=3]
+  python benchmarks/sample_bench.py [--size=s] [--new_tokens=384] [--repeats=3] [--prompts=1,16]
 
 One prompt of 128 tokens x 64 samples, then 16 prompts x 64 samples; each
 row gets the forced prefix `bos` and then exactly `new_tokens` sampled tokens:
@@ -64,6 +64,7 @@ def main():
   parser.add_argument("--new_tokens", type=int, default=384)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--prompts", default="1,16", help="comma-separated prompt counts to time")
   args = parser.parse_args()
   cfg = config_lib.base_config()
   cfg.model.size, cfg.model.dtype = args.size, args.dtype
@@ -71,7 +72,9 @@ def main():
   model = Transformer(ModelConfig.from_config(cfg.model, len(vocab)), rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   result = {}
-  for prompts, name in ((1, "tokens_per_s"), (16, "tokens_per_s_16x64")):
+  counts = [int(x) for x in args.prompts.split(",") if x.strip()]
+  for prompts in counts:
+    name = "tokens_per_s" if prompts == 1 else f"tokens_per_s_{prompts}x{args.samples}"
     tps, secs = tokens_per_s(graphdef, params, len(vocab), prompts, args.samples,
                              args.prompt_len, args.new_tokens, args.repeats)
     print(f"{prompts} x {args.samples} samples x {args.new_tokens} tokens "
