@@ -57,6 +57,9 @@ def get_config(preset: str = "default"):
     c.data.num_workers = 4
     c.model.size = "m-s"
     c.model.dtype = "bfloat16"
+    # 30x30, 8 x 5,120 tokens per device: temp 9.9 + arguments 0.4 GiB compiled with
+    # "dots", 3.3 + 0.4 GiB with "full" (benchmarks/memory_bench.py; README).
+    c.model.remat = "dots"
     c.train.num_steps = 400_000
     c.train.batch_size = 64
     c.train.learning_rate = 2.5e-4

@@ -42,6 +42,9 @@ def get_config(preset: str = "default"):
     c.data.num_workers = 4
     c.model.size = "l"
     c.model.dtype = "bfloat16"
+    # 8 x 8,192 tokens per device: temp 10.1 + arguments 1.7 GiB compiled with full
+    # remat, 28 + 1.7 GiB with "dots" (benchmarks/memory_bench.py; README).
+    c.model.remat = "full"
     c.train.num_steps = 800_000
     c.train.batch_size = 64
     c.train.learning_rate = 7.5e-5
