@@ -41,6 +41,9 @@ VARIANTS = {
     "bf16_batch16": ("bfloat16", "none", 2, ""),
     "fp32_batch16": ("float32", "none", 2, ""),
     "bf16_batch4": ("bfloat16", "none", 0.5, ""),
+    # One CPU device per core, the batch split over them (data parallel in one process).
+    "bf16_2dev": ("bfloat16", "none", 1, "--xla_force_host_platform_device_count=2"),
+    "fp32_2dev": ("float32", "none", 1, "--xla_force_host_platform_device_count=2"),
 }
 
 
@@ -72,10 +75,10 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   c = config_lib.base_config()
   c.model.size, c.model.dtype, c.model.remat = args.size, dtype, remat
   c.model.attention = args.attention
-  c.mesh.data = 1
+  c.mesh.data = args.devices
   c.train.batch_size = b
   config_lib.validate(c)
-  mesh = shd.make_mesh(c.mesh, devices=jax.devices()[:1])
+  mesh = shd.make_mesh(c.mesh, devices=jax.devices()[:args.devices])
   graphdef, state, shardings = step_lib.create_train_state(c, v, mesh, seed=0)
   train_step = step_lib.make_train_step(graphdef, c, mesh, shardings)
   rng = np.random.default_rng(0)
@@ -106,7 +109,8 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   mc = ModelConfig.from_config(c.model, v)
   flops = model_flops_per_step(mc.dim, mc.layers, mc.ffn, v, b, p, t)
   return {
-      "variant": name, "dtype": dtype, "remat": remat, "attention": c.model.attention, "batch": b, "xla_flags": VARIANTS[name][3],
+      "variant": name, "dtype": dtype, "remat": remat, "attention": c.model.attention,
+      "devices": args.devices, "batch": b, "xla_flags": VARIANTS[name][3],
       "step_s": round(best, 4), "median_step_s": round(median, 4),
       "decoder_tokens_per_s": round(b * t / best, 1),
       "median_decoder_tokens_per_s": round(b * t / median, 1),
@@ -130,6 +134,7 @@ def main() -> None:
   ap.add_argument("--vocab_size", type=int, default=512, help="about a 30x30 maze vocabulary")
   ap.add_argument("--steps", type=int, default=8, help="timed steps per variant")
   ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child mode: run one variant
+  ap.add_argument("--devices", type=int, default=1, help=argparse.SUPPRESS)  # set per variant
   args = ap.parse_args()
 
   if args.one:
@@ -145,6 +150,8 @@ def main() -> None:
     env = dict(os.environ)
     env["XLA_FLAGS"] = " ".join(f for f in (env.get("XLA_FLAGS", ""), VARIANTS[name][3]) if f)
     child = [a for a in sys.argv[1:] if not a.startswith("--variants")]
+    if "device_count=" in VARIANTS[name][3]:
+      child.append("--devices=" + VARIANTS[name][3].split("device_count=")[1].split()[0])
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *child, f"--one={name}"],
                          env=env, capture_output=True, text=True)
     if out.returncode:
