@@ -4,8 +4,8 @@ Encoder self-attention, decoder self-attention, cross-attention and cached
 decoding all come through this file, so masking and the softmax are written
 once. `attention()` serves full sequences and picks an implementation:
 
-  xla        plain einsum; materialises the [B, H, T, S] scores. Fastest for
-             short sequences (the CPU default up to XLA_MAX_SCORES scores).
+  xla        plain einsum; materialises the [B, H, T, S] scores. The CPU default
+             only for tiny products (decode-time cross-attention, short prompts).
   blockwise  flash-style attention in pure JAX: blocks of queries and keys,
              online softmax, and a custom VJP that recomputes scores per block,
              so forward and backward both stay in O(T x block) memory. Runs on
@@ -40,9 +40,12 @@ import numpy as np
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 NEG = -1e30  # masked score: finite, so a fully masked row gives no NaN
-# `auto` on CPU: plain attention while T x S stays at or under this many
-# scores per head, blockwise above (measured crossover: benchmarks/attention_bench.py).
-XLA_MAX_SCORES = 1024 * 1024
+# `auto` on CPU: plain attention while T x S stays at or under this many scores
+# per head, blockwise above. Blockwise won already at 384 tokens: the preset-s
+# train step ran 8-30% faster than with plain attention, alternating runs on a
+# 2-core AMD EPYC (benchmarks/train_bench.py --attention=...), as its backward
+# keeps no probabilities and its [B, H, T, K] layout needs fewer transposes.
+XLA_MAX_SCORES = 128 * 128
 BLOCK = 512  # blockwise: queries and keys per block
 
 
@@ -94,7 +97,7 @@ def resolve(impl: str, *, t: int, s: int, dtype: jnp.dtype, backend: str | None 
 
   GPU: cuDNN flash attention in 16-bit floats, else as CPU. TPU: splash
   when both lengths are multiples of 128, else as CPU. CPU: plain einsum
-  up to XLA_MAX_SCORES scores per head, blockwise beyond.
+  up to XLA_MAX_SCORES scores per head (tiny products), blockwise beyond.
   """
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")

@@ -130,7 +130,8 @@ def test_cudnn_equals_plain():
 
 def test_auto_picks_by_backend_dtype_and_length():
   r = attn.resolve
-  assert r("auto", t=384, s=384, dtype=jnp.float32, backend="cpu") == "xla"
+  assert r("auto", t=64, s=128, dtype=jnp.float32, backend="cpu") == "xla"  # decode cross-attn
+  assert r("auto", t=384, s=384, dtype=jnp.float32, backend="cpu") == "blockwise"
   assert r("auto", t=8192, s=8192, dtype=jnp.bfloat16, backend="cpu") == "blockwise"
   assert r("auto", t=8192, s=8192, dtype=jnp.bfloat16, backend="gpu") == "cudnn"
   assert r("auto", t=8192, s=8192, dtype=jnp.float32, backend="gpu") == "blockwise"
