@@ -55,12 +55,7 @@ def flags(**more) -> list[str]:
 
 def config():
   c = maze_configs.get_config("default")
-  for key, value in OVERRIDES.items():
-    *groups, field = key.split(".")
-    node = c
-    for g in groups:
-      node = node[g]
-    node[field] = value
+  c.update_from_flattened_dict(OVERRIDES)
   return c
 
 

@@ -29,12 +29,7 @@ OVERRIDES = {"task.size": 5, "data.num_train": 48, "data.num_test": 8, "data.num
 
 def eval_config():
   c = maze_configs.get_config("default")
-  for key, value in OVERRIDES.items():
-    *groups, field = key.split(".")
-    node = c
-    for g in groups:
-      node = node[g]
-    node[field] = value
+  c.update_from_flattened_dict(OVERRIDES)
   return c
 
 
