@@ -98,13 +98,17 @@ def test_metrics_and_state_after_one_step(single):
   assert all(v.shape == () and v.dtype == jnp.float32 for v in m.values())
 
 
-@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)])
-def test_sharded_training_matches_single_device(single, mesh_shape):
+@pytest.mark.parametrize("mesh_shape,remat,attention", [((8, 1, 1), "none", "auto"),
+                                                        ((2, 2, 2), "full", "blockwise")])
+def test_sharded_training_matches_single_device(single, mesh_shape, remat, attention):
+  """Also: remat (a checkpointed scan over stacked block params) and blockwise attention
+  under fsdp and tensor sharding compute what the plain single-device step does."""
   c = _config(*mesh_shape)
+  c.model.remat, c.model.attention = remat, attention
   mesh = _mesh(c, 8)
   abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  sharded_step = step_lib.make_train_step(single["graphdef"], c, mesh, shardings)
+  sharded_step = step_lib.make_train_step(step_lib.model_graphdef(c, V), c, mesh, shardings)
   ref = _copy(single["state"], single["shardings"])
   state = _copy(single["state"], shardings)
   for i in range(3):
