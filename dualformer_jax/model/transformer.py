@@ -19,10 +19,10 @@ and logits are float32. Encoder and decoder have their own input embeddings
 (one shared vocabulary) and the output head is untied: with a vocabulary of a
 few hundred tokens tying saves nothing and couples input and output scales.
 
-Shape legend: B batch, P prompt (encoder) length, T decoder length, S cache
-length (max_len), D model dim, H heads, K head dim, F feed-forward dim,
-V vocabulary, L decoder layers; decoding: Np prompts, R = Np x S rows (S
-samples per prompt), W cache block length, N cache blocks.
+Shape legend: B batch, P prompt (encoder) length, T decoder length, D model
+dim, H heads, K head dim, F feed-forward dim, V vocabulary, L decoder layers;
+decoding: Np prompts, S samples per prompt, R = Np x S rows, W cache block
+length.
 """
 
 from __future__ import annotations
