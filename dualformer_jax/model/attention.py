@@ -180,6 +180,11 @@ def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
   return jnp.pad(x, pad, constant_values=value)
 
 
+def _heads_first(x_BxTxHxK: jax.Array, length: int) -> jax.Array:
+  """[B, T, H, K] zero-padded along T to `length`, as [B, H, length, K] (the kernels' layout)."""
+  return _pad_to(x_BxTxHxK, 1, length).transpose(0, 2, 1, 3)
+
+
 def _blockwise(q, k, v, kv_valid, causal, window, *, block):
   b, t, h, d = q.shape
   s = k.shape[1]
@@ -188,9 +193,7 @@ def _blockwise(q, k, v, kv_valid, causal, window, *, block):
   tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
   valid_BxS = jnp.ones((b, s), bool) if kv_valid is None else kv_valid.astype(bool)
   # [B, H, T, K] layout inside: every block product is a plain batched matmul.
-  qh = _pad_to(q, 1, tp).transpose(0, 2, 1, 3)
-  kh = _pad_to(k, 1, sp).transpose(0, 2, 1, 3)
-  vh = _pad_to(v, 1, sp).transpose(0, 2, 1, 3)
+  qh, kh, vh = _heads_first(q, tp), _heads_first(k, sp), _heads_first(v, sp)
   valid = _pad_to(valid_BxS, 1, sp, False)
   o = _flash(qh, kh, vh, valid, causal, window, bq, bk)
   return o[:, :, :t].transpose(0, 2, 1, 3)
@@ -378,9 +381,8 @@ def _splash(q, k, v, kv_valid, causal, window):
                                 block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                                 block_q_dq=bq, block_kv_dq=bkv),
       head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
-  qh = (_pad_to(q, 1, tp) * (d ** -0.5)).astype(q.dtype).transpose(0, 2, 1, 3)
-  kh = _pad_to(k, 1, sp).transpose(0, 2, 1, 3)
-  vh = _pad_to(v, 1, sp).transpose(0, 2, 1, 3)
+  qh = _heads_first((q * (d ** -0.5)).astype(q.dtype), tp)  # the kernel does not scale
+  kh, vh = _heads_first(k, sp), _heads_first(v, sp)
   seg = sk.SegmentIds(q=jnp.zeros((b, tp), jnp.int32), kv=(~valid).astype(jnp.int32))
   o = jax.vmap(kernel)(qh, kh, vh, segment_ids=seg)
   return o[:, :, :t].transpose(0, 2, 1, 3).astype(q.dtype)
