@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 from dualformer_jax.tasks.base import CREATE, Verdict
 
 METRIC_KEYS = ("1_solved", "1_optimal", "3_solved", "3_optimal", "swc", "diversity",
-               "mean_trace_len", "mean_trace_len_correct", "slow_share", "malformed_share",
+               "mean_trace_len", "mean_trace_len_correct", "mean_trace_clauses",
+               "mean_trace_clauses_correct", "slow_share", "malformed_share",
                "num_tasks", "num_samples")
 
 _SPECIAL = ("pad", "bos")
@@ -70,6 +71,7 @@ def compute_metrics(optimal_lens: Sequence[int],
 
   solved_counts, optimal_counts, swc, diversity = [], [], [], []
   trace_all, trace_correct, slow_flags, malformed = [], [], [], []
+  clauses_all, clauses_correct = [], []
   for c_star, vs, ss in zip(optimal_lens, verdicts, slow):
     solved_counts.append(sum(bool(v.correct) for v in vs))
     optimal_counts.append(sum(is_optimal(v, c_star) for v in vs))
@@ -77,6 +79,8 @@ def compute_metrics(optimal_lens: Sequence[int],
     diversity.append(len({v.plan for v in vs if v.correct}))
     trace_all.extend(v.trace_len for v in vs)
     trace_correct.extend(v.trace_len for v in vs if v.correct)
+    clauses_all.extend(v.trace_clauses for v in vs)
+    clauses_correct.extend(v.trace_clauses for v in vs if v.correct)
     slow_flags.extend(bool(s) for s in ss)
     malformed.extend(bool(v.malformed) for v in vs)
 
@@ -94,6 +98,8 @@ def compute_metrics(optimal_lens: Sequence[int],
       "diversity": sum(diversity) / num_tasks,
       "mean_trace_len": _mean(trace_all),
       "mean_trace_len_correct": _mean(trace_correct),
+      "mean_trace_clauses": _mean(clauses_all),
+      "mean_trace_clauses_correct": _mean(clauses_correct),
       "slow_share": _mean(slow_flags) if auto else None,
       "malformed_share": _mean(malformed),
       "num_tasks": num_tasks,
@@ -109,8 +115,10 @@ _COLUMNS = (
     ("3-Optimal", "3_optimal", "pct"),
     ("SWC", "swc", "float3"),
     ("diversity", "diversity", "float2"),
-    ("trace len", "mean_trace_len", "float1"),
-    ("trace len (correct)", "mean_trace_len_correct", "float1"),
+    ("trace tokens", "mean_trace_len", "float1"),
+    ("trace clauses", "mean_trace_clauses", "float1"),
+    ("trace tokens (correct)", "mean_trace_len_correct", "float1"),
+    ("trace clauses (correct)", "mean_trace_clauses_correct", "float1"),
     ("slow share", "slow_share", "pct"),
     ("malformed", "malformed_share", "pct"),
     ("tasks", "num_tasks", "int"),

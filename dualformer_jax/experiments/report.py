@@ -42,9 +42,9 @@ def markdown(summary: dict) -> str:
   any_m = rows(summary)[0][2] if summary["models"] else {}
   n = any_m.get("num_samples", "n")
   lines = [f"| model | mode | 1-Solved-{n} | 1-Optimal-{n} | 3-Solved-{n} | 3-Optimal-{n} | SWC "
-           "| distinct correct plans | trace len | vs Complete-Trace | vs complete A* "
-           "| slow share |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| distinct correct plans | trace tokens | trace clauses | vs Complete-Trace "
+           "| vs complete A* | slow share |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
   def change(trace, base):
     return "-" if not base or not trace else f"{100 * (trace / base - 1):+.0f}%"
@@ -54,10 +54,13 @@ def markdown(summary: dict) -> str:
     lines.append(
         f"| {LABELS.get(model, model)} | {mode} | {_pct(m['1_solved'])} | {_pct(m['1_optimal'])} "
         f"| {_pct(m['3_solved'])} | {_pct(m['3_optimal'])} | {_num(m['swc'], '.3f')} "
-        f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} | {change(trace, searchformer)} "
+        f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} "
+        f"| {_num(m.get('mean_trace_clauses'), '.1f')} | {change(trace, searchformer)} "
         f"| {change(trace, ref)} | {_pct(m['slow_share'])} |")
   note = (f"{any_m.get('num_tasks', '?')} unseen test tasks x {any_m.get('num_samples', '?')} "
-          f"responses per mode; trace len = mean reasoning tokens per response")
+          f"responses per mode; trace tokens / clauses = mean reasoning tokens / `create` and "
+          f"`close` steps per response (summaries written before clauses were counted show -); "
+          f"the change columns compare tokens")
   if ref:
     note += f"; complete A* traces of these tasks average {ref:.1f} tokens"
   return "\n".join(lines) + f"\n\n{note}.\n"
@@ -91,15 +94,19 @@ def plot_optimal(summary: dict, path: str) -> None:
 
 
 def plot_reasoning_length(summary: dict, path: str) -> None:
+  """Mean trace length per model and mode, in tokens and in clauses (search steps)."""
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 3.8), dpi=100)
-  _bars(ax, summary, lambda m: m["mean_trace_len"] or 0.0)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), dpi=100)
+  _bars(axes[0], summary, lambda m: m["mean_trace_len"] or 0.0)
   ref = summary.get("reference", {}).get("complete_trace_len_mean")
   if ref:
-    ax.axhline(ref, color="k", ls="--", lw=1, label=f"complete A* trace ({ref:.0f})")
-    ax.legend(fontsize=8)
-  ax.set_ylabel("trace tokens per response")
-  ax.set_title("reasoning length")
+    axes[0].axhline(ref, color="k", ls="--", lw=1, label=f"complete A* trace ({ref:.0f})")
+    axes[0].legend(fontsize=8)
+  axes[0].set_ylabel("trace tokens per response")
+  axes[0].set_title("reasoning length (tokens)")
+  _bars(axes[1], summary, lambda m: m.get("mean_trace_clauses") or 0.0)
+  axes[1].set_ylabel("create / close steps per response")
+  axes[1].set_title("reasoning length (clauses)")
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)

@@ -33,6 +33,7 @@ class Verdict:
   trace_len: int  # tokens before the first `plan` token (or all, if none)
   plan: tuple | None  # the plan's cells, hashable (for diversity)
   malformed: bool  # no parsable plan at all
+  trace_clauses: int = 0  # `create` / `close` steps in the trace: its length in search steps
 
 
 class Task(Protocol):

@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dualformer_jax.tasks.base import PLAN, Verdict
+from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Verdict
 
 Cell = tuple[int, int]
 EOS = "eos"  # the decoder's end token (data/vocab.py); what follows it is ignored
@@ -52,26 +52,29 @@ def _index(toks: list, tok: str, stop: int) -> int:
     return stop
 
 
-def parse_plan(response: Sequence[Any]) -> tuple[int, tuple[Cell, ...] | None]:
-  """(trace length, plan cells) of a decoder response; cells None when malformed.
+def parse_plan(response: Sequence[Any]) -> tuple[int, int, tuple[Cell, ...] | None]:
+  """(trace tokens, trace clauses, plan cells) of a decoder response; cells None when malformed.
 
-  Tokens from `eos` on are ignored. The plan is the `plan x y` groups from the
-  first `plan` token to the end; anything else there (trailing garbage, a
-  clause, a non-coordinate) or no plan at all makes it malformed.
+  Tokens from `eos` on are ignored. The trace is everything before the first
+  `plan` token; its clauses are its `create` / `close` tokens (the search
+  steps PAPER.md counts). The plan is the `plan x y` groups from the first
+  `plan` token to the end; anything else there (trailing garbage, a clause, a
+  non-coordinate) or no plan at all makes it malformed.
   """
   toks = clean_tokens(response)  # only str or None left, so list.index is safe (and fast)
   end = _index(toks, EOS, len(toks))
   n_trace = _index(toks, PLAN, end)
+  n_clauses = sum(t == CREATE or t == CLOSE for t in toks[:n_trace])
   body = toks[n_trace:end]
   if not body or len(body) % 3:
-    return n_trace, None
+    return n_trace, n_clauses, None
   cells = []
   for i in range(0, len(body), 3):
     x, y = number(body[i + 1]), number(body[i + 2])
     if body[i] != PLAN or x is None or y is None:
-      return n_trace, None
+      return n_trace, n_clauses, None
     cells.append((x, y))
-  return n_trace, tuple(cells)
+  return n_trace, n_clauses, tuple(cells)
 
 
 def prompt_body(prompt: Any) -> list:
@@ -85,13 +88,14 @@ def prompt_body(prompt: Any) -> list:
 def judge(prompt: Any, response: Any, spec_from_prompt: Callable[[Any], Any],
           plan_is_legal: Callable[[Any, tuple[Cell, ...]], bool]) -> Verdict:
   """The Verdict of a response, given the task's prompt parser and plan rule."""
-  n_trace, plan = parse_plan(response)
+  n_trace, n_clauses, plan = parse_plan(response)
   if plan is None:
-    return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True)
+    return Verdict(correct=False, plan_len=None, trace_len=n_trace, plan=None, malformed=True,
+                   trace_clauses=n_clauses)
   try:
     spec = spec_from_prompt(prompt)
   except ValueError:
     spec = None
   correct = spec is not None and plan_is_legal(spec, plan)
   return Verdict(correct=correct, plan_len=len(plan) - 1, trace_len=n_trace, plan=plan,
-                 malformed=False)
+                 malformed=False, trace_clauses=n_clauses)

@@ -12,8 +12,9 @@ P5 = ((5, 5), (5, 6), (5, 7), (5, 8), (5, 9), (6, 9))
 
 
 def v(correct, plan_len, trace_len, plan, malformed=False):
+  """A verdict whose trace has trace_len // 2 clauses (any count would do)."""
   return Verdict(correct=correct, plan_len=plan_len, trace_len=trace_len, plan=plan,
-                 malformed=malformed)
+                 malformed=malformed, trace_clauses=trace_len // 2)
 
 
 def hand_made():
@@ -43,6 +44,8 @@ def test_hand_computed_values():
   assert m["diversity"] == pytest.approx((3 + 1 + 0) / 3)
   assert m["mean_trace_len"] == pytest.approx((10 + 0 + 20 + 8 + 3 + 0 + 0 + 12) / 12)
   assert m["mean_trace_len_correct"] == pytest.approx((10 + 0 + 20 + 0 + 0 + 12) / 6)
+  assert m["mean_trace_clauses"] == pytest.approx((5 + 0 + 10 + 4 + 1 + 0 + 0 + 6) / 12)
+  assert m["mean_trace_clauses_correct"] == pytest.approx((5 + 0 + 10 + 0 + 0 + 6) / 6)
   assert m["slow_share"] == pytest.approx(5 / 12)  # trace_len > 0
   assert m["malformed_share"] == pytest.approx(1 / 12)
   assert (m["num_tasks"], m["num_samples"]) == (3, 4)
@@ -95,6 +98,7 @@ def test_markdown_table():
   assert lines[0].startswith("| mode | 1-Solved | 1-Optimal")
   assert lines[2].startswith("| fast | 66.7% | 66.7% | 66.7% | 33.3% |")
   assert "41.7%" in lines[3] and "41.7%" not in lines[2]  # slow share, auto only
-  assert lines[2].split(" | ")[9] == "-"
+  assert lines[2].split(" | ")[11] == "-"  # slow share
+  assert lines[2].split(" | ")[7:9] == ["4.4", "2.2"]  # trace tokens 53/12, clauses 26/12
   assert all(line.count("|") == lines[0].count("|") for line in lines)
   assert lines[2].split(" | ")[5] == "0.472"  # SWC, 17/36

@@ -20,7 +20,8 @@ SUMMARY = {
         "solution_only": {"fast": metrics(**{"1_optimal": 0.25, "3_optimal": 0.1})},
         "complete_trace": {"slow": metrics(**{"1_optimal": 0.5, "mean_trace_len": 210.0})},
         "dualformer": {"fast": metrics(**{"1_optimal": 0.4}),
-                       "slow": metrics(**{"1_optimal": 0.6, "mean_trace_len": 100.0}),
+                       "slow": metrics(**{"1_optimal": 0.6, "mean_trace_len": 100.0,
+                                          "mean_trace_clauses": 20.0}),
                        "auto": metrics(**{"1_optimal": 0.55, "mean_trace_len": 80.0,
                                           "slow_share": 0.75})}},
 }
@@ -34,10 +35,14 @@ def test_markdown_has_one_row_per_model_and_mode():
       ["| Solution-Only", "fast"], ["| Complete-Trace", "slow"], ["| Dualformer", "fast"],
       ["| Dualformer", "slow"], ["| Dualformer", "auto"]]
   cells = [c.strip() for c in rows[3].split("|")[1:-1]]
-  assert cells[3] == "60.0%" and cells[8] == "100.0"
-  assert cells[9:11] == ["-52%", "-50%"]  # vs Complete-Trace's 210 tokens, vs A*'s 200
-  assert [c.strip() for c in rows[4].split("|")[1:-1]][11] == "75.0%"
-  assert [c.strip() for c in rows[0].split("|")[1:-1]][8:11] == ["0.0", "-", "-"]  # no trace
+  assert cells[3] == "60.0%" and cells[8:10] == ["100.0", "20.0"]  # trace tokens, clauses
+  assert cells[10:12] == ["-52%", "-50%"]  # vs Complete-Trace's 210 tokens, vs A*'s 200
+  assert [c.strip() for c in rows[4].split("|")[1:-1]][12] == "75.0%"
+  assert [c.strip() for c in rows[0].split("|")[1:-1]][8:12] == ["0.0", "0.0", "-", "-"]
+  old = {**SUMMARY, "models": {"dualformer": {"slow": {
+      k: v for k, v in SUMMARY["models"]["dualformer"]["slow"].items()
+      if "clauses" not in k}}}}  # a summary written before clauses were counted
+  assert [c.strip() for c in report.markdown(old).splitlines()[2].split("|")[1:-1]][9] == "-"
   assert "200 unseen test tasks x 64 responses" in report.markdown(SUMMARY)
 
 

@@ -249,12 +249,15 @@ def test_checker_accepts_every_astar_plan():
   for i, spec in enumerate(sampled_specs()):
     toks = task.solve_tokens(spec, seed=i)
     cells = plan_cells(toks.plan)
-    for response, n_trace in [(toks.trace + toks.plan + ["eos"], len(toks.trace)),
-                              (toks.plan, 0),  # fast mode
-                              (toks.plan + ["eos", "plan", "junk", "pad"], 0)]:
+    n_clauses = sum(t in ("create", "close") for t in toks.trace)  # 5 tokens per clause
+    assert n_clauses == len(toks.trace) // 5 > 0
+    for response, n_trace, clauses in [(toks.trace + toks.plan + ["eos"], len(toks.trace),
+                                        n_clauses),
+                                       (toks.plan, 0, 0),  # fast mode
+                                       (toks.plan + ["eos", "plan", "junk", "pad"], 0, 0)]:
       v = task.check(toks.prompt, response)
       assert v == base.Verdict(correct=True, plan_len=bfs_len(spec), trace_len=n_trace,
-                               plan=cells, malformed=False)
+                               plan=cells, malformed=False, trace_clauses=clauses)
 
 
 # start (0,0), goal (0,2), walls (0,1), (1,1): the only path goes round the right.
@@ -283,25 +286,26 @@ def test_checker_judges_paths(cells, correct):
   v = task.check(prompt, ["create", "0", "0", "c0", "c2"] + as_plan(cells) + ["eos"])
   assert v.correct is correct and not v.malformed
   assert v.plan == tuple(cells) and v.plan_len == len(cells) - 1 and v.trace_len == 5
+  assert v.trace_clauses == 1
 
 
-@pytest.mark.parametrize("response, trace_len", [
-    ([], 0),
-    (["eos"], 0),
-    (["create", "0", "0", "c0", "c2", "eos"], 5),  # a trace, no plan
-    (as_plan(SMALL_PATH) + ["create"], 0),  # trailing garbage before eos
-    (as_plan(SMALL_PATH) + ["plan", "0"], 0),  # a cut-off group
-    (as_plan(SMALL_PATH)[:-1] + ["c3"], 0),  # a cost as a coordinate
-    (as_plan(SMALL_PATH) + ["close", "0", "2", "c6", "c0"], 0),  # a clause after the plan
-    (["plan", "0", "00"] + as_plan(SMALL_PATH[1:]), 0),  # not a coordinate token
-    (["plan", "-1", "0"] + as_plan(SMALL_PATH[1:]), 0),
-    (["create", "0", "0"] + as_plan(SMALL_PATH)[:-1], 3),
+@pytest.mark.parametrize("response, trace_len, clauses", [
+    ([], 0, 0),
+    (["eos"], 0, 0),
+    (["create", "0", "0", "c0", "c2", "close", "0", "0", "eos"], 8, 2),  # a trace, no plan
+    (as_plan(SMALL_PATH) + ["create"], 0, 0),  # trailing garbage before eos
+    (as_plan(SMALL_PATH) + ["plan", "0"], 0, 0),  # a cut-off group
+    (as_plan(SMALL_PATH)[:-1] + ["c3"], 0, 0),  # a cost as a coordinate
+    (as_plan(SMALL_PATH) + ["close", "0", "2", "c6", "c0"], 0, 0),  # a clause after the plan
+    (["plan", "0", "00"] + as_plan(SMALL_PATH[1:]), 0, 0),  # not a coordinate token
+    (["plan", "-1", "0"] + as_plan(SMALL_PATH[1:]), 0, 0),
+    (["create", "0", "0"] + as_plan(SMALL_PATH)[:-1], 3, 1),
 ])
-def test_checker_rejects_malformed(response, trace_len):
+def test_checker_rejects_malformed(response, trace_len, clauses):
   task = MazeTask(3)
   v = task.check(task.solve_tokens(SMALL).prompt, response)
   assert v == base.Verdict(correct=False, plan_len=None, trace_len=trace_len, plan=None,
-                           malformed=True)
+                           malformed=True, trace_clauses=clauses)
 
 
 def test_checker_with_a_bad_prompt_is_never_correct():

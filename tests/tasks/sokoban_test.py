@@ -422,6 +422,7 @@ def test_checker_accepts_every_astar_plan(task, levels):
     v = task.check(toks.prompt, response)
     assert v.correct and not v.malformed
     assert v.plan_len == len(toks.plan) // 3 - 1 and v.trace_len == len(toks.trace)
+    assert v.trace_clauses == sum(t in ("create", "close") for t in toks.trace) > 0
     assert v.plan == tuple(_cells(toks.plan))
     fast = task.check(toks.prompt, toks.plan)  # plan only, no eos
     assert fast.correct and fast.trace_len == 0
