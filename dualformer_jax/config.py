@@ -20,6 +20,7 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "dots", "full")
 ATTENTION_IMPLS = ("auto", "xla", "blockwise", "cudnn", "splash")
 ASTAR_MODES = ("deterministic", "nondeterministic")
+LOSS_NORMS = ("sequence", "token")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -88,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0  # global norm
   c.train.grad_accum = 1  # micro-batches per optimizer step
+  # sequence: mean over each example's tokens, then over the batch (Searchformer's);
+  # token: mean over all loss tokens of the batch (long traces weigh more).
+  c.train.loss_norm = "sequence"
   c.train.log_every = 50
   c.train.eval_every = 500
   c.train.eval_batches = 4  # test-split batches per eval-loss measurement
@@ -166,6 +170,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       _fail(f"train.{field}", c.train[field], "must be >= 1")
   if c.train.batch_size % c.train.grad_accum:
     _fail("train.grad_accum", c.train.grad_accum, "must divide train.batch_size")
+  if c.train.loss_norm not in LOSS_NORMS:
+    _fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
   if c.train.learning_rate <= 0:
     _fail("train.learning_rate", c.train.learning_rate, "must be > 0")
   if c.train.warmup_steps < 0:

@@ -107,8 +107,38 @@ def _check_batch(batch: Batch, mesh: Mesh, grad_accum: int) -> None:
   shd.check_batch_size(b, mesh, grad_accum)
 
 
-def _loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> Metrics:
-  """Per-batch sums: cross-entropy over loss / trace / plan tokens, counts, hits."""
+def loss_weights(mask_BxT: jax.Array, loss_norm: str, denom: jax.Array) -> jax.Array:
+  """Per-token weights w of the objective sum(ce * w), for a (micro-)batch.
+
+  "token": every loss token of the batch weighs the same, 1 / denom with denom
+  the batch's token count; an example then weighs its length, and how much
+  depends on which examples share its batch (bucketing groups similar lengths).
+  "sequence" (Searchformer's): the mean over an example's tokens, then over the
+  batch's denom examples; every example weighs 1 / denom, whatever its length
+  or batch-mates. `denom` comes from `loss_denominator` of the whole batch, so
+  micro-batches (grad accumulation) add up to the full batch's objective.
+  """
+  if loss_norm == "token":
+    return mask_BxT / denom
+  per_example_BxT = mask_BxT / jnp.maximum(jnp.sum(mask_BxT, axis=1, keepdims=True), 1.0)
+  return per_example_BxT / denom
+
+
+def loss_denominator(mask_BxT: jax.Array, loss_norm: str) -> jax.Array:
+  """Loss tokens ("token") or examples with a loss token ("sequence") in the batch, >= 1."""
+  if loss_norm == "token":
+    n = jnp.sum(mask_BxT)
+  else:
+    n = jnp.sum(jnp.any(mask_BxT > 0, axis=1).astype(jnp.float32))
+  return jnp.maximum(n, 1.0)
+
+
+def _forward(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch
+             ) -> tuple[Metrics, jax.Array, jax.Array]:
+  """(per-batch sums, ce [B, T], loss mask [B, T]) of one forward pass.
+
+  Sums: cross-entropy over loss / trace / plan tokens, counts, hits.
+  """
   model = nnx.merge(graphdef, params)
   logits_BxTxV = model(batch["enc_ids"], batch["dec_ids"])
   targets_BxT = batch["targets"]
@@ -117,7 +147,7 @@ def _loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> Metri
   plan_BxT = batch["plan_mask"].astype(jnp.float32)
   mask_BxT = trace_BxT + plan_BxT
   hit_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
-  return {
+  sums = {
       "loss_sum": jnp.sum(ce_BxT * mask_BxT),
       "trace_loss_sum": jnp.sum(ce_BxT * trace_BxT),
       "plan_loss_sum": jnp.sum(ce_BxT * plan_BxT),
@@ -126,6 +156,18 @@ def _loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> Metri
       "trace_tokens": jnp.sum(trace_BxT),
       "plan_tokens": jnp.sum(plan_BxT),
   }
+  return sums, ce_BxT, mask_BxT
+
+
+def _loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> Metrics:
+  return _forward(graphdef, params, batch)[0]
+
+
+def objective(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, loss_norm: str,
+              denom: jax.Array) -> tuple[jax.Array, Metrics]:
+  """(the training objective sum(ce * loss_weights), the batch's sums); what is differentiated."""
+  sums, ce_BxT, mask_BxT = _forward(graphdef, params, batch)
+  return jnp.sum(ce_BxT * loss_weights(mask_BxT, loss_norm, denom)), sums
 
 
 def _means(sums: Metrics) -> Metrics:
@@ -177,28 +219,31 @@ def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh, state_shard
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """train_step(state, batch) -> (state, metrics); jitted once, state donated.
 
-  Metrics (float32 scalars): loss, trace_loss, plan_loss, accuracy, loss/trace/plan
-  token counts, grad_norm (before clipping), learning_rate.
+  The objective is normalised per config.train.loss_norm (see `loss_weights`).
+  Metrics (float32 scalars): loss, trace_loss, plan_loss, accuracy (token means,
+  whatever the objective's normalisation), loss/trace/plan token counts,
+  grad_norm (before clipping), learning_rate.
   """
   tx = make_optimizer(config.train)
   schedule = make_schedule(config.train)
   accum = int(config.train.grad_accum)
+  loss_norm = str(config.train.loss_norm)
 
-  def loss_fn(params: nnx.State, batch: Batch, n_tokens: jax.Array):
-    sums = _loss_sums(graphdef, params, batch)
-    return sums["loss_sum"] / n_tokens, sums
+  def loss_fn(params: nnx.State, batch: Batch, denom: jax.Array):
+    return objective(graphdef, params, batch, loss_norm, denom)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     batch = {k: batch[k] for k in REQUIRED_KEYS}
-    n_tokens = jnp.maximum(jnp.sum(batch["trace_mask"] + batch["plan_mask"]), 1.0)
+    mask_BxT = (batch["trace_mask"] + batch["plan_mask"]).astype(jnp.float32)
+    denom = loss_denominator(mask_BxT, loss_norm)
     if accum == 1:
-      (_, sums), grads = grad_fn(state.params, batch, n_tokens)
+      (_, sums), grads = grad_fn(state.params, batch, denom)
     else:
       def body(carry, micro):
         g_acc, s_acc = carry
-        (_, s), g = grad_fn(state.params, micro, n_tokens)
+        (_, s), g = grad_fn(state.params, micro, denom)
         return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
 
       zero_sums = jax.tree.map(lambda _: jnp.zeros((), jnp.float32),

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from dualformer_jax import config as config_lib
 from dualformer_jax.model import sharding as shd
@@ -180,3 +181,72 @@ def test_bad_batches_are_rejected(single):
   step = step_lib.make_train_step(single["graphdef"], c, mesh, shardings)
   with pytest.raises(ValueError, match="micro-batch size 6 .* data\\*fsdp=4"):
     step(_copy(single["state"], shardings), {k: v[:6] for k, v in batch.items()})
+
+
+def _levels_pool():
+  """16 examples of four drop levels: level 0 keeps a 40-token trace, level 3 none."""
+  lengths = {0: 44, 1: 24, 2: 12, 3: 4}  # loss tokens (trace + plan) per level
+  levels = np.repeat(np.arange(4), 4)
+  mask = np.zeros((16, 48), np.float32)
+  for i, lvl in enumerate(levels):
+    mask[i, :lengths[int(lvl)]] = 1
+  return levels, mask
+
+
+@pytest.mark.parametrize("loss_norm", ["sequence", "token"])
+def test_drop_level_weights_do_not_depend_on_bucketing(loss_norm):
+  """Each drop level's share of the gradient under two batchings of the same 16
+  examples: batches of one length (what bucketing makes) vs mixed batches."""
+  levels, mask = _levels_pool()
+  bucketed = [np.flatnonzero(levels == lvl) for lvl in range(4)]  # one level per batch
+  mixed = [np.arange(b, 16, 4) for b in range(4)]  # every batch has all four levels
+
+  def level_weights(batches):
+    w = np.zeros(16)
+    for rows in batches:
+      m = jnp.asarray(mask[rows])
+      w[rows] = np.asarray(step_lib.loss_weights(
+          m, loss_norm, step_lib.loss_denominator(m, loss_norm))).sum(axis=1)
+    return np.array([w[levels == lvl].sum() for lvl in range(4)])
+
+  a, b = level_weights(bucketed), level_weights(mixed)
+  if loss_norm == "sequence":
+    np.testing.assert_allclose(a, [1.0] * 4, rtol=1e-6)  # each batch's 4 examples weigh 1/4
+    np.testing.assert_allclose(b, a, rtol=1e-6)
+  else:  # token: a plan-only example weighs 1/16 in its own bucket, 4/84 in a mixed one
+    assert not np.allclose(a, b)
+    assert b[3] < a[3] and b[0] > a[0]
+
+
+def test_sequence_norm_gradient_is_the_mean_of_per_example_means(single):
+  """Per example: its loss-token mean; per batch: the mean of those. The gradient
+  summed over two batches is then the same however the examples are paired."""
+  graphdef, params = single["graphdef"], single["state"].params
+  full = _batch(3)
+  order = np.argsort(full["trace_mask"].sum(1))  # short traces together, long together
+
+  def grad_sum(split_rows, loss_norm):
+    total = None
+    for rows in split_rows:
+      part = {k: jnp.asarray(v[rows]) for k, v in full.items() if k != "level"}
+      m = part["trace_mask"] + part["plan_mask"]
+      g = jax.grad(lambda p: step_lib.objective(
+          graphdef, p, part, loss_norm, step_lib.loss_denominator(m, loss_norm))[0])(params)
+      total = g if total is None else jax.tree.map(jnp.add, total, g)
+    return total
+
+  by_length = [order[:B // 2], order[B // 2:]]
+  interleaved = [order[0::2], order[1::2]]
+  _params_close(grad_sum(by_length, "sequence"), grad_sum(interleaved, "sequence"), atol=1e-5)
+  token_a, token_b = grad_sum(by_length, "token"), grad_sum(interleaved, "token")
+  assert max(float(jnp.max(jnp.abs(x - y)))
+             for x, y in zip(jax.tree.leaves(token_a), jax.tree.leaves(token_b))) > 1e-4
+  # And the value: the mean over examples of each example's mean cross-entropy.
+  m = full["trace_mask"] + full["plan_mask"]
+  value, _ = step_lib.objective(graphdef, params, {k: jnp.asarray(v) for k, v in full.items()},
+                                "sequence", step_lib.loss_denominator(jnp.asarray(m), "sequence"))
+  logits = jax.jit(lambda p: nnx.merge(graphdef, p)(full["enc_ids"], full["dec_ids"]))(params)
+  ce = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
+  ce = -np.take_along_axis(ce, full["targets"][..., None], -1)[..., 0]
+  expected = np.mean((ce * m).sum(1) / m.sum(1))
+  assert float(value) == pytest.approx(expected, rel=1e-5)
