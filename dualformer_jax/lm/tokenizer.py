@@ -1,0 +1,96 @@
+"""The tokenizer of a Hugging Face checkpoint: `tokenizer.json` via the `tokenizers` package.
+
+Special ids come from the checkpoint's config.json (bos_token_id,
+eos_token_id: what the model was trained with), else from the token strings
+in tokenizer_config.json (plain or {"content": ...}). `encode` adds no special
+tokens by default (math_data.prompt_ids adds bos itself; the tokenizer's
+post-processor is never used), so a prompt gets exactly one bos whatever the
+tokenizer.json says.
+
+pad_id: config.json's pad_token_id, else tokenizer_config.json's pad_token,
+else eos_id. Llama 3 and Mistral checkpoints name no pad, so pad then equals
+eos; that is fine for training and scoring, where a `valid` mask, not the pad
+id, marks the real tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import tokenizers
+
+
+class Tokenizer:
+  """encode(text) -> ids, decode(ids) -> text, with bos_id, eos_id (eos_ids), pad_id:
+  math_data.Tokenizer's protocol over a checkpoint directory."""
+
+  def __init__(self, ckpt_dir: str):
+    path = os.path.join(ckpt_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no such file (the checkpoint has no fast tokenizer)")
+    self._tok = tokenizers.Tokenizer.from_file(path)
+    cfg = _read_json(os.path.join(ckpt_dir, "config.json"))
+    tok_cfg = _read_json(os.path.join(ckpt_dir, "tokenizer_config.json"))
+    bos = self._special("bos", cfg.get("bos_token_id"), tok_cfg.get("bos_token"))
+    if isinstance(bos, list):
+      raise ValueError(f"{ckpt_dir}: bos_token_id={bos}: expected one id")
+    self.bos_id: int | None = bos
+    eos = self._special("eos", cfg.get("eos_token_id"), tok_cfg.get("eos_token"))
+    # Llama 3.1 instruct lists several (end of text, end of turn, ...): any one ends a row.
+    self.eos_ids: tuple[int, ...] = tuple(eos) if isinstance(eos, list) else (
+        () if eos is None else (eos,))
+    if not self.eos_ids:
+      raise ValueError(f"{ckpt_dir}: no eos token: config.json has no eos_token_id and "
+                       "tokenizer_config.json no eos_token")
+    self.eos_id: int = self.eos_ids[0]
+    pad = self._special("pad", cfg.get("pad_token_id"), tok_cfg.get("pad_token"))
+    if isinstance(pad, list):
+      raise ValueError(f"{ckpt_dir}: pad_token_id={pad}: expected one id")
+    self.pad_id: int = self.eos_id if pad is None else pad
+
+  def _special(self, what: str, token_id: Any, token: Any) -> int | list[int] | None:
+    """The id(s) config.json gives, else the id of tokenizer_config.json's token string."""
+    if token_id is not None:
+      ids = token_id if isinstance(token_id, list) else [token_id]
+      if not ids or not all(type(i) is int and 0 <= i < self.vocab_size for i in ids):
+        raise ValueError(f"config.json: {what}_token_id={token_id!r}: expected ids in "
+                         f"[0, {self.vocab_size})")
+      return token_id
+    if isinstance(token, dict):  # {"content": "<s>", ...} in older tokenizer configs
+      token = token.get("content")
+    if token is None:
+      return None
+    token_id = self._tok.token_to_id(token)
+    if token_id is None:
+      raise ValueError(f"tokenizer_config.json: {what}_token={token!r} is not in tokenizer.json")
+    return token_id
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tok.get_vocab_size(with_added_tokens=True)
+
+  def encode(self, text: str, add_bos: bool = False) -> list[int]:
+    """Token ids of `text`, no eos, and bos only if add_bos."""
+    ids = self._tok.encode(text, add_special_tokens=False).ids
+    if add_bos and self.bos_id is None:
+      raise ValueError("encode(add_bos=True): the checkpoint names no bos token")
+    return ([self.bos_id] if add_bos else []) + ids
+
+  def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+    return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+
+def _read_json(path: str) -> dict:
+  """A JSON object file's contents; {} if the file is absent."""
+  if not os.path.isfile(path):
+    return {}
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path}: not JSON ({e})") from e
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}: expected a JSON object")
+  return obj

@@ -1,0 +1,90 @@
+"""lm/tokenizer.py over a tiny tokenizer.json built with the `tokenizers` package itself."""
+
+import json
+
+import pytest
+import tokenizers
+from tokenizers import models, pre_tokenizers, processors
+
+from dualformer_jax.lm import math_data as md
+from dualformer_jax.lm.tokenizer import Tokenizer
+
+WORDS = ["<unk>", "<s>", "</s>", "<pad>", "<|eot|>", "x", "=", "+", "1", "2", "3", "so",
+         "answer", "is", "Problem", ":", "Solution"]
+
+
+def _write(tmp_path, config=None, tok_config=None, post_bos=True):
+  """A checkpoint directory with a WordLevel tokenizer.json (whitespace/punctuation split).
+
+  post_bos: the tokenizer's post-processor prepends <s>, as Llama's does; `encode`
+  must not use it.
+  """
+  tok = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)},
+                                              unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.add_special_tokens(["<s>", "</s>", "<pad>", "<|eot|>"])
+  if post_bos:
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[
+        ("<s>", 1)])
+  tok.save(str(tmp_path / "tokenizer.json"))
+  for name, obj in (("config.json", config), ("tokenizer_config.json", tok_config)):
+    if obj is not None:
+      (tmp_path / name).write_text(json.dumps(obj))
+  return str(tmp_path)
+
+
+def test_ids_from_config_json(tmp_path):
+  """config.json wins over tokenizer_config.json; a list of eos ids keeps all, first is eos_id."""
+  tok = Tokenizer(_write(tmp_path, {"bos_token_id": 1, "eos_token_id": [4, 2],
+                                    "pad_token_id": 3},
+                         {"bos_token": "</s>", "eos_token": "<s>", "pad_token": "<s>"}))
+  assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.pad_id) == (1, 4, (4, 2), 3)
+  assert tok.vocab_size == len(WORDS)
+
+
+def test_ids_from_tokenizer_config_strings(tmp_path):
+  """Token strings, plain and in the {"content": ...} form; no pad anywhere: pad = eos."""
+  tok = Tokenizer(_write(tmp_path, {"model_type": "llama"},
+                         {"bos_token": {"content": "<s>", "lstrip": False},
+                          "eos_token": "<|eot|>"}))
+  assert (tok.bos_id, tok.eos_id, tok.eos_ids, tok.pad_id) == (1, 4, (4,), 4)
+  tok = Tokenizer(_write(tmp_path, {"eos_token_id": 2}, {"pad_token": {"content": "<pad>"}}))
+  assert (tok.bos_id, tok.eos_id, tok.pad_id) == (None, 2, 3)
+
+
+def test_bad_special_tokens(tmp_path):
+  with pytest.raises(ValueError, match="no eos token"):
+    Tokenizer(_write(tmp_path, {"bos_token_id": 1}))
+  with pytest.raises(ValueError, match="eos_token='<end>' is not in tokenizer.json"):
+    Tokenizer(_write(tmp_path, None, {"eos_token": "<end>"}))
+  with pytest.raises(ValueError, match=r"eos_token_id=99: expected ids in \[0, 17\)"):
+    Tokenizer(_write(tmp_path, {"eos_token_id": 99}))
+  with pytest.raises(ValueError, match="bos_token_id=\\[1, 2\\]: expected one id"):
+    Tokenizer(_write(tmp_path, {"bos_token_id": [1, 2], "eos_token_id": 2}))
+  (tmp_path / "config.json").write_text("{nope")
+  with pytest.raises(ValueError, match="config.json: not JSON"):
+    Tokenizer(str(tmp_path))
+
+
+def test_encode_decode_round_trip(tmp_path):
+  tok = Tokenizer(_write(tmp_path, {"bos_token_id": 1, "eos_token_id": 2}))
+  ids = tok.encode("x = 1 + 2 so answer is 3")
+  assert ids == [5, 6, 8, 7, 9, 11, 12, 13, 10]  # no bos, though the post-processor adds one
+  assert tok.encode("x = 1", add_bos=True) == [1, 5, 6, 8]
+  assert tok.decode(ids) == "x = 1 + 2 so answer is 3"
+  assert tok.decode([1, *ids, 2]) == "x = 1 + 2 so answer is 3"  # specials skipped
+  assert tok.decode([1, 5, 2], skip_special=False) == "<s> x </s>"
+  assert tok.encode("x y") == [5, 0]  # unknown word -> <unk>
+
+
+def test_math_prompt_gets_exactly_one_bos(tmp_path):
+  """math_data adds bos itself and encodes the text with the protocol's encode(text)."""
+  tok = Tokenizer(_write(tmp_path, {"bos_token_id": 1, "eos_token_id": 2}))
+  prompt = list(md.prompt_ids(tok, "1 + 2"))
+  assert prompt == [1, 14, 15, 8, 7, 9, 16, 15]  # <s> Problem : 1 + 2 Solution :
+
+
+def test_missing_tokenizer_json(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 2}))
+  with pytest.raises(FileNotFoundError, match="tokenizer.json: no such file"):
+    Tokenizer(str(tmp_path))
