@@ -7,8 +7,11 @@ nothing about tasks: it gets encoder ids, a prefix per row, and a key.
 
 Rows are prompts x samples, prompt-major: row r belongs to prompt
 r // num_samples. Decoding is jitted `lax.while_loop`s over positions through
-the model's one cached-decoding API (`Transformer.init_cache` /
-`decode_step`), which is built for many rows per prompt:
+the models' one cached-decoding API, `init_cache(enc_ids, samples, max_len,
+block_len)` and `decode_step(tok, pos, cache, num_blocks=...)`, built for
+many rows per prompt. The planning Transformer encodes `enc_ids`; a
+decoder-only LM (lm/model.py) gets no enc_ids (None: [Np, 0]) and its prompt
+as the forced prefix, fed through the same cache one position per step:
   * cross-attention K/V are computed once per prompt, not per row;
   * the self-attention cache is split into blocks of positions, and the
     sampler runs one loop per block, attending only to the blocks reached.
@@ -62,15 +65,19 @@ def default_block_len(max_len: int) -> int:
   return max(_MIN_BLOCK, -(-max_len // _MAX_BLOCKS))
 
 
-def _pick(logits_RxV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
+def _pick(logits_RxV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: int,
+          pad_id: int | None = PAD_ID) -> jax.Array:
   """Next token per row: argmax when top_k == 1, else a (top-k filtered) sample.
 
   Sampling inverts the CDF with one uniform per row: exact, and ~6x cheaper
   on CPU than Gumbel-max (`jax.random.categorical`), which draws R x V
   numbers per step. pad is never picked: it is never a training target, and
-  a pad inside a row would blur where the response ends.
+  a pad inside a row would blur where the response ends (pad_id None: a
+  vocabulary without pad, nothing is masked).
   """
-  logits_RxV = logits_RxV.astype(jnp.float32).at[:, PAD_ID].set(-jnp.inf)
+  logits_RxV = logits_RxV.astype(jnp.float32)
+  if pad_id is not None:
+    logits_RxV = logits_RxV.at[:, pad_id].set(-jnp.inf)
   if top_k == 1:
     return jnp.argmax(logits_RxV, axis=-1).astype(jnp.int32)
   logits_RxV = logits_RxV / temperature
@@ -85,20 +92,23 @@ def _pick(logits_RxV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "max_len", "top_k",
-                                             "eos_id", "block_len"))
+                                             "eos_id", "block_len", "pad_id"))
 def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
             prefix_RxK: jax.Array, prefix_len_R: jax.Array, key: jax.Array,
             temperature: jax.Array, *, num_samples: int, max_len: int, top_k: int,
-            eos_id: int, block_len: int) -> Samples:
+            eos_id: int | tuple[int, ...], block_len: int, pad_id: int | None = PAD_ID
+            ) -> Samples:
   model = nnx.merge(graphdef, params)
   r, k = prefix_RxK.shape
   # Positions 0 .. max_len - 2 are fed (each yields the token after it).
   num_blocks = -(-(max_len - 1) // block_len)
-  cache = model.init_cache(model.encode(enc_ids_NpxP), enc_ids_NpxP != PAD_ID, num_samples,
-                           max_len - 1, block_len)
+  cache = model.init_cache(enc_ids_NpxP, num_samples, max_len - 1, block_len)
+  eos_E = jnp.asarray(eos_id, jnp.int32).reshape(-1)
+  # What fills a row after eos (never fed as a real token: lengths mark the end).
+  fill = eos_E[0] if pad_id is None else pad_id
   in_prefix_RxK = jnp.arange(k)[None, :] < prefix_len_R[:, None]
-  out_RxL = jnp.zeros((r, max_len), jnp.int32)
-  out_RxL = out_RxL.at[:, :k].set(jnp.where(in_prefix_RxK, prefix_RxK, PAD_ID).astype(jnp.int32))
+  out_RxL = jnp.full((r, max_len), fill, jnp.int32)  # what is never written stays `fill`
+  out_RxL = out_RxL.at[:, :k].set(jnp.where(in_prefix_RxK, prefix_RxK, fill).astype(jnp.int32))
   carry = (jnp.int32(0), out_RxL, cache, jnp.zeros((r,), bool), jnp.full((r,), max_len, jnp.int32))
 
   # Stage b feeds the positions of cache block b.
@@ -113,12 +123,12 @@ def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
       t, out_RxL, cache, done_R, len_R = carry
       tok_R = jax.lax.dynamic_index_in_dim(out_RxL, t, axis=1, keepdims=False)
       logits_RxV, cache = model.decode_step(tok_R, t, cache, num_blocks=b + 1)
-      sampled_R = _pick(logits_RxV, jax.random.fold_in(key, t), temperature, top_k)
+      sampled_R = _pick(logits_RxV, jax.random.fold_in(key, t), temperature, top_k, pad_id)
       forced_R = t + 1 < prefix_len_R
       given_R = jax.lax.dynamic_index_in_dim(out_RxL, t + 1, axis=1, keepdims=False)
-      nxt_R = jnp.where(forced_R, given_R, jnp.where(done_R, PAD_ID, sampled_R))
+      nxt_R = jnp.where(forced_R, given_R, jnp.where(done_R, fill, sampled_R))
       out_RxL = jax.lax.dynamic_update_slice(out_RxL, nxt_R[:, None], (0, t + 1))
-      stop_R = ~done_R & ~forced_R & (nxt_R == eos_id)
+      stop_R = ~done_R & ~forced_R & jnp.isin(nxt_R, eos_E)
       len_R = jnp.where(stop_R, t + 2, len_R)
       return t + 1, out_RxL, cache, done_R | stop_R, len_R
 
@@ -127,23 +137,29 @@ def _sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
   return Samples(out_RxL, len_R, done_R)
 
 
-def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.ndarray,
+def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.ndarray | None,
            prefix: jax.Array | np.ndarray, prefix_len: jax.Array | np.ndarray,
            key: jax.Array, *, num_samples: int, max_len: int, temperature: float = 1.0,
-           top_k: int = 0, eos_id: int = EOS_ID, block_len: int | None = None) -> Samples:
+           top_k: int = 0, eos_id: int | tuple[int, ...] = EOS_ID, block_len: int | None = None,
+           pad_id: int | None = PAD_ID) -> Samples:
   """Samples num_samples continuations per prompt; returns Samples(ids, lengths, finished).
 
-  enc_ids [Np, P] (pad 0); prefix [Np * num_samples, K] with prefix_len [R]
+  enc_ids [Np, P] (pad 0), or None for a decoder-only LM (its prompts are the
+  prefixes; Np = R / num_samples); prefix [Np * num_samples, K] with prefix_len [R]
   (1 <= prefix_len <= K; the rest of a row's prefix is ignored); (graphdef,
   params) from `nnx.split(model)`. top_k: 0 = off, 1 = greedy; pad is never
-  sampled. Compiled once per shape and static setting; the same key gives
-  the same samples. Rows that never emit eos come back with finished=False
-  and length max_len. block_len: cache block (default: default_block_len).
+  sampled (pad_id None: none is masked, and rows are filled after eos with
+  the first eos id); a tuple eos_id stops a row at any of its ids. Compiled
+  once per shape and static setting; the same key gives the same samples.
+  Rows that never emit eos come back with finished=False and length max_len.
+  block_len: cache block (default: default_block_len).
   """
   lens = np.asarray(prefix_len)
   if lens.size and (lens.min() < 1 or lens.max() > np.shape(prefix)[-1]):
     raise ValueError(f"prefix_len must be in [1, {np.shape(prefix)[-1]}], "
                      f"got {lens.min()}..{lens.max()}")
+  if enc_ids is None:
+    enc_ids = np.zeros((np.shape(prefix)[0] // num_samples, 0), np.int32)
   enc_ids, prefix, prefix_len = (jnp.asarray(x, jnp.int32) for x in (enc_ids, prefix, prefix_len))
   if enc_ids.ndim != 2 or prefix.ndim != 2 or prefix_len.ndim != 1:
     raise ValueError(f"expected enc_ids [Np, P], prefix [R, K], prefix_len [R]; got "
@@ -166,7 +182,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.nd
     raise ValueError(f"block_len={block_len}: must be >= 1")
   return _sample(graphdef, params, enc_ids, prefix, prefix_len, key,
                  jnp.float32(temperature), num_samples=num_samples, max_len=max_len,
-                 top_k=top_k, eos_id=eos_id, block_len=block_len)
+                 top_k=top_k, eos_id=eos_id, block_len=block_len, pad_id=pad_id)
 
 
 def sample_model(model: nnx.Module, enc_ids, prefix, prefix_len, key: jax.Array,

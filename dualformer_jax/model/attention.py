@@ -15,8 +15,8 @@ once. `attention()` serves full sequences and picks an implementation:
   splash     Pallas splash attention on TPU (interpreted elsewhere, for tests).
   auto       by backend, dtype and length (`resolve`).
 
-`attend_cached()` is the one-query-per-row path of sampling over a KV cache
-kept in blocks (model/transformer.py), with the same masked softmax.
+`cached_step()` / `attend_cached()`: one query per row of sampling over a KV
+cache in blocks (model/transformer.py, lm/model.py), same masked softmax.
 
 Masks: `kv_valid` [B, S] marks real keys (pads False); `causal` lets query i
 see keys j <= i; `window` > 0 (with causal) keeps only j > i - window
@@ -121,18 +121,13 @@ def attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, 
   t, s = q_BxTxHxK.shape[1], k_BxSxGxK.shape[1]
   impl = resolve(impl, t=t, s=s, dtype=q_BxTxHxK.dtype)
   args = (q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, kv_valid_BxS, causal, window)
-  if impl == "xla":
-    return _xla(*args)
-  if impl == "blockwise":
-    return _blockwise(*args, block=block)
-  if impl == "cudnn":
-    return _cudnn(*args)
-  return _splash(*args)
+  kernels = {"xla": _xla, "blockwise": functools.partial(_blockwise, block=block),
+             "cudnn": _cudnn, "splash": _splash}
+  return kernels[impl](*args)
 
 
 def _xla(q, k, v, kv_valid, causal, window):
-  b, t, h, d = q.shape
-  s, g = k.shape[1], k.shape[2]
+  (b, t, h, d), (s, g) = q.shape, k.shape[1:3]
   mask = visible(t, s, kv_valid, causal, window)  # [B|1, 1, T, S]
   scale = d ** -0.5
   if g == h:
@@ -172,6 +167,21 @@ def attend_cached(q_RxGxQxK: jax.Array, k_blocks: Sequence[jax.Array],
   return (o / total).astype(v_blocks[0].dtype)
 
 
+def cached_step(q_RxGxQxK: jax.Array, k_RxGxK: jax.Array, v_RxGxK: jax.Array, k_blocks: Sequence,
+                v_blocks: Sequence, pos: jax.Array, num_blocks: int, window: int = 0) -> tuple:
+  """Writes position pos's K/V into cache block num_blocks - 1 (which holds pos), then
+  attends to positions <= pos (> pos - window if window) of blocks up to it -> (o, k, v)."""
+  j, w = num_blocks - 1, k_blocks[0].shape[2]
+  kv = [list(k_blocks), list(v_blocks)]
+  for blocks, x_RxGxK in zip(kv, (k_RxGxK, v_RxGxK)):
+    blocks[j] = jax.lax.dynamic_update_slice(
+        blocks[j], x_RxGxK[:, :, None].astype(blocks[j].dtype), (0, 0, pos - j * w, 0))
+  slot_S = jnp.arange(num_blocks * w)
+  visible_S = (slot_S <= pos) & (slot_S > pos - window if window else True)
+  o = attend_cached(q_RxGxQxK, kv[0][:num_blocks], kv[1][:num_blocks], visible_S[None])
+  return o, kv[0], kv[1]
+
+
 # ------------------------------------------------------------------ blockwise
 
 def _pad_to(x: jax.Array, axis: int, size: int, value=0) -> jax.Array:
@@ -186,15 +196,14 @@ def _heads_first(x_BxTxHxK: jax.Array, length: int) -> jax.Array:
 
 
 def _blockwise(q, k, v, kv_valid, causal, window, *, block):
-  b, t, h, d = q.shape
-  s = k.shape[1]
+  (b, t, h, d), s = q.shape, k.shape[1]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
   bq, bk = min(block, t), min(block, s)
   tp, sp = -(-t // bq) * bq, -(-s // bk) * bk
-  valid_BxS = jnp.ones((b, s), bool) if kv_valid is None else kv_valid.astype(bool)
+  valid = jnp.ones((b, s), bool) if kv_valid is None else kv_valid
+  valid = _pad_to(valid.astype(bool), 1, sp, False)
   # [B, H, T, K] layout inside: every block product is a plain batched matmul.
   qh, kh, vh = _heads_first(q, tp), _heads_first(k, sp), _heads_first(v, sp)
-  valid = _pad_to(valid_BxS, 1, sp, False)
   o = _flash(qh, kh, vh, valid, causal, window, bq, bk)
   return o[:, :, :t].transpose(0, 2, 1, 3)
 
@@ -342,9 +351,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def _cudnn(q, k, v, kv_valid, causal, window):
   """cuDNN flash attention. Keys must be right-padded (valid keys first), as prompts are."""
-  lengths = None
-  if kv_valid is not None:
-    lengths = jnp.sum(kv_valid.astype(jnp.int32), axis=-1)
+  lengths = None if kv_valid is None else jnp.sum(kv_valid.astype(jnp.int32), axis=-1)
   return jax.nn.dot_product_attention(
       q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
       local_window_size=(window - 1, 0) if window else None, implementation="cudnn")
@@ -372,8 +379,8 @@ def _splash(q, k, v, kv_valid, causal, window):
   s = k.shape[1]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
   tp, sp = -(-t // 128) * 128, -(-s // 128) * 128
-  valid = jnp.ones((b, s), bool) if kv_valid is None else kv_valid.astype(bool)
-  valid = _pad_to(valid, 1, sp, False)
+  valid = jnp.ones((b, s), bool) if kv_valid is None else kv_valid
+  valid = _pad_to(valid.astype(bool), 1, sp, False)
   bq, bkv = math.gcd(tp, 512), math.gcd(sp, 512)
   kernel = sk.make_splash_mha(
       sm.MultiHeadMask([splash_mask(tp, sp, causal, window)] * h),

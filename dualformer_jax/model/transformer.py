@@ -203,16 +203,8 @@ class SelfAttention(nnx.Module):
     must lie in block num_blocks - 1 (blocks past it are neither read nor written).
     """
     q, k, v = self.qkv(x_Rx1xD, pos[None])  # [R, 1, H, K]
-    j, w = num_blocks - 1, k_blocks[0].shape[2]
-    at = (0, 0, pos - j * w, 0)
-    k_blocks, v_blocks = list(k_blocks), list(v_blocks)
-    k_blocks[j] = jax.lax.dynamic_update_slice(
-        k_blocks[j], k.transpose(0, 2, 1, 3).astype(k_blocks[j].dtype), at)
-    v_blocks[j] = jax.lax.dynamic_update_slice(
-        v_blocks[j], v.transpose(0, 2, 1, 3).astype(v_blocks[j].dtype), at)
-    visible_1xS = (jnp.arange(num_blocks * w) <= pos)[None, :]
-    o_RxHx1xK = attn_lib.attend_cached(q.transpose(0, 2, 1, 3), k_blocks[:num_blocks],
-                                       v_blocks[:num_blocks], visible_1xS)
+    o_RxHx1xK, k_blocks, v_blocks = attn_lib.cached_step(
+        q.transpose(0, 2, 1, 3), k[:, 0], v[:, 0], k_blocks, v_blocks, pos, num_blocks)
     return self.out(o_RxHx1xK.transpose(0, 2, 1, 3)), k_blocks, v_blocks
 
 
@@ -408,16 +400,20 @@ class Transformer(nnx.Module):
     enc_BxPxD = self.encode(enc_ids_BxP)
     return self.decode(dec_ids_BxT, enc_BxPxD, enc_ids_BxP != PAD_ID)
 
-  def init_cache(self, enc_NpxPxD: jax.Array, enc_valid_NpxP: jax.Array, samples: int,
-                 max_len: int, block_len: int) -> DecodeCache:
+  def init_cache(self, enc_ids_NpxP: jax.Array, samples: int, max_len: int, block_len: int
+                 ) -> DecodeCache:
     """An empty cache for `samples` rows per prompt and positions 0 .. max_len - 1.
 
-    Self-attention K/V start as zeros in ceil(max_len / block_len) blocks;
-    cross-attention K/V are computed here, once per prompt.
+    Encodes the prompts (pads = PAD_ID are not attended); self-attention K/V
+    start as zeros in ceil(max_len / block_len) blocks, cross-attention K/V
+    are computed here, once per prompt. The same call as `LM.init_cache`, so
+    infer/sampler.py drives both models.
     """
     if samples < 1 or max_len < 1 or block_len < 1:
       raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
                        f"block_len={block_len}: each must be >= 1")
+    enc_NpxPxD = self.encode(enc_ids_NpxP)
+    enc_valid_NpxP = enc_ids_NpxP != PAD_ID
     cfg = self.cfg
     rows, num_blocks = enc_NpxPxD.shape[0] * samples, -(-max_len // block_len)
     zeros_RxHxWxK = jnp.zeros((rows, cfg.heads, block_len, cfg.head_dim), cfg.compute_dtype)

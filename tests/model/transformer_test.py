@@ -92,7 +92,7 @@ def test_cached_decoding_equals_full_forward(model, block_len):
   def step(model, tok, pos, cache, num_blocks):
     return model.decode_step(tok, pos, cache, num_blocks=num_blocks)
 
-  cache = nnx.jit(lambda m, e: m.init_cache(m.encode(e), e != 0, samples, t + 3, block_len))(
+  cache = nnx.jit(lambda m, e: m.init_cache(e, samples, t + 3, block_len))(
       model, enc_ids)  # room for more positions than are fed
   cols = []
   for pos in range(t):
@@ -103,14 +103,14 @@ def test_cached_decoding_equals_full_forward(model, block_len):
 
 
 def test_cache_layout(model):
-  enc = _encode(model, _ids(np.random.default_rng(2), (2, 5)))
-  cache = model.init_cache(enc, jnp.ones((2, 5), bool), samples=3, max_len=9, block_len=4)
+  enc_ids = _ids(np.random.default_rng(2), (2, 5))
+  cache = model.init_cache(enc_ids, samples=3, max_len=9, block_len=4)
   assert len(cache.self_k) == CFG.layers and len(cache.self_k[0]) == 3  # ceil(9 / 4) blocks
   assert cache.self_k[0][0].shape == (6, CFG.heads, 4, CFG.head_dim)  # [rows, H, W, K]
   assert cache.cross_v[0].shape == (2, 5, CFG.heads, CFG.head_dim)  # once per prompt
   assert not any(b.any() for b in cache.self_v[0])
   with pytest.raises(ValueError, match="max_len=0"):
-    model.init_cache(enc, jnp.ones((2, 5), bool), samples=1, max_len=0, block_len=4)
+    model.init_cache(enc_ids, samples=1, max_len=0, block_len=4)
 
 
 def test_decoder_is_causal(model):
