@@ -16,7 +16,7 @@ Each device count runs in its own subprocess on that many simulated CPU
 devices (XLA flags are read once, at import), on a (data, fsdp, tensor) mesh
 with data = devices / (fsdp x tensor), at --per_device_batch sequences per
 device of --seq_len tokens (the trainer's batch width, data.max_len; the
-model sees seq_len - 1 of them). Per mesh it prints XLA's argument, output,
+model sees all of them). Per mesh it prints XLA's argument, output,
 temp and generated-code bytes and their total (argument + output - aliased
 + temp + code: the donated state's outputs reuse its buffers); the state
 row is params + optimizer state per device from the shardings, a check on
@@ -73,20 +73,6 @@ def _math_config(args: argparse.Namespace):
   return c
 
 
-def _jitted(call):
-  """The jax.jit object inside make_train_step's `call` wrapper, to `.lower` without running.
-
-  make_train_step returns a plain function (it enters the mesh, then calls
-  the jitted step); reading its closure measures exactly the trainer's
-  program rather than a copy of it.
-  """
-  cells = dict(zip(call.__code__.co_freevars, (c.cell_contents for c in call.__closure__ or ())))
-  if not hasattr(cells.get("jitted"), "lower"):
-    raise RuntimeError("lm/train.py make_train_step no longer closes over `jitted`; "
-                       "update _jitted in benchmarks/lm_memory_bench.py")
-  return cells["jitted"]
-
-
 def measure(args: argparse.Namespace, devices: int) -> dict:
   """Lowers and compiles the train step on `devices` simulated devices; XLA's figures."""
   import jax
@@ -108,15 +94,14 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
                     attention="auto", remat="full")
   graphdef, _, abstract = train_lib._init_state(c, lm_cfg, mesh, None)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  step = _jitted(train_lib.make_train_step(graphdef, c.train, mesh, shardings))
+  step = train_lib.make_train_step(graphdef, c.train, mesh, shardings)
   bs = shd.batch_sharding(mesh)
   shape = (batch, args.seq_len)
   example = {"ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
              "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bs),
              "valid": jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=bs)}
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    lowered = step.lower(abstract, example)
+  lowered = step.lower(abstract, example)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()

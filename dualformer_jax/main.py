@@ -3,6 +3,9 @@
   python -m dualformer_jax.main --config=configs/maze.py[:preset] --workdir=DIR \
       [--mode=all|generate|train|evaluate] [--config.x.y=value ...]
 
+configs/sokoban.py runs the same way; configs/math.py (task.name "math") runs the
+language-model step-dropping experiment of lm/train.py instead.
+
 The same line runs on every host of a multi-host launch (launch/*): see
 distributed.py for when jax.distributed.initialize is called. The workdir must
 then be one directory all hosts share (NFS, Lustre, a gcsfuse mount).
@@ -50,6 +53,9 @@ def main(argv):
         "files are written with local file calls). Mount the bucket and pass the mount path, "
         "e.g. gcsfuse BUCKET /gcs/BUCKET, then --workdir=/gcs/BUCKET/run "
         "(launch/tpu_pod.sh does this on every TPU worker)")
+  if config.task.name == "math":  # configs/math.py: the language-model run (lm/)
+    _run_math(config, workdir, mode)
+    return
   try:
     config_lib.validate(config)
     launch = distributed.detect(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
@@ -93,6 +99,29 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
   if mode in ("all", "evaluate"):
     from dualformer_jax.eval import evaluate
     evaluate.evaluate(config, workdir)
+
+
+def _run_math(config, workdir: str, mode: str) -> None:
+  """Step dropping for language models: train one LM per drop probability, evaluate, print."""
+  from dualformer_jax.lm import hf_checkpoint
+  from dualformer_jax.lm import train as lm_train
+  if mode == "generate":
+    raise app.UsageError("configs/math.py builds its data in memory: use --mode=all, train or "
+                         "evaluate")
+  try:
+    lm_train.validate(config)
+  except ValueError as e:
+    raise app.UsageError(str(e))
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.enable_compilation_cache(config)
+  try:
+    lm_train.run(config, workdir, mode)
+  except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except KeyboardInterrupt as e:
+    print(e or "interrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ in the same order and differ only in what was dropped.
 Element layout, T = max_len:
   ids_T int32        bos prompt kept-steps answer eos, then pad
   loss_mask_T f32    1 at the solution's tokens (kept steps, answer, eos)
+  valid_T bool       True at the real tokens (the pad id may be a real token of a HF vocabulary)
   num_steps, num_kept int32: steps of the example, steps kept
 """
 
@@ -52,7 +53,8 @@ def drop_steps(ex: TokenizedExample, p: float, rng: np.random.Generator, max_len
   ids_T[:n] = np.concatenate([ex.prompt_P, *solution])
   loss_mask_T = np.zeros((max_len,), np.float32)
   loss_mask_T[len(ex.prompt_P):n] = 1.0
-  return {"ids": ids_T, "loss_mask": loss_mask_T,
+  valid_T = np.arange(max_len) < n
+  return {"ids": ids_T, "loss_mask": loss_mask_T, "valid": valid_T,
           "num_steps": np.int32(len(ex.step_pieces)), "num_kept": np.int32(keep_S.sum())}
 
 
@@ -72,7 +74,7 @@ def _stack(elements: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def train_batches(examples: Sequence[TokenizedExample], p: float, seed: int, batch_size: int,
                   max_len: int, pad_id: int) -> grain.MapDataset:
-  """Endless batches: ds[s] = {ids [B, T], loss_mask [B, T], num_steps [B], num_kept [B]}.
+  """Endless batches: ds[s] = {ids, loss_mask, valid [B, T]; num_steps, num_kept [B]}.
 
   A fresh shuffle per epoch (seed), steps dropped per draw (seed + 1).
   """

@@ -32,6 +32,7 @@ def test_drop_keeps_prompt_and_answer_and_masks_the_solution():
                             + [f"The answer is {src.answer}"])  # kept steps stay in order
     p_len = len(ex.prompt_P)
     assert mask[:p_len].sum() == 0 and mask[p_len:n].all() and mask[n:].sum() == 0
+    assert out["valid"][:n].all() and not out["valid"][n:].any()
     if p == 0.0:
       assert out["num_kept"] == len(src.steps)
 

@@ -1,0 +1,373 @@
+"""Training a decoder-only LM on step-by-step math with step dropping, and the math run.
+
+`run` is what `main.py --config=configs/math.py` calls: it trains one model per
+p in `data.drop_probs` (each in `<workdir>/p<p>/`, resuming from its newest
+checkpoint), evaluates each per mode (lm/evaluate.py) and prints one table.
+
+The train step is pure and jitted once with the mesh's shardings, the state
+donated; the loss is each sequence's mean cross-entropy over its solution
+tokens, averaged over the sequences (a long solution weighs as much as a short
+one, so dropping steps does not reweigh problems). Batches are addressed by
+step number (lm/step_dropping.py), so a checkpoint needs only the train state
+to resume exactly; its record holds p and the data seed, and a resume with
+other values is refused. A state with NaN/Inf is never saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from dualformer_jax import io_utils
+from dualformer_jax.lm import checkpoint as lm_checkpoint
+from dualformer_jax.lm import evaluate as eval_lib
+from dualformer_jax.lm import hf_checkpoint
+from dualformer_jax.lm import math_data as md
+from dualformer_jax.lm import model as lm_model
+from dualformer_jax.lm import step_dropping
+from dualformer_jax.lm import tokenizer as lm_tokenizer
+from dualformer_jax.model import sharding as shd
+from dualformer_jax.train.logger import MetricLogger
+from dualformer_jax.train.schedule import make_schedule
+from dualformer_jax.train.step import TrainState, make_optimizer
+
+BATCH_KEYS = ("ids", "loss_mask", "valid")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """ValueError naming the first bad field of a math config."""
+  def fail(field, why):
+    raise ValueError(f"config.{field}={_get(c, field)!r}: {why}")
+
+  if c.task.source not in ("synthetic", "jsonl"):
+    fail("task.source", "expected synthetic or jsonl")
+  probs = tuple(c.data.drop_probs)
+  if not probs or len(set(probs)) != len(probs):
+    fail("data.drop_probs", "need one or more distinct probabilities")
+  for p in probs:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+      fail("data.drop_probs", "every p must be a number in [0, 1)")
+  if c.task.source == "synthetic":
+    if not 1 <= c.task.min_ops <= c.task.max_ops:
+      fail("task.min_ops", "need 1 <= min_ops <= max_ops")
+    if c.task.max_value < 3 or c.task.max_operand < 2:
+      fail("task.max_value", "need max_value >= 3 and max_operand >= 2")
+    if c.data.num_train < 1 or c.data.num_test < 1:
+      fail("data.num_train", "both splits need >= 1 problem")
+    if c.lm.checkpoint:
+      fail("lm.checkpoint", "a HF checkpoint needs its own tokenizer: use task.source=jsonl")
+  else:
+    if not c.lm.checkpoint:
+      fail("lm.checkpoint", "task.source=jsonl fine-tunes a Hugging Face checkpoint directory "
+           "(its tokenizer.json tokenizes the text)")
+    for field in ("train_file", "test_file"):
+      path = c.data[field]
+      if not path or not os.path.isfile(path):
+        fail(f"data.{field}", "task.source=jsonl needs an existing JSON-lines file")
+  if c.lm.checkpoint and not os.path.isdir(c.lm.checkpoint):
+    fail("lm.checkpoint", "not a directory")
+  if not c.lm.checkpoint and (c.lm.dim % c.lm.num_heads or c.lm.num_heads % c.lm.num_kv_heads):
+    fail("lm.num_heads", "num_heads must divide dim and be a multiple of num_kv_heads")
+  for field in ("dtype", "param_dtype"):
+    if c.lm[field] not in lm_model.DTYPES:
+      fail(f"lm.{field}", f"expected one of {lm_model.DTYPES}")
+  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if c.train[field] < 1:
+      fail(f"train.{field}", "must be >= 1")
+  if c.train.learning_rate <= 0 or c.train.warmup_steps < 0:
+    fail("train.learning_rate", "need learning_rate > 0 and warmup_steps >= 0")
+  if c.data.max_len < 8:
+    fail("data.max_len", "must be >= 8")
+  eval_lib.parse_modes(c.eval.modes)
+  ks = tuple(c.eval.pass_ks)
+  if not ks or min(ks) < 1 or max(ks) > c.eval.num_samples:
+    fail("eval.pass_ks", f"need 1 <= k <= eval.num_samples={c.eval.num_samples}")
+  if c.eval.num_problems < 1 or c.eval.problems_per_batch < 1 or c.eval.temperature <= 0:
+    fail("eval.num_problems", "num_problems, problems_per_batch >= 1 and temperature > 0")
+
+
+def _get(c, dotted):
+  for part in dotted.split("."):
+    c = c[part]
+  return c
+
+
+@dataclasses.dataclass
+class MathData:
+  tok: md.Tokenizer
+  train: list[md.TokenizedExample]
+  test: list[md.MathExample]
+  skipped: int  # training examples longer than data.max_len
+
+
+def load_data(c: ml_collections.ConfigDict) -> MathData:
+  """Tokenizer, tokenized training examples and the test problems of the config."""
+  if c.task.source == "synthetic":
+    train, test = md.synthetic_splits(c.data.num_train, c.data.num_test, c.data.seed,
+                                      c.task.min_ops, c.task.max_ops, c.task.max_value,
+                                      c.task.max_operand)
+    tok = md.WordVocab.for_synthetic(c.task.max_value, c.task.max_operand)
+  else:
+    train, test = md.read_jsonl(c.data.train_file), md.read_jsonl(c.data.test_file)
+    tok = lm_tokenizer.Tokenizer(c.lm.checkpoint)
+  kept, skipped = md.tokenize_all(tok, train, c.data.max_len)
+  test_tok, _ = md.tokenize_all(tok, test, c.data.max_len)
+  fits = {t.prompt_P.tobytes() for t in test_tok}
+  test = [e for e in test if md.prompt_ids(tok, e.problem).tobytes() in fits]
+  return MathData(tok, kept, test[:c.eval.num_problems], skipped)
+
+
+def _loss_sums(model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
+  """Per-sequence mean cross-entropy over solution tokens, and token accuracy sums."""
+  ids_BxT = batch["ids"]
+  # All T positions go in (T stays a multiple of the kernels' block sizes), the last
+  # position's logits are not scored.
+  logits_BxTxV = model(ids_BxT, batch["valid"])[:, :-1].astype(jnp.float32)
+  targets_BxT = ids_BxT[:, 1:]
+  mask_BxT = batch["loss_mask"][:, 1:].astype(jnp.float32)
+  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
+  tokens_B = jnp.sum(mask_BxT, axis=1)
+  has_B = (tokens_B > 0).astype(jnp.float32)
+  seq_loss_B = jnp.sum(ce_BxT * mask_BxT, axis=1) / jnp.maximum(tokens_B, 1.0)
+  hits_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+  return {"loss": jnp.sum(seq_loss_B * has_B) / jnp.maximum(jnp.sum(has_B), 1.0),
+          "accuracy": jnp.sum(hits_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0),
+          "solution_tokens": jnp.sum(mask_BxT)}
+
+
+def make_train_step(graphdef: nnx.GraphDef, train_cfg: Any, mesh: jax.sharding.Mesh,
+                    state_shardings: TrainState) -> Callable:
+  """train_step(state, batch) -> (state, metrics); jitted once, state donated."""
+  tx, schedule = make_optimizer(train_cfg), make_schedule(train_cfg)
+
+  def loss_fn(params, batch):
+    metrics = _loss_sums(nnx.merge(graphdef, params), batch)
+    return metrics["loss"], metrics
+
+  def train_step(state: TrainState, batch: dict):
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
+    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
+
+  batch_sharding = {k: shd.batch_sharding(mesh) for k in BATCH_KEYS}
+  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+
+  def call(state, batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, {k: batch[k] for k in BATCH_KEYS})
+
+  def lower(state, batch):  # for memory analysis without running (benchmarks/)
+    with jax.set_mesh(mesh):
+      return jitted.lower(state, {k: batch[k] for k in BATCH_KEYS})
+
+  call.lower = lower
+  return call
+
+
+def _record(c: ml_collections.ConfigDict, p: float, lm_cfg: Any) -> dict:
+  """What a checkpoint must share with the run that resumes it."""
+  return {"p": float(p), "data_seed": int(c.data.seed), "seed": int(c.seed),
+          "task": c.task.to_dict(), "model": model_record(lm_cfg)}
+
+
+def model_record(lm_cfg: lm_model.LMConfig) -> dict:
+  """The architecture a checkpoint fits; execution settings (attention, remat) may change."""
+  return {k: v for k, v in dataclasses.asdict(lm_cfg).items() if k not in ("attention", "remat")}
+
+
+def scratch_config(c: ml_collections.ConfigDict, tok: md.Tokenizer) -> lm_model.LMConfig:
+  """The from-scratch architecture of `config.lm` for this tokenizer."""
+  return lm_model.LMConfig(
+      vocab_size=tok.vocab_size, dim=c.lm.dim, num_layers=c.lm.num_layers,
+      num_heads=c.lm.num_heads, num_kv_heads=c.lm.num_kv_heads, ffn_dim=c.lm.ffn_dim,
+      rope_theta=float(c.lm.rope_theta), max_position_embeddings=c.data.max_len,
+      dtype=c.lm.dtype, param_dtype=c.lm.param_dtype, attention=c.lm.attention,
+      remat=c.lm.remat, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+
+
+def _init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
+                init_params: Callable[[], Any] | None
+                ) -> tuple[nnx.GraphDef, Callable[[], TrainState], TrainState]:
+  """(graphdef, make_state, abstract state with shardings); no arrays are made here.
+
+  From scratch, the params are created inside jit with the shardings; fine-tuning
+  starts from `init_params` (already placed by the checkpoint loader).
+  """
+  tx = make_optimizer(c.train)
+  graphdef = nnx.split(nnx.eval_shape(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param)[0]
+
+  def fresh(params=None) -> TrainState:
+    if params is None:
+      params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  abstract = jax.eval_shape(fresh)
+  shardings = shd.tree_shardings(abstract, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  if init_params is None:
+    make = lambda: jax.jit(fresh, out_shardings=shardings)()
+  else:
+    make = lambda: jax.jit(fresh, out_shardings=shardings)(init_params())
+  return graphdef, make, abstract
+
+
+@contextlib.contextmanager
+def _stop_on_signal():
+  """SIGINT/SIGTERM set a flag the loop reads between steps (a second one stops at once):
+  a signal inside a step would leave the donated state half-consumed."""
+  flag, old = {"signum": 0}, {}
+
+  def handle(signum, frame):
+    if flag["signum"]:
+      raise KeyboardInterrupt
+    flag["signum"] = signum
+    tqdm.write(f"signal {signum}: saving a checkpoint, then stopping")
+
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    try:
+      old[sig] = signal.signal(sig, handle)
+    except ValueError:  # not the main thread: no handler
+      pass
+  try:
+    yield flag
+  finally:
+    for sig, h in old.items():
+      signal.signal(sig, h)
+
+
+def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, lm_cfg: Any,
+          init_params: Callable[[], Any] | None = None, num_steps: int | None = None
+          ) -> tuple[nnx.GraphDef, TrainState, int]:
+  """Trains (or resumes) one model with step drop probability p up to `num_steps`
+  (default train.num_steps; 0 only restores); returns (graphdef, state, signal number).
+
+  A signal saves the last finished step and returns its number (0: ran to the end).
+  init_params: loads the params to fine-tune (only called for a fresh start).
+  """
+  num_steps = c.train.num_steps if num_steps is None else num_steps
+  mesh = shd.make_mesh(c.mesh)
+  shd.check_batch_size(c.train.batch_size, mesh)
+  batches = step_dropping.train_batches(data.train, p, c.data.seed, c.train.batch_size,
+                                        c.data.max_len, data.tok.pad_id)
+  graphdef, make_state, abstract = _init_state(c, lm_cfg, mesh, init_params)
+  ckpt = lm_checkpoint.Checkpoints(os.path.join(os.path.abspath(run_dir), "checkpoints"),
+                      c.train.keep_checkpoints, _record(c, p, lm_cfg))
+  start = ckpt.manager.latest_step() or 0
+  state = ckpt.restore(start, abstract) if start else make_state()
+  step_fn = make_train_step(graphdef, c.train, mesh, jax.tree.map(lambda a: a.sharding, abstract))
+  logger = MetricLogger(run_dir, resume_step=start)
+  bar = tqdm(total=num_steps, initial=min(start, num_steps), desc=f"train p={p:g}",
+             unit="step", disable=None, mininterval=2)
+  pending, t0 = None, time.perf_counter()
+  try:
+    with _stop_on_signal() as stop:
+      for step in range(start + 1, num_steps + 1):
+        batch = shd.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS}, mesh)
+        state, metrics = step_fn(state, batch)
+        if pending is not None:  # read the last log step after dispatching this one
+          _log(*pending, logger, bar, t0)
+          pending, t0 = None, time.perf_counter()
+        if step % c.train.log_every == 0 or step == num_steps:
+          pending = (step, metrics)
+        bar.update(1)
+        if step % c.train.checkpoint_every == 0 or step == num_steps or stop["signum"]:
+          ckpt.save(step, state)
+        if stop["signum"]:
+          break
+      if pending is not None:
+        _log(*pending, logger, bar, t0)
+  finally:
+    bar.close()
+    ckpt.close()
+    logger.close()
+  return graphdef, state, stop["signum"]
+
+
+def _log(step: int, metrics: dict, logger: MetricLogger, bar, t0: float) -> None:
+  host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+  if not np.isfinite(host["loss"]):
+    raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
+  host["seconds"] = time.perf_counter() - t0
+  logger.write(step, host)
+  bar.set_postfix(loss=f"{host['loss']:.4f}", acc=f"{host['accuracy']:.3f}")
+
+
+def model_source(c: ml_collections.ConfigDict, tok: md.Tokenizer
+                 ) -> tuple[lm_model.LMConfig, Callable[[], Any] | None]:
+  """(architecture, params loader): `config.lm` from scratch, or the HF checkpoint's.
+
+  The loader reads the checkpoint straight into the mesh's shardings (each
+  device's slice only); it is called once, for a fresh start, never on resume.
+  """
+  if not c.lm.checkpoint:
+    return scratch_config(c, tok), None
+  overrides = dict(dtype=c.lm.dtype, param_dtype=c.lm.param_dtype, attention=c.lm.attention,
+                   remat=c.lm.remat)
+  lm_cfg = hf_checkpoint.read_config(c.lm.checkpoint, **overrides)
+  if tok.vocab_size > lm_cfg.vocab_size:
+    raise ValueError(f"{c.lm.checkpoint}: tokenizer.json has {tok.vocab_size} tokens but the "
+                     f"model only {lm_cfg.vocab_size} embeddings")
+
+  def init_params():
+    model = hf_checkpoint.load(c.lm.checkpoint, shd.make_mesh(c.mesh), **overrides)
+    return nnx.state(model, nnx.Param)
+
+  return lm_cfg, init_params
+
+
+def run(c: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict:
+  """Trains (mode all | train) and evaluates (all | evaluate) one model per p; prints and
+  writes (<workdir>/math_results.json) the table. Returns {run name: results}.
+
+  A signal stops the run after a checkpoint (KeyboardInterrupt): rerun to resume.
+  """
+  validate(c)
+  data = load_data(c)
+  if data.skipped:
+    tqdm.write(f"{data.skipped} training examples are longer than data.max_len="
+               f"{c.data.max_len} tokens and were left out")
+  lm_cfg, init_params = model_source(c, data.tok)
+  results = {}
+  for p in c.data.drop_probs:
+    run_dir = os.path.join(workdir, f"p{p:g}")
+    os.makedirs(run_dir, exist_ok=True)
+    steps = None if mode in ("all", "train") else 0
+    graphdef, state, signum = train(c, run_dir, p, data, lm_cfg, init_params, num_steps=steps)
+    if signum:
+      raise KeyboardInterrupt(f"stopped by signal {signum}; rerun the command to resume")
+    if int(state.step) == 0:
+      raise ValueError(f"{run_dir} has no checkpoint to evaluate: train first (--mode=all)")
+    if mode == "train":
+      continue
+    res = eval_lib.evaluate_model(graphdef, state.params, data.tok, data.test, c.eval,
+                                  c.data.max_len, c.seed)
+    name = f"p={p:g}"
+    results[name] = res
+    text = eval_lib.table({name: res}, c.eval.pass_ks)
+    eval_lib.write_results(os.path.join(run_dir, "results.json"), res,
+                           json.loads(c.to_json()), text)
+    del state
+  if results:
+    text = eval_lib.table(results, c.eval.pass_ks)
+    eval_lib.write_results(os.path.join(workdir, "math_results.json"), results,
+                           json.loads(c.to_json()), text)
+    print(f"\n{len(data.test)} test problems; Greedy@1 and Pass@k in %, greedy lengths "
+          f"(solution tokens, steps)\n{text}")
+  return results
