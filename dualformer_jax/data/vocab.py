@@ -1,6 +1,8 @@
-"""Token <-> id mapping. pad, bos and eos come first and are distinct.
+"""Token <-> id mapping and the rule for reading token sequences.
 
-pad is 0 (grain and the loss masks assume it); bos is 1; eos is 2.
+pad, bos and eos come first and are distinct: pad is 0 (grain and the loss
+masks assume it); bos is 1; eos is 2. Every reader of a prompt or a response
+(task checkers, evaluation, pictures) sees it through `strip_specials`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,21 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 class UnknownTokenError(KeyError):
   pass
+
+
+def strip_specials(tokens: Iterable) -> list:
+  """The tokens a reader acts on: pad and bos dropped, eos and everything after it cut.
+
+  pad and bos only frame a sequence (batch padding, the decoder's start), and
+  the model's output ends at its first eos, whatever it samples after.
+  """
+  out = []
+  for tok in tokens:
+    if tok == EOS:
+      break
+    if tok != PAD and tok != BOS:
+      out.append(tok)
+  return out
 
 
 class Vocab:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, io_utils
 from dualformer_jax.data import generate, pipeline, records
-from dualformer_jax.data.vocab import BOS, EOS, PAD, Vocab
+from dualformer_jax.data.vocab import BOS, EOS, Vocab, strip_specials
 from dualformer_jax.eval import metrics as metrics_lib
 from dualformer_jax.eval import render
 from dualformer_jax.infer import sampler as sampler_lib
@@ -96,13 +96,8 @@ def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
 
 
 def response_tokens(row: np.ndarray, vocab: Vocab) -> list[str]:
-  """A sampled row (bos, forced prefix, generated, eos, pad) -> tokens after bos, before eos."""
-  toks = vocab.decode(row)
-  if toks and toks[0] == BOS:
-    toks = toks[1:]
-  if EOS in toks:
-    toks = toks[:toks.index(EOS)]
-  return [t for t in toks if t != PAD]
+  """A sampled row (bos, forced prefix, generated, eos, pad) -> what a reader acts on."""
+  return strip_specials(vocab.decode(row))
 
 
 def _encode_prompts(prompts: list[list[str]], vocab: Vocab, length: int) -> np.ndarray:
@@ -245,7 +240,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for i, response in enumerate(responses):
         render.render_response(task.name, tasks[i].prompt, response,
                                os.path.join(out_dir, f"{mode}_{i}.png"),
-                               title=f"{mode} mode, task {i}")
+                               title=f"{mode} mode, task {i}", size=config.task.size)
     print(f"\nevaluation at step {step}: {len(tasks)} tasks x {n} samples per mode "
           f"({out_dir})\n{table}")
   return results

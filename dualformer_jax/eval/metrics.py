@@ -9,23 +9,18 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from dualformer_jax.tasks.base import CREATE, Verdict
+from dualformer_jax.tasks.base import Verdict
 
 METRIC_KEYS = ("1_solved", "1_optimal", "3_solved", "3_optimal", "swc", "diversity",
                "mean_trace_len", "mean_trace_len_correct", "mean_trace_clauses",
                "mean_trace_clauses_correct", "slow_share", "malformed_share",
                "num_tasks", "num_samples")
 
-_SPECIAL = ("pad", "bos")
 
 
-def chose_slow(response: Sequence[str]) -> bool:
-  """True when the response's first token after `bos` is `create` (slow mode)."""
-  for tok in response:
-    if tok in _SPECIAL:
-      continue
-    return tok == CREATE
-  return False
+def chose_slow(v: Verdict) -> bool:
+  """Whether a response chose the slow mode: it says anything before its plan (a trace)."""
+  return v.trace_len > 0
 
 
 def is_optimal(v: Verdict, optimal_len: int) -> bool:
@@ -47,13 +42,11 @@ def _mean(xs: Sequence[float]) -> float | None:
 def compute_metrics(optimal_lens: Sequence[int],
                     verdicts: Sequence[Sequence[Verdict]],
                     *,
-                    slow: Sequence[Sequence[bool]] | None = None,
                     auto: bool = False) -> dict:
   """Aggregates one mode's responses: n verdicts per task, c* per task.
 
-  `slow[i][j]` says whether response j of task i chose the slow mode
-  (default: `trace_len > 0`); `slow_share` is reported only when `auto`,
-  the one mode where the model picks. Means over an empty set are None.
+  `slow_share` (the share of responses that `chose_slow`) is reported only
+  when `auto`, the one mode where the model picks. Means over an empty set are None.
   Raises ValueError on no tasks or on tasks with different response counts.
   """
   if len(optimal_lens) != len(verdicts):
@@ -64,15 +57,11 @@ def compute_metrics(optimal_lens: Sequence[int],
   if len(counts) != 1 or 0 in counts:
     raise ValueError(f"every task needs the same number (>= 1) of responses, got {sorted(counts)}")
   n = counts.pop()
-  if slow is None:
-    slow = [[v.trace_len > 0 for v in vs] for vs in verdicts]
-  elif [len(s) for s in slow] != [len(vs) for vs in verdicts]:
-    raise ValueError("`slow` must have one flag per response")
 
   solved_counts, optimal_counts, swc, diversity = [], [], [], []
   trace_all, trace_correct, slow_flags, malformed = [], [], [], []
   clauses_all, clauses_correct = [], []
-  for c_star, vs, ss in zip(optimal_lens, verdicts, slow):
+  for c_star, vs in zip(optimal_lens, verdicts):
     solved_counts.append(sum(bool(v.correct) for v in vs))
     optimal_counts.append(sum(is_optimal(v, c_star) for v in vs))
     swc.append(sum(success_weighted_cost(v, c_star) for v in vs) / n)
@@ -81,7 +70,7 @@ def compute_metrics(optimal_lens: Sequence[int],
     trace_correct.extend(v.trace_len for v in vs if v.correct)
     clauses_all.extend(v.trace_clauses for v in vs)
     clauses_correct.extend(v.trace_clauses for v in vs if v.correct)
-    slow_flags.extend(bool(s) for s in ss)
+    slow_flags.extend(chose_slow(v) for v in vs)
     malformed.extend(bool(v.malformed) for v in vs)
 
   num_tasks = len(verdicts)

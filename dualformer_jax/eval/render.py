@@ -1,9 +1,14 @@
 """Small PNG pictures of a task and a model's response (maze and Sokoban).
 
 Works on string tokens (prompt + response) in the formats of PAPER.md, so it
-needs no task object and no model. It never raises on a garbage response:
-whatever parses is drawn, the rest is ignored, and the title says so. Uses
-matplotlib's object API (`Figure`, Agg) and no pyplot, so no global state.
+needs no task object and no model. Tokens are read by the vocabulary's rule
+(`strip_specials`) and coordinates by the tasks' (`parsing.number`); whether
+a plan is legal is decided by the task's own rule (`maze.is_valid_path`,
+`sokoban.replay_states`), so a picture is titled "legal" / "solved" exactly
+when the checker scores the response correct. It never raises on a garbage
+response: whatever parses is drawn, the rest is ignored, and the title says
+so. Uses matplotlib's object API (`Figure`, Agg) and no pyplot, so no global
+state.
 """
 
 from __future__ import annotations
@@ -16,33 +21,22 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from dualformer_jax.data.vocab import strip_specials
+from dualformer_jax.tasks import maze, sokoban
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN
+from dualformer_jax.tasks.parsing import number, parse_plan
 
 Cell = tuple[int, int]  # (x, y): x is the column, y the row
 
-_SKIP = ("pad", "bos")
-_EOS = "eos"
 _DPI = 80
 # Maze cell codes -> colours: free, wall, created (open set), closed.
 _FREE, _WALL, _CREATED, _CLOSED = 0, 1, 2, 3
 _MAZE_CMAP = ListedColormap(["#ffffff", "#404040", "#b9d7f0", "#5b9bd5"])
-_MOVES = {(0, 1), (0, -1), (1, 0), (-1, 0)}
 
 
-def _clean(tokens: Sequence[str]) -> list[str]:
-  """Drops pad/bos and everything from the first eos on."""
-  out = []
-  for tok in tokens:
-    tok = str(tok)
-    if tok == _EOS:
-      break
-    if tok not in _SKIP:
-      out.append(tok)
-  return out
-
-
-def _int(tok: str) -> int | None:
-  return int(tok) if tok.isascii() and tok.isdigit() else None
+def _clean(tokens: Sequence) -> list[str]:
+  """The tokens as strings, read by `vocab.strip_specials`."""
+  return strip_specials(str(tok) for tok in tokens)
 
 
 def cells_after(tokens: Sequence[str], keyword: str) -> list[Cell]:
@@ -50,7 +44,7 @@ def cells_after(tokens: Sequence[str], keyword: str) -> list[Cell]:
   out = []
   for i, tok in enumerate(tokens[:-2]):
     if tok == keyword:
-      x, y = _int(tokens[i + 1]), _int(tokens[i + 2])
+      x, y = number(tokens[i + 1]), number(tokens[i + 2])
       if x is not None and y is not None:
         out.append((x, y))
   return out
@@ -63,6 +57,19 @@ def split_response(response: Sequence[str]) -> tuple[list[str], list[str]]:
   return toks[:cut], toks[cut:]
 
 
+def read_plan(response: Sequence[str]) -> tuple[list[str], tuple[Cell, ...], bool]:
+  """(trace, plan cells to draw, malformed): the checker's reading (parsing.parse_plan).
+
+  A malformed plan (one the checker scores wrong unread) is still drawn from
+  whatever `plan x y` groups parse, and is never called legal.
+  """
+  trace, plan_part = split_response(response)
+  _, _, cells = parse_plan([str(tok) for tok in response])
+  if cells is not None:
+    return trace, cells, False
+  return trace, tuple(cells_after(plan_part, PLAN)), True
+
+
 @dataclasses.dataclass(frozen=True)
 class MazeScene:
   size: int
@@ -72,6 +79,7 @@ class MazeScene:
   created: tuple  # cells of `create x y` clauses, in order
   closed: tuple  # cells of `close x y` clauses, in order
   plan: tuple  # cells of `plan x y`, in order
+  malformed: bool = False  # the checker cannot read the plan (read_plan)
 
 
 def parse_maze(prompt: Sequence[str], response: Sequence[str],
@@ -83,12 +91,11 @@ def parse_maze(prompt: Sequence[str], response: Sequence[str],
   known = list(walls) + starts[:1] + goals[:1]
   if size is None:
     size = 1 + max((max(c) for c in known), default=0)
-  trace, plan_part = split_response(response)
+  trace, plan, malformed = read_plan(response)
   return MazeScene(size=size, start=starts[0] if starts else None,
                    goal=goals[0] if goals else None, walls=walls,
                    created=tuple(cells_after(trace, CREATE)),
-                   closed=tuple(cells_after(trace, CLOSE)),
-                   plan=tuple(cells_after(plan_part, PLAN)))
+                   closed=tuple(cells_after(trace, CLOSE)), plan=plan, malformed=malformed)
 
 
 def _inside(c: Cell, n: int) -> bool:
@@ -96,12 +103,11 @@ def _inside(c: Cell, n: int) -> bool:
 
 
 def maze_is_path(scene: MazeScene) -> bool:
-  """Whether the plan is a legal path from start to goal (only for the title)."""
-  p = scene.plan
-  if not p or p[0] != scene.start or p[-1] != scene.goal:
+  """Whether the plan is a legal path from start to goal, by the maze task's rule."""
+  if scene.malformed or scene.start is None or scene.goal is None:
     return False
-  steps_ok = all((b[0] - a[0], b[1] - a[1]) in _MOVES for a, b in zip(p, p[1:]))
-  return steps_ok and all(_inside(c, scene.size) and c not in scene.walls for c in p)
+  spec = maze.MazeSpec(scene.size, scene.size, scene.start, scene.goal, tuple(scene.walls))
+  return maze.is_valid_path(spec, scene.plan)
 
 
 def render_maze(prompt: Sequence[str], response: Sequence[str], path: str,
@@ -127,7 +133,12 @@ def render_maze(prompt: Sequence[str], response: Sequence[str], path: str,
   ax.set_ylim(n - 0.5, -0.5)
   ax.set_xticks([])
   ax.set_yticks([])
-  status = ("legal path" if maze_is_path(s) else "no legal path") if s.plan else "no plan"
+  if not s.plan:
+    status = "no plan"
+  elif s.malformed:
+    status = "malformed plan"
+  else:
+    status = "legal path" if maze_is_path(s) else "no legal path"
   ax.set_title(f"{title}\n{len(s.created)} create, {len(s.closed)} close; "
                f"{max(len(s.plan) - 1, 0)} moves, {status}".strip(), fontsize=8)
   fig.savefig(path, dpi=_DPI)
@@ -143,17 +154,14 @@ class Board:
 
 @dataclasses.dataclass(frozen=True)
 class SokobanReplay:
-  boards: tuple  # Board after each legal move, starting with the level
-  illegal_at: int | None  # index (into the plan's moves) of the first illegal move
-  num_moves: int  # moves the plan asks for
-
-  @property
-  def solved(self) -> bool:
-    last = self.boards[-1]
-    return self.illegal_at is None and bool(last.boxes) and last.boxes <= last.docks
+  boards: tuple  # Board at each plan cell the rules allow, starting with the level
+  illegal_at: int | None  # index (into the plan's cells) of the first refused cell
+  num_moves: int  # moves the plan asks for (cells - 1)
+  solved: bool  # what the checker says: legal moves that dock every box
 
 
 def parse_sokoban(prompt: Sequence[str]) -> Board:
+  """Whatever the prompt says, for drawing (the rules need a valid level: replay_sokoban)."""
   toks = _clean(prompt)
   workers = cells_after(toks, "worker")
   return Board(worker=workers[0] if workers else None,
@@ -162,31 +170,17 @@ def parse_sokoban(prompt: Sequence[str]) -> Board:
                walls=frozenset(cells_after(toks, "wall")))
 
 
-def replay_sokoban(board: Board, plan: Sequence[Cell]) -> SokobanReplay:
-  """Replays worker cells; stops at the first move that is not a legal step or push.
-
-  The plan lists the worker's cell at each step, starting with its own cell
-  (when the first cell is not the worker's, it is read as the first move).
-  """
-  cells = list(plan)
-  if cells and cells[0] == board.worker:
-    cells = cells[1:]
-  boards = [board]
-  for i, nxt in enumerate(cells):
-    cur = boards[-1]
-    if cur.worker is None:
-      return SokobanReplay(tuple(boards), i, len(cells))
-    d = (nxt[0] - cur.worker[0], nxt[1] - cur.worker[1])
-    if d not in _MOVES or nxt in cur.walls:
-      return SokobanReplay(tuple(boards), i, len(cells))
-    boxes = cur.boxes
-    if nxt in boxes:
-      dest = (nxt[0] + d[0], nxt[1] + d[1])
-      if dest in cur.walls or dest in boxes:
-        return SokobanReplay(tuple(boards), i, len(cells))
-      boxes = (boxes - {nxt}) | {dest}
-    boards.append(dataclasses.replace(cur, worker=nxt, boxes=boxes))
-  return SokobanReplay(tuple(boards), None, len(cells))
+def replay_sokoban(prompt: Sequence[str], plan: Sequence[Cell]) -> SokobanReplay | None:
+  """The plan under the Sokoban task's rules (sokoban.replay_states); None when the prompt
+  is no valid level. Cell 0 must be the worker's own cell (illegal_at=0 otherwise)."""
+  try:
+    spec = sokoban.spec_from_prompt(prompt)
+  except ValueError:
+    return None
+  states, bad = sokoban.replay_states(spec, plan)
+  walls, docks = frozenset(spec.walls), frozenset(spec.docks)
+  boards = tuple(Board(worker, frozenset(boxes), docks, walls) for worker, boxes in states)
+  return SokobanReplay(boards, bad, max(len(plan) - 1, 0), sokoban.replay(spec, plan))
 
 
 def _pick_frames(count: int, max_frames: int) -> list[int]:
@@ -221,23 +215,28 @@ def _rect(x: int, y: int, colour: str, pad: float = 0.0) -> Rectangle:
 def render_sokoban(prompt: Sequence[str], response: Sequence[str], path: str,
                    title: str = "", max_frames: int = 10) -> None:
   """The level, then the boards after the plan's moves (a strip, subsampled)."""
-  board = parse_sokoban(prompt)
-  trace, plan_part = split_response(response)
-  plan = cells_after(plan_part, PLAN)
-  rep = replay_sokoban(board, plan)
-  cells = [c for b in rep.boards for c in (b.walls | b.boxes | b.docks)]
-  cells += [b.worker for b in rep.boards if b.worker is not None]
+  trace, plan, malformed = read_plan(response)
+  rep = replay_sokoban(prompt, plan)
+  boards = rep.boards if rep is not None else (parse_sokoban(prompt),)
+  cells = [c for b in boards for c in (b.walls | b.boxes | b.docks)]
+  cells += [b.worker for b in boards if b.worker is not None]
   n = 1 + max((max(c) for c in cells), default=0)
-  frames = _pick_frames(len(rep.boards), max_frames)
+  frames = _pick_frames(len(boards), max_frames)
   fig = Figure(figsize=(1.6 * len(frames) + 0.2, 2.0), dpi=_DPI, layout="constrained")
   for k, idx in enumerate(frames):
     ax = fig.add_subplot(1, len(frames), k + 1)
-    _draw_board(ax, rep.boards[idx], n)
+    _draw_board(ax, boards[idx], n)
     ax.set_title("level" if idx == 0 else f"move {idx}", fontsize=7)
-  if not plan:
+  if rep is None:
+    status = "the prompt is no valid level"
+  elif not plan:
     status = "no plan"
+  elif malformed:
+    status = "malformed plan"
+  elif rep.illegal_at == 0:
+    status = "the plan does not start on the worker"
   elif rep.illegal_at is not None:
-    status = f"illegal move {rep.illegal_at + 1} of {rep.num_moves}"
+    status = f"illegal move {rep.illegal_at} of {rep.num_moves}"
   else:
     status = f"{rep.num_moves} moves, " + ("solved" if rep.solved else "not solved")
   clauses = sum(tok in (CREATE, CLOSE) for tok in trace)

@@ -24,7 +24,9 @@ from typing import Callable, Hashable, Sequence
 
 from dualformer_jax.tasks.base import Unsolvable
 
-CREATE, CLOSE = 0, 1  # event kinds
+# Event kinds of SearchResult.events (ints; the tasks map them to their `create` /
+# `close` tokens, tasks/base.py).
+EVENT_CREATE, EVENT_CLOSE = 0, 1
 
 
 class SearchLimit(Unsolvable):
@@ -33,7 +35,7 @@ class SearchLimit(Unsolvable):
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-  events: list[tuple[int, Hashable, int, int]]  # (CREATE|CLOSE, state, g, h) in order
+  events: list[tuple[int, Hashable, int, int]]  # (EVENT_CREATE|EVENT_CLOSE, state, g, h) in order
   plan: list[tuple[Hashable, int, int]]  # (state, g, h) from start to goal
 
 
@@ -55,7 +57,7 @@ def astar(start: Hashable,
   g_of = {start: 0}
   h_of = {start: h0}
   parent = {start: None}
-  events = [(CREATE, start, 0, h0)]
+  events = [(EVENT_CREATE, start, 0, h0)]
   # Entries (f, tie, g, state); tie is unique per state (or a random float),
   # so the state itself is never compared. An entry is stale when a cheaper
   # path to its state was found later: its g no longer equals g_of[state].
@@ -66,7 +68,7 @@ def astar(start: Hashable,
     _, _, g, s = pop(heap)
     if g_of[s] != g:
       continue
-    events.append((CLOSE, s, g, h_of[s]))
+    events.append((EVENT_CLOSE, s, g, h_of[s]))
     if is_goal(s):
       plan = []
       while s is not None:
@@ -93,6 +95,6 @@ def astar(start: Hashable,
         continue
       g_of[c] = g1
       parent[c] = s
-      events.append((CREATE, c, g1, h))
+      events.append((EVENT_CREATE, c, g1, h))
       push(heap, (g1 + h, tie_key(c) if rng is None else rng.random(), g1, c))
   raise Unsolvable("the goal cannot be reached from the start")

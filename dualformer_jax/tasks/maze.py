@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks.parsing import is_int, json_cell, judge, number, prompt_body
+from dualformer_jax.tasks.parsing import clean_tokens, is_int, json_cell, judge, number
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Verdict
 
 START, GOAL, WALL = "start", "goal", "wall"
@@ -206,7 +206,7 @@ class MazeTask:
 
     result = astar_lib.astar(s0, s1.__eq__, children, grid.manhattan(s1).__getitem__,
                              operator.index, seed=seed)
-    kw = (CREATE, CLOSE)  # indexed by astar.CREATE (0) / astar.CLOSE (1)
+    kw = (CREATE, CLOSE)  # indexed by astar.EVENT_CREATE (0) / EVENT_CLOSE (1)
     trace = []
     add = trace.extend
     for kind, s, g, h in result.events:
@@ -265,10 +265,10 @@ class MazeTask:
   def spec_from_prompt(self, prompt: Sequence[str]) -> MazeSpec:
     """Parses `start x y goal x y wall x y ...` as a size x size maze.
 
-    A leading `bos` and everything from the first `eos` on are ignored.
+    pad and bos are dropped and everything from the first `eos` on ignored.
     ValueError says what is wrong (never another exception, whatever the input).
     """
-    toks = prompt_body(prompt)
+    toks = clean_tokens(prompt)
     if len(toks) < 6 or len(toks) % 3:
       raise ValueError(f"a maze prompt has 6 + 3k tokens, got {len(toks)}")
     cells = []
@@ -287,8 +287,8 @@ class MazeTask:
   def check(self, prompt: Sequence[str], response: Sequence[str]) -> Verdict:
     """Replays the response's plan on the prompt's maze; never raises.
 
-    The response is the decoder output after `bos`; tokens from the first
-    `eos` on are ignored. Its plan is the `plan x y` groups from the first
+    The response is the decoder output; pad and bos are dropped and tokens
+    from the first `eos` on ignored. Its plan is the `plan x y` groups from the first
     `plan` token to the end; anything else there (trailing garbage, a clause,
     a non-coordinate) makes it malformed. A plan is correct when it starts at
     start, ends at goal and every move goes to a free 4-neighbour in the grid.

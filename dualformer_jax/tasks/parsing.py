@@ -6,10 +6,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dualformer_jax.data.vocab import strip_specials
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Verdict
 
 Cell = tuple[int, int]
-EOS = "eos"  # the decoder's end token (data/vocab.py); what follows it is ignored
 
 
 def is_int(v: Any) -> bool:
@@ -27,9 +27,9 @@ def json_cell(v: Any, field: str, width: int, height: int) -> Cell:
 
 
 def clean_tokens(tokens: Any) -> list:
-  """A list of the tokens, with anything that is not a str replaced by None."""
+  """The tokens as `vocab.strip_specials` reads them, anything not a str replaced by None."""
   try:
-    return [t if isinstance(t, str) else None for t in tokens]
+    return strip_specials(t if isinstance(t, str) else None for t in tokens)
   except TypeError:  # not iterable at all
     return []
 
@@ -55,17 +55,16 @@ def _index(toks: list, tok: str, stop: int) -> int:
 def parse_plan(response: Sequence[Any]) -> tuple[int, int, tuple[Cell, ...] | None]:
   """(trace tokens, trace clauses, plan cells) of a decoder response; cells None when malformed.
 
-  Tokens from `eos` on are ignored. The trace is everything before the first
+  pad and bos are dropped and tokens from `eos` on ignored (clean_tokens). The trace is everything before the first
   `plan` token; its clauses are its `create` / `close` tokens (the search
   steps PAPER.md counts). The plan is the `plan x y` groups from the first
   `plan` token to the end; anything else there (trailing garbage, a clause, a
   non-coordinate) or no plan at all makes it malformed.
   """
   toks = clean_tokens(response)  # only str or None left, so list.index is safe (and fast)
-  end = _index(toks, EOS, len(toks))
-  n_trace = _index(toks, PLAN, end)
+  n_trace = _index(toks, PLAN, len(toks))
   n_clauses = sum(t == CREATE or t == CLOSE for t in toks[:n_trace])
-  body = toks[n_trace:end]
+  body = toks[n_trace:]
   if not body or len(body) % 3:
     return n_trace, n_clauses, None
   cells = []
@@ -75,14 +74,6 @@ def parse_plan(response: Sequence[Any]) -> tuple[int, int, tuple[Cell, ...] | No
       return n_trace, n_clauses, None
     cells.append((x, y))
   return n_trace, n_clauses, tuple(cells)
-
-
-def prompt_body(prompt: Any) -> list:
-  """A prompt's tokens without a leading `bos` and without `eos` and what follows it."""
-  toks = clean_tokens(prompt)
-  if toks and toks[0] == "bos":
-    toks = toks[1:]
-  return toks[:_index(toks, EOS, len(toks))]
 
 
 def judge(prompt: Any, response: Any, spec_from_prompt: Callable[[Any], Any],

@@ -1,4 +1,4 @@
-"""Sokoban: levels, game rules, heuristic, A* tokens and the plan checker.
+"""Sokoban: game rules, heuristic, A* tokens and the plan checker (levels: sokoban_level.py).
 
 Cells are (x, y) with y the row from the top, so `up` is y - 1 (as in the
 reference code, whose child order up, down, left, right we keep). Inside A*
@@ -8,17 +8,13 @@ the heuristic is cached per box mask. Deterministic ties go to the smallest
 state int (the reference hashes a board string, which is salted per process,
 so its order cannot be reproduced anyway).
 
-Tokens (PAPER.md): prompt `worker x y box x y ... dock x y ... wall x y ...`,
-each group sorted by the string "x-y". Unlike the reference prompt, boxes
-already on a dock and the docks under them are listed too, so the prompt
-describes any level exactly (generated levels never start with a box on a
-dock, where both agree). Trace clauses `create|close worker x y (box x y)* cG
-cH` list only boxes off docks; the plan is `plan x y` per worker cell.
+Tokens (PAPER.md): the prompt is sokoban_level.prompt_tokens; trace clauses
+`create|close worker x y (box x y)* cG cH` list only boxes off docks; the
+plan is `plan x y` per worker cell.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import operator
@@ -27,122 +23,19 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks.parsing import is_int, json_cell, judge, number, prompt_body
 from dualformer_jax.tasks.base import CLOSE, CREATE, PLAN, Tokens, Unsolvable, Verdict
+from dualformer_jax.tasks.parsing import is_int, judge
+from dualformer_jax.tasks.sokoban_level import (  # noqa: F401 (MAX_SIDE: the level's limit, here too)
+    BOX, DOCK, MAX_SIDE, WALL, WORKER, Cell, SokobanSpec, _border, parse_level, prompt_tokens,
+    render_level, spec_from_prompt)
 
-WORKER, BOX, DOCK, WALL = "worker", "box", "dock", "wall"
 KEYWORDS = (WORKER, BOX, DOCK, WALL, CREATE, CLOSE, PLAN)
 MOVES = ("up", "down", "left", "right")  # the A* child order
 _DELTAS = ((0, -1), (0, 1), (-1, 0), (1, 0))  # per MOVES entry
-FLOOR_CH, WALL_CH, DOCK_CH = " ", "#", "."
-WORKER_CH, WORKER_DOCK_CH, BOX_CH, BOX_DOCK_CH = "@", "+", "$", "*"
-_SYMBOLS = FLOOR_CH + WALL_CH + DOCK_CH + WORKER_CH + WORKER_DOCK_CH + BOX_CH + BOX_DOCK_CH
-
-Cell = tuple[int, int]  # (x, y)
-# Levels larger or fuller than these are refused before any table is built: the
-# A* tables grow with cells x docks, so a 1500x1500 level took 4.5 GB to fail.
-# Reference levels are 7x7 to 10x10 with 1 to 4 boxes.
-MAX_SIDE = 64
-MAX_BOXES = 16
 
 
 class CostOverflow(Unsolvable):
   """A g or h above `max_cost` has no token; the level is skipped like SearchLimit."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SokobanSpec:
-  """One level. `walls` include the border; cell groups are stored sorted.
-
-  Construction validates the level (ValueError names the bad field).
-  """
-  width: int
-  height: int
-  walls: tuple[Cell, ...]
-  boxes: tuple[Cell, ...]
-  docks: tuple[Cell, ...]
-  worker: Cell
-
-  def __post_init__(self):
-    w, h = self.width, self.height
-    for field, v in (("width", w), ("height", h)):
-      if not is_int(v) or not 3 <= v <= MAX_SIDE:
-        raise ValueError(f"{field}={v!r}: must be an integer in [3, {MAX_SIDE}]")
-    for field in ("boxes", "docks"):
-      if len(getattr(self, field)) > MAX_BOXES:
-        raise ValueError(f"{field}: {len(getattr(self, field))} cells, at most {MAX_BOXES}")
-    groups = {}
-    for field in ("walls", "boxes", "docks"):
-      cells = [json_cell(c, f"{field}[{i}]", w, h) for i, c in enumerate(getattr(self, field))]
-      if len(set(cells)) != len(cells):  # counted once each: list.count per cell is quadratic
-        dup = sorted(c for c, k in collections.Counter(cells).items() if k > 1)
-        raise ValueError(f"{field}: duplicate cells {dup[:10]}")
-      groups[field] = tuple(sorted(cells))
-      object.__setattr__(self, field, groups[field])
-    worker = json_cell(self.worker, "worker", w, h)
-    object.__setattr__(self, "worker", worker)
-    walls = set(groups["walls"])
-    for c in _border(w, h):  # lazily: a garbage prompt may claim a huge grid
-      if c not in walls:
-        raise ValueError(f"walls: the border must be walls, {c} is not")
-    for field in ("boxes", "docks"):
-      on_wall = [c for c in groups[field] if c in walls]
-      if on_wall:
-        raise ValueError(f"{field}: {on_wall[0]} is on a wall")
-    if worker in walls or worker in groups["boxes"]:
-      raise ValueError(f"worker={worker}: on a wall or a box")
-    if not groups["boxes"]:
-      raise ValueError("boxes: a level needs at least one box")
-    if len(groups["docks"]) < len(groups["boxes"]):
-      raise ValueError(f"docks: {len(groups['docks'])} docks for {len(groups['boxes'])} boxes")
-
-
-# --------------------------------------------------------------- text levels
-
-
-def render_level(spec: SokobanSpec) -> list[str]:
-  """The usual text picture: `#` wall, `.` dock, `@`/`+` worker, `$`/`*` box."""
-  rows = [[FLOOR_CH] * spec.width for _ in range(spec.height)]
-  for x, y in spec.walls:
-    rows[y][x] = WALL_CH
-  docks = set(spec.docks)
-  for x, y in spec.docks:
-    rows[y][x] = DOCK_CH
-  for x, y in spec.boxes:
-    rows[y][x] = BOX_DOCK_CH if (x, y) in docks else BOX_CH
-  x, y = spec.worker
-  rows[y][x] = WORKER_DOCK_CH if spec.worker in docks else WORKER_CH
-  return ["".join(r) for r in rows]
-
-
-def parse_level(lines: Sequence[str]) -> SokobanSpec:
-  """The inverse of render_level; ValueError names the bad row or character."""
-  if isinstance(lines, str) or not isinstance(lines, (list, tuple)) or not lines:
-    raise ValueError(f"a level is a non-empty list of row strings, got {lines!r:.80}")
-  width = len(lines[0]) if isinstance(lines[0], str) else 0
-  if len(lines) > MAX_SIDE or width > MAX_SIDE:  # before reading a huge level cell by cell
-    raise ValueError(f"a {width}x{len(lines)} level: at most {MAX_SIDE}x{MAX_SIDE} is accepted")
-  walls, boxes, docks, workers = [], [], [], []
-  for y, row in enumerate(lines):
-    if not isinstance(row, str):
-      raise ValueError(f"row {y}={row!r:.80}: must be a string")
-    if len(row) != len(lines[0]):
-      raise ValueError(f"row {y} has {len(row)} characters, row 0 has {len(lines[0])}")
-    for x, ch in enumerate(row):
-      if ch not in _SYMBOLS:
-        raise ValueError(f"row {y}, column {x}: bad character {ch!r}, expected one of {_SYMBOLS!r}")
-      if ch == WALL_CH:
-        walls.append((x, y))
-      if ch in (DOCK_CH, WORKER_DOCK_CH, BOX_DOCK_CH):
-        docks.append((x, y))
-      if ch in (BOX_CH, BOX_DOCK_CH):
-        boxes.append((x, y))
-      if ch in (WORKER_CH, WORKER_DOCK_CH):
-        workers.append((x, y))
-  if len(workers) != 1:
-    raise ValueError(f"a level needs exactly one worker ('@' or '+'), found {len(workers)}")
-  return SokobanSpec(len(lines[0]), len(lines), tuple(walls), tuple(boxes), tuple(docks),
-                     workers[0])
 
 
 # ----------------------------------------------------------------- game rules
@@ -262,16 +155,6 @@ class _Board:
     return (WORKER, self.x_tok[c], self.y_tok[c]) + boxes
 
 
-def _border(width: int, height: int):
-  """The ring of border cells, each once."""
-  for x in range(width):
-    yield (x, 0)
-    yield (x, height - 1)
-  for y in range(1, height - 1):
-    yield (0, y)
-    yield (width - 1, y)
-
-
 def _bits(m: int) -> list[int]:
   """Indices of the set bits of m, lowest first."""
   out = []
@@ -282,43 +165,43 @@ def _bits(m: int) -> list[int]:
   return out
 
 
-def apply_move(spec: SokobanSpec, move: str) -> SokobanSpec | None:
-  """The level after the worker moves (pushing a box ahead), or None when illegal."""
-  if move not in MOVES:
-    raise ValueError(f"move={move!r}: expected one of {MOVES}")
-  board = _Board(spec)
-  s = board.step(board.encode(spec.worker, spec.boxes), MOVES.index(move))
-  if s is None:
-    return None
-  worker, boxes = board.decode(s)
-  return dataclasses.replace(spec, worker=worker, boxes=boxes)
-
-
 def heuristic(spec: SokobanSpec) -> float:
   """The A* heuristic of the level's current state (PAPER.md); math.inf when dead."""
   board = _Board(spec)
   return board.heuristic(board.encode(spec.worker, spec.boxes))
 
 
-def is_solved(spec: SokobanSpec) -> bool:
-  """Every box is on a dock."""
-  return set(spec.boxes) <= set(spec.docks)
+def replay_states(spec: SokobanSpec, plan: Sequence[Cell]
+                  ) -> tuple[list[tuple[Cell, tuple[Cell, ...]]], int | None]:
+  """(worker, boxes) at each plan cell the rules allow, and the index of the first refused cell.
+
+  The one statement of the plan rule, for the checker and the pictures alike:
+  cell 0 must be the worker's own cell, and each later cell one legal move (a
+  step, or a push of a box into a cell free of walls and boxes) from the one
+  before. The index is None when every cell is allowed (also for no plan).
+  """
+  board = _Board(spec)
+  s = board.encode(spec.worker, spec.boxes)
+  states = [s]
+  bad = None
+  if plan and tuple(plan[0]) != spec.worker:
+    bad = 0
+  else:
+    for i in range(1, len(plan)):
+      (x0, y0), (x1, y1) = plan[i - 1], plan[i]
+      delta = (x1 - x0, y1 - y0)
+      s = board.step(s, _DELTAS.index(delta)) if delta in _DELTAS else None
+      if s is None:
+        bad = i
+        break
+      states.append(s)
+  return [board.decode(t) for t in states], bad
 
 
 def replay(spec: SokobanSpec, plan: Sequence[Cell]) -> bool:
-  """True when the worker cells form legal moves from the start that solve the level."""
-  if not plan or tuple(plan[0]) != spec.worker:
-    return False
-  board = _Board(spec)
-  s = board.encode(spec.worker, spec.boxes)
-  for (x0, y0), (x1, y1) in zip(plan, plan[1:]):
-    delta = (x1 - x0, y1 - y0)
-    if delta not in _DELTAS:
-      return False
-    s = board.step(s, _DELTAS.index(delta))
-    if s is None:
-      return False
-  return board.is_goal(s)
+  """True when the cells are legal moves from the worker (replay_states) that solve the level."""
+  states, bad = replay_states(spec, plan)
+  return bool(plan) and bad is None and set(states[-1][1]) <= set(spec.docks)
 
 
 # ----------------------------------------------------------------------- task
@@ -365,10 +248,6 @@ class SokobanTask:
                box_border_margin=task_cfg.box_border_margin, max_cost=task_cfg.max_cost,
                max_expansions=task_cfg.max_expansions)
 
-  def with_size(self, size: int) -> "SokobanTask":
-    """The same task for size x size levels (e.g. the side of a user's level)."""
-    return dataclasses.replace(self, size=size)
-
   def vocabulary(self) -> list[str]:
     return list(KEYWORDS) + [str(i) for i in range(self.size)] + list(self._cost_tok)
 
@@ -414,19 +293,6 @@ class SokobanTask:
       return []
     return [spec]
 
-  def accepts(self, spec: SokobanSpec) -> bool:
-    """Solvable within max_expansions, with every trace cost at most max_cost.
-
-    Checked with deterministic A*. Any A* run closes only nodes with g <= the
-    optimal cost (the heuristic is admissible), so seeded runs stay under
-    max_cost too, up to the h of a created node (bounded by box-dock distances).
-    """
-    try:
-      result = self._search(_Board(spec), spec, None)
-    except Unsolvable:
-      return False
-    return max(max(g, h) for _, _, g, h in result.events) <= self.max_cost
-
   def layout_key(self, spec: SokobanSpec) -> str:
     """The whole level: a Sokoban level has no parts to share between tasks."""
     return "|".join(render_level(spec))
@@ -447,7 +313,7 @@ class SokobanTask:
     board = _Board(spec)
     result = self._search(board, spec, seed)
     cost = self._cost_tok
-    kw = (CREATE, CLOSE)  # indexed by astar.CREATE (0) / astar.CLOSE (1)
+    kw = (CREATE, CLOSE)  # indexed by astar.EVENT_CREATE (0) / EVENT_CLOSE (1)
     trace = []
     add = trace.extend
     state_tokens = board.state_tokens
@@ -487,47 +353,17 @@ class SokobanTask:
   # ------------------------------------------------------------------- checker
 
   def spec_from_prompt(self, prompt: Sequence[str]) -> SokobanSpec:
-    """Parses `worker x y box x y ... dock x y ... wall x y ...`; the walls' extent is the size.
-
-    A leading `bos` and everything from the first `eos` on are ignored.
-    ValueError says what is wrong (never another exception, whatever the input).
-    """
-    toks = prompt_body(prompt)
-    if not toks or len(toks) % 3:
-      raise ValueError(f"a Sokoban prompt has 3k tokens, got {len(toks)}")
-    groups = {WORKER: [], BOX: [], DOCK: [], WALL: []}
-    for i in range(0, len(toks), 3):
-      x, y = number(toks[i + 1]), number(toks[i + 2])
-      if toks[i] not in groups or x is None or y is None:
-        raise ValueError(f"tokens {i}..{i + 2} {toks[i:i + 3]!r}: expected worker, box, dock "
-                         "or wall and two coordinates")
-      groups[toks[i]].append((x, y))
-    if len(groups[WORKER]) != 1:
-      raise ValueError(f"a Sokoban prompt has one worker, got {len(groups[WORKER])}")
-    if not groups[WALL]:
-      raise ValueError("a Sokoban prompt lists its walls (the border at least)")
-    width = max(x for x, _ in groups[WALL]) + 1
-    height = max(y for _, y in groups[WALL]) + 1
-    return SokobanSpec(width, height, tuple(groups[WALL]), tuple(groups[BOX]),
-                       tuple(groups[DOCK]), groups[WORKER][0])
+    """sokoban_level.spec_from_prompt (a Sokoban prompt states its size by its walls)."""
+    return spec_from_prompt(prompt)
 
   def check(self, prompt: Sequence[str], response: Sequence[str]) -> Verdict:
     """Replays the response's plan on the prompt's level; never raises.
 
-    The response is the decoder output after `bos`; tokens from the first
-    `eos` on are ignored. Its plan is the `plan x y` groups from the first
+    The response is the decoder output; pad and bos are dropped and tokens
+    from the first `eos` on ignored. Its plan is the `plan x y` groups from the first
     `plan` token to the end; anything else there (trailing garbage, a clause,
     a non-coordinate) makes it malformed. It is correct when it starts at
     the worker, each step moves to a 4-neighbour (pushing a box ahead
     legally, never into a wall) and all boxes are on docks at the end.
     """
-    return judge(prompt, response, self.spec_from_prompt, replay)
-
-
-def prompt_tokens(spec: SokobanSpec) -> list[str]:
-  """`worker x y`, then every box, dock and wall group, each group sorted by "x-y"."""
-  out = [WORKER, str(spec.worker[0]), str(spec.worker[1])]
-  for kw, cells in ((BOX, spec.boxes), (DOCK, spec.docks), (WALL, spec.walls)):
-    for x, y in sorted(cells, key=lambda c: f"{c[0]}-{c[1]}"):
-      out += (kw, str(x), str(y))
-  return out
+    return judge(prompt, response, spec_from_prompt, replay)

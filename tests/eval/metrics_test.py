@@ -4,6 +4,7 @@ import pytest
 
 from dualformer_jax.eval import metrics
 from dualformer_jax.tasks.base import Verdict
+from dualformer_jax.tasks.maze import MazeTask
 
 P1 = ((0, 0), (0, 1), (0, 2), (1, 2), (2, 2))
 P2 = ((0, 0), (1, 0), (2, 0), (2, 1), (2, 2))
@@ -51,15 +52,12 @@ def test_hand_computed_values():
   assert (m["num_tasks"], m["num_samples"]) == (3, 4)
 
 
-def test_slow_share_only_for_auto_and_explicit_flags():
+def test_slow_share_only_for_auto():
   c_star, verdicts = hand_made()
   assert metrics.compute_metrics(c_star, verdicts)["slow_share"] is None
-  flags = [[True] * 4, [False] * 4, [True, False, False, False]]
-  m = metrics.compute_metrics(c_star, verdicts, slow=flags, auto=True)
-  assert m["slow_share"] == pytest.approx(5 / 12)
-  flags[2] = [False] * 4
-  assert metrics.compute_metrics(c_star, verdicts, slow=flags, auto=True)["slow_share"] == (
-      pytest.approx(4 / 12))
+  verdicts[2][0] = v(False, 2, 4, ((1, 1), (1, 2), (1, 3)))  # one more response with a trace
+  assert metrics.compute_metrics(c_star, verdicts, auto=True)["slow_share"] == (
+      pytest.approx(6 / 12))
 
 
 def test_no_correct_response_gives_none_mean():
@@ -76,16 +74,16 @@ def test_rejects_inconsistent_input():
     metrics.compute_metrics([], [])
   with pytest.raises(ValueError, match="optimal lengths"):
     metrics.compute_metrics([1], [[v(True, 1, 0, P1)], [v(True, 1, 0, P1)]])
-  with pytest.raises(ValueError, match="one flag"):
-    metrics.compute_metrics([1], [[v(True, 1, 0, P1)]], slow=[[True, False]])
 
 
-def test_chose_slow():
-  assert metrics.chose_slow(["bos", "create", "0", "0"])
-  assert metrics.chose_slow(["create", "0"])
-  assert not metrics.chose_slow(["bos", "plan", "0", "0"])
-  assert not metrics.chose_slow(["bos"])
-  assert not metrics.chose_slow([])
+def test_chose_slow_is_a_trace_before_the_plan():
+  """The one rule, read off the checker's verdict of the response."""
+  task = MazeTask(3)
+  prompt = ["start", "0", "0", "goal", "0", "1"]
+  plan = ["plan", "0", "0", "plan", "0", "1"]
+  assert metrics.chose_slow(task.check(prompt, ["bos", "create", "0", "0", "c0", "c1"] + plan))
+  assert not metrics.chose_slow(task.check(prompt, ["bos"] + plan + ["eos"]))
+  assert not metrics.chose_slow(task.check(prompt, ["pad", "bos", "eos", "create"]))
 
 
 def test_markdown_table():

@@ -2,9 +2,12 @@
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from dualformer_jax.eval import render
+from dualformer_jax.tasks.maze import MazeTask
+from dualformer_jax.tasks.sokoban import SokobanTask
 
 
 def maze_prompt():
@@ -70,7 +73,7 @@ def test_parse_maze():
   assert s.walls == {(0, 2), (1, 2), (2, 2), (3, 2)}
   assert s.created == ((0, 0), (1, 0), (0, 1)) and s.closed == ((0, 0), (1, 0))
   assert s.plan == tuple(PLAN)
-  assert render.maze_is_path(s)
+  assert render.maze_is_path(s) and MazeTask(5).check(maze_prompt(), maze_response()).correct
   through_wall = [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
   assert not render.maze_is_path(render.parse_maze(maze_prompt(), maze_response(plan=through_wall)))
   assert render.parse_maze(maze_prompt(), [], size=9).size == 9
@@ -91,18 +94,60 @@ def test_sokoban_replay():
   board = render.parse_sokoban(sokoban_prompt())
   assert board.worker == (2, 3) and board.boxes == {(3, 2), (3, 3)}
   plan = [(2, 3), (3, 3), (3, 2)]
-  rep = render.replay_sokoban(board, plan)
+  rep = render.replay_sokoban(sokoban_prompt(), plan)
   assert rep.illegal_at is None and rep.solved and len(rep.boards) == 3
   assert rep.boards[1].boxes == {(3, 2), (4, 3)} and rep.boards[2].boxes == {(3, 1), (4, 3)}
-  # Without the worker's own cell first, the cells are read as moves.
-  assert render.replay_sokoban(board, plan[1:]).solved
   # Into a wall / a box pushed into a box / a jump: stops there, keeps earlier boards.
-  assert render.replay_sokoban(board, [(2, 3), (1, 3), (0, 3)]).illegal_at == 1
-  assert render.replay_sokoban(board, [(2, 3), (2, 2), (3, 2)]).illegal_at is None
-  blocked = render.replay_sokoban(board, [(2, 3), (2, 4), (3, 4), (3, 3)])
-  assert blocked.illegal_at == 2 and len(blocked.boards) == 3  # (3,3) pushed into (3,2)
-  assert render.replay_sokoban(board, [(2, 3), (4, 3)]).illegal_at == 0
-  assert not render.replay_sokoban(board, [(2, 3), (2, 4)]).solved
+  assert render.replay_sokoban(sokoban_prompt(), [(2, 3), (1, 3), (0, 3)]).illegal_at == 2
+  assert render.replay_sokoban(sokoban_prompt(), [(2, 3), (2, 2), (3, 2)]).illegal_at is None
+  blocked = render.replay_sokoban(sokoban_prompt(), [(2, 3), (2, 4), (3, 4), (3, 3)])
+  assert blocked.illegal_at == 3 and len(blocked.boards) == 3  # (3,3) pushed into (3,2)
+  assert render.replay_sokoban(sokoban_prompt(), [(2, 3), (4, 3)]).illegal_at == 1
+  assert not render.replay_sokoban(sokoban_prompt(), [(2, 3), (2, 4)]).solved
+  assert render.replay_sokoban(["worker", "1", "1"], plan) is None  # no valid level
+
+
+def _title(fig_path, monkeypatch, draw):
+  """The suptitle / title a render call gives its figure."""
+  titles = []
+  real = Figure.savefig
+
+  def savefig(fig, path, **kw):
+    titles.append(fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title())
+    return real(fig, path, **kw)
+
+  monkeypatch.setattr(Figure, "savefig", savefig)
+  draw(str(fig_path))
+  return titles[-1]
+
+
+@pytest.mark.parametrize("plan,solved", [
+    ([(2, 3), (3, 3), (3, 2)], True),
+    ([(3, 3), (3, 2)], False),  # does not start on the worker's cell (read as moves, it solves)
+    ([(2, 3), (3, 3)], False),  # legal, one box left off its dock
+])
+def test_sokoban_picture_agrees_with_the_checker(tmp_path, monkeypatch, plan, solved):
+  response = ["bos"] + [t for x, y in plan for t in ("plan", str(x), str(y))] + ["eos"]
+  assert SokobanTask().check(sokoban_prompt(), response).correct == solved
+  assert render.replay_sokoban(sokoban_prompt(), plan).solved == solved
+  title = _title(tmp_path / "s.png", monkeypatch,
+                 lambda p: render.render_response("sokoban", sokoban_prompt(), response, p))
+  assert (", solved]" in title) == solved, title
+  if plan[0] != (2, 3):
+    assert "does not start on the worker" in title
+
+
+def test_malformed_plans_are_never_drawn_as_legal(tmp_path, monkeypatch):
+  sok = ["bos"] + SOKOBAN_PLAN + ["box", "eos"]  # trailing garbage: the checker reads no plan
+  assert SokobanTask().check(sokoban_prompt(), sok).malformed
+  title = _title(tmp_path / "s.png", monkeypatch,
+                 lambda p: render.render_response("sokoban", sokoban_prompt(), sok, p))
+  assert "malformed plan" in title
+  maze = maze_response()[:-3] + ["wall", "eos"]
+  assert MazeTask(5).check(maze_prompt(), maze).malformed
+  title = _title(tmp_path / "m.png", monkeypatch,
+                 lambda p: render.render_response("maze", maze_prompt(), maze, p, size=5))
+  assert "malformed plan" in title
 
 
 def test_sokoban_png(tmp_path):

@@ -63,7 +63,7 @@ def load_fixture(name):
 def test_reproduces_reference_trace_step_for_step(name):
   steps = load_fixture(name)
   result = astar_lib.astar(**grid_problem(*FIXTURE_MAZES[name]))
-  kinds = {astar_lib.CREATE: "create", astar_lib.CLOSE: "close"}
+  kinds = {astar_lib.EVENT_CREATE: "create", astar_lib.EVENT_CLOSE: "close"}
   got = [(kinds[k], s, g, h) for k, s, g, h in result.events]
   got += [("plan", s, g, h) for s, g, h in result.plan]
   want = [(st["action"], (st["state"]["x"], st["state"]["y"]), st["cost_from_start"],
