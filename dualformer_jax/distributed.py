@@ -130,18 +130,12 @@ def process_count() -> int:
   return jax.process_count()
 
 
-def allgather_ints(values: Sequence[int]) -> np.ndarray:
-  """int32 [process_count, k]: row p holds process p's `values` (all processes call this)."""
-  local = np.asarray(values, np.int32).reshape(1, -1)
-  if process_count() == 1:
-    return local
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(local[0])).reshape(process_count(), -1)
+def allgather(values: Sequence[float], dtype: Any = np.int32) -> np.ndarray:
+  """[process_count, k] of `dtype`: row p holds process p's `values` (all processes call this).
 
-
-def allgather_floats(values: Sequence[float]) -> np.ndarray:
-  """float32 [process_count, k], like allgather_ints (float32: jax runs without x64)."""
-  local = np.asarray(values, np.float32).reshape(1, -1)
+  int32 or float32: jax runs without x64.
+  """
+  local = np.asarray(values, dtype).reshape(1, -1)
   if process_count() == 1:
     return local
   from jax.experimental import multihost_utils
@@ -154,7 +148,7 @@ def allgather_objects(obj: Any) -> list[Any]:
     return [obj]
   from jax.experimental import multihost_utils
   data = np.frombuffer(pickle.dumps(obj), np.uint8)
-  sizes = allgather_ints([data.size])[:, 0]
+  sizes = allgather([data.size])[:, 0]
   buf = np.zeros(int(sizes.max()), np.uint8)  # process_allgather needs equal shapes
   buf[:data.size] = data
   gathered = np.asarray(multihost_utils.process_allgather(buf))  # [P, max size]
@@ -211,5 +205,5 @@ def max_batch_widths(batch: Mapping[str, np.ndarray], extra: Sequence[int] = ()
   collective ([process_count, len(extra)]).
   """
   local = [batch["enc_ids"].shape[1], batch["dec_ids"].shape[1], *extra]
-  rows = allgather_ints(local)
+  rows = allgather(local)
   return int(rows[:, 0].max()), int(rows[:, 1].max()), rows[:, 2:]

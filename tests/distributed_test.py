@@ -197,7 +197,7 @@ def test_detect_explicit_flags():
 
 
 def test_single_process_helpers_do_not_communicate():
-  assert distributed.allgather_ints([3, 4]).tolist() == [[3, 4]]
+  assert distributed.allgather([3, 4]).tolist() == [[3, 4]]
   assert distributed.allgather_objects({"a": (1, 2)}) == [{"a": (1, 2)}]
   batch = {"enc_ids": np.zeros((2, 8)), "dec_ids": np.zeros((2, 16))}
   enc, dec, extra = distributed.max_batch_widths(batch, [5])

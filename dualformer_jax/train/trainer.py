@@ -265,7 +265,8 @@ def _global_stats(stats: pipeline.PipelineStats) -> tuple[float, float]:
   """
   if jax.process_count() == 1:
     return float(stats.overlong), stats.padding_efficiency
-  rows = distributed.allgather_floats([stats.overlong, stats.real_tokens, stats.padded_tokens])
+  rows = distributed.allgather([stats.overlong, stats.real_tokens, stats.padded_tokens],
+                              np.float32)
   overlong, real, padded = rows.sum(axis=0)
   return float(overlong), float(real / max(padded, 1.0))
 
