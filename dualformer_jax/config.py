@@ -12,8 +12,9 @@ import os
 
 import ml_collections
 
+from dualformer_jax.data.dropping import TRACE_MODES
+
 TASKS = ("maze", "sokoban")
-TRACE_MODES = ("dualformer", "complete", "solution_only", "fixed_level")
 EVAL_MODES = ("fast", "slow", "auto")
 MODEL_SIZES = ("tiny", "s", "m-s", "l", "xl-2")
 DTYPES = ("float32", "bfloat16")
@@ -199,7 +200,3 @@ def enable_compilation_cache(c: ml_collections.ConfigDict) -> None:
 
 def eval_modes(c: ml_collections.ConfigDict) -> list[str]:
   return [m.strip() for m in c.eval.modes.split(",") if m.strip()]
-
-
-def min_plan_len(c: ml_collections.ConfigDict) -> int:
-  return c.task.size if c.task.min_plan_len < 0 else c.task.min_plan_len

@@ -22,11 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dualformer_jax.config import TRACE_MODES  # how a level is chosen for each draw
 from dualformer_jax.tasks.base import CLOSE, CREATE
 
 NUM_LEVELS = 5
 COMPLETE, NO_CLOSE, NO_COST, SPARSE_CREATE, EMPTY = range(NUM_LEVELS)
+# How a level is chosen for each draw (config.data.trace_mode).
+TRACE_MODES = ("dualformer", "complete", "solution_only", "fixed_level")
 _COSTS_PER_CLAUSE = 2
 
 

@@ -27,7 +27,8 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import records
 from dualformer_jax.data.vocab import Vocab
-from dualformer_jax.tasks.base import Unsolvable, make_task
+from dualformer_jax.tasks import make_task
+from dualformer_jax.tasks.base import Unsolvable
 
 _HASH_BUCKETS = 1_000_000
 # A shard gives up when this many layouts in a row gave it no new task: the

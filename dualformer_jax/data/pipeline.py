@@ -38,7 +38,6 @@ from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, records
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID, Vocab
 
-BATCH_KEYS = ("enc_ids", "dec_ids", "targets", "trace_mask", "plan_mask", "level")
 _BOUNDARY_SAMPLE = 2048  # train records read to design the buckets
 # Per-example work is Python (json + numpy) under the GIL: reader threads only add
 # hand-off overhead (measured ~25% slower with 1-2 threads). Parallelism comes from
@@ -125,12 +124,6 @@ class PipelineStats:
   def from_state(cls, state: dict) -> "PipelineStats":
     return cls(**{k: int(state[k]) for k in _COUNTERS},
                 levels=[int(v) for v in state["levels"]])
-
-  def as_dict(self) -> dict[str, float]:
-    """Flat scalars for a metrics writer."""
-    return {**{k: getattr(self, k) for k in _COUNTERS}, "overlong": self.overlong,
-            "padding_efficiency": self.padding_efficiency,
-            **{f"level_{i}": n for i, n in enumerate(self.levels)}}
 
 
 def design_buckets(config: ml_collections.ConfigDict,

@@ -34,7 +34,8 @@ from dualformer_jax.eval import metrics as metrics_lib
 from dualformer_jax.eval import render
 from dualformer_jax.infer import sampler as sampler_lib
 from dualformer_jax.model import sharding
-from dualformer_jax.tasks.base import CREATE, PLAN, Task, Unsolvable, Verdict, make_task
+from dualformer_jax.tasks import make_task
+from dualformer_jax.tasks.base import CREATE, PLAN, Task, Unsolvable, Verdict
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 

@@ -312,16 +312,6 @@ def is_valid_path(spec: MazeSpec, plan: Sequence[Cell]) -> bool:
   return all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(plan, plan[1:]))
 
 
-def shortest_plan_len(spec: MazeSpec) -> int | None:
-  """BFS moves from start to goal (None when unreachable), without A*."""
-  w, h = spec.width, spec.height
-  blocked = bytearray(w * h)
-  for x, y in spec.walls:
-    blocked[x + y * w] = 1
-  return _bfs_distance(_Grid(w, h).cand, blocked, spec.start[0] + spec.start[1] * w,
-                       spec.goal[0] + spec.goal[1] * w)
-
-
 def _bfs_distance(cand: list[tuple[int, ...]], blocked: bytearray, start: int,
                   goal: int) -> int | None:
   dist = {start: 0}

@@ -27,7 +27,7 @@ from absl import app
 from absl import flags
 
 from dualformer_jax import config as config_lib
-from dualformer_jax.tasks import base
+from dualformer_jax.tasks import base, make_task
 
 _TASK = flags.DEFINE_enum("task", "maze", list(config_lib.TASKS), "Task of the input lines.")
 _SIZE = flags.DEFINE_integer(
@@ -47,7 +47,7 @@ def make_cli_task(name: str, size: int | None = None,
     c.task.size = size
   if max_expansions is not None:
     c.task.max_expansions = max_expansions
-  return base.make_task(c.task)
+  return make_task(c.task)
 
 
 # A 1000x1000 maze with every cell listed is ~12 MB of JSON; longer lines are refused.

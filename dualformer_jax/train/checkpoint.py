@@ -234,9 +234,6 @@ class Checkpointer:
     self.manager.reload()
     return aside
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -9,7 +9,7 @@ from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax.data import generate, records
 from dualformer_jax.data.vocab import Vocab
-from dualformer_jax.tasks.base import make_task
+from dualformer_jax.tasks import make_task
 
 
 def small_maze_config(**data):

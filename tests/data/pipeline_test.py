@@ -144,7 +144,7 @@ def check_row(batch, r, rec, level):
 
 
 def check_batch_contract(batch, batch_size, buckets):
-  assert set(batch) == set(pipeline.BATCH_KEYS)
+  assert set(batch) == {"enc_ids", "dec_ids", "targets", "trace_mask", "plan_mask", "level"}
   b, p = batch["enc_ids"].shape
   t = batch["dec_ids"].shape[1]
   assert b == batch_size and p in buckets.enc and t in buckets.dec

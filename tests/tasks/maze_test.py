@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from dualformer_jax import config as config_lib
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks import base
-from dualformer_jax.tasks.maze import MazeSpec, MazeTask, shortest_plan_len
+from dualformer_jax.tasks import base, make_task
+from dualformer_jax.tasks.maze import MazeSpec, MazeTask
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURE_SPECS = {  # from tests/fixtures/README.md
@@ -75,9 +75,9 @@ def sampled_specs():
 
 def test_from_config():
   c = config_lib.base_config()
-  task = base.make_task(c.task)
+  task = make_task(c.task)
   assert isinstance(task, MazeTask) and task.name == "maze"
-  assert task.size == c.task.size and task.min_plan_len == c.task.size == config_lib.min_plan_len(c)
+  assert task.size == c.task.size and task.min_plan_len == c.task.size  # -1: the grid size
   c.task.min_plan_len = 3
   assert MazeTask.from_config(c.task).min_plan_len == 3
 
@@ -206,12 +206,6 @@ def test_seeded_astar_is_reproducible_and_varies():
     assert task.solve_tokens(spec, seed=3) == task.solve_tokens(spec, seed=3)
   assert any(task.solve_tokens(s, seed=1).trace != task.solve_tokens(s, seed=2).trace
              for s in specs)
-
-
-def test_shortest_plan_len_is_bfs():
-  for spec in sampled_specs():
-    assert shortest_plan_len(spec) == bfs_len(spec)
-  assert shortest_plan_len(MazeSpec(3, 3, (0, 0), (0, 2), ((0, 1), (1, 1), (2, 1)))) is None
 
 
 def test_unreachable_goal_raises():

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from configs import sokoban as sokoban_configs
 from dualformer_jax.data.vocab import Vocab, strip_specials
 from dualformer_jax.tasks import astar as astar_lib
-from dualformer_jax.tasks import base
+from dualformer_jax.tasks import base, make_task
 from dualformer_jax.tasks import sokoban
 from dualformer_jax.tasks.sokoban import (CostOverflow, SokobanSpec, SokobanTask, parse_level,
                                           render_level)
@@ -316,7 +316,7 @@ def test_costs_above_max_cost_raise_and_are_skipped(levels):
 def test_vocabulary_and_config():
   task = SokobanTask.from_config(sokoban_configs.get_config("paper").task)
   assert (task.size, task.num_boxes, task.num_docks, task.max_cost) == (7, 2, 2, 400)
-  assert base.make_task(sokoban_configs.get_config("paper").task) == task
+  assert make_task(sokoban_configs.get_config("paper").task) == task
   voc = task.vocabulary()
   assert voc[:7] == ["worker", "box", "dock", "wall", "create", "close", "plan"]
   assert voc[7:14] == [str(i) for i in range(7)] and voc[14] == "c0" and voc[-1] == "c400"
