@@ -20,7 +20,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from dualformer_jax import workdir_lock
 from dualformer_jax.data import pipeline, records
+from dualformer_jax.data.generate import generate
+
 
 def _needs_generate(data_dir: str) -> bool:
   """True unless a complete dataset is there that generate() did not write (hand-made).
@@ -40,7 +43,6 @@ def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> 
     raise ValueError(f"num={num!r} must be >= 1")
   data_dir = records.data_dir(workdir)
   if _needs_generate(data_dir):
-    from dualformer_jax.data.generate import generate  # only when needed: it imports the tasks
     generate(config, workdir)
   stored = pipeline.open_dataset(data_dir)
   source = stored.source("train")
@@ -63,29 +65,28 @@ def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> 
   return out
 
 
-def _run() -> None:
-  # Flags are defined here, not at import: main.py defines --config/--workdir too,
-  # and one process (a test run) may import both modules.
-  config = config_flags.DEFINE_config_file("config", None, "config file[:preset]",
-                                           lock_config=True)
-  workdir = flags.DEFINE_string("workdir", None, "run directory; the dataset is in <workdir>/data")
-  num = flags.DEFINE_integer("num", 5, "number of examples to print")
+def define_flags() -> None:
+  """--config, --workdir, --num. Called under __main__ only: main.py defines --config
+  too, and one process (a test run) may import both modules."""
+  config_flags.DEFINE_config_file("config", None, "config file[:preset]", lock_config=True)
+  flags.DEFINE_string("workdir", None, "run directory; the dataset is in <workdir>/data")
+  flags.DEFINE_integer("num", 5, "number of examples to print")
   flags.mark_flags_as_required(["config", "workdir"])
 
-  def main(argv):
-    from dualformer_jax import workdir_lock
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-      examples = draw_examples(config.value, workdir.value, num.value)
-    except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
-      print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line
-      sys.exit(1)
-    for example in examples:
-      print(json.dumps(example))
 
-  app.run(main)
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  f = flags.FLAGS
+  try:
+    examples = draw_examples(f.config, f.workdir, f.num)
+  except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line
+    sys.exit(1)
+  for example in examples:
+    print(json.dumps(example))
 
 
 if __name__ == "__main__":
-  _run()
+  define_flags()
+  app.run(main)

@@ -24,9 +24,16 @@ import sys
 import time
 
 import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
-from dualformer_jax import io_utils
+from dualformer_jax import io_utils, workdir_lock
+from dualformer_jax.data import generate, records
+from dualformer_jax.eval import evaluate
+from dualformer_jax.experiments import report
+from dualformer_jax.train import trainer
+from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 
 # name -> (data.trace_mode, the modes it is evaluated in)
 MODELS = {
@@ -106,8 +113,6 @@ def _results(path: str, step: int, modes: tuple[str, ...], num_samples: int) -> 
 
 
 def _trained_step(config: ml_collections.ConfigDict, path: str) -> int:
-  from dualformer_jax.data import records
-  from dualformer_jax.train.checkpoint import Checkpointer
   vocab = records.read_meta(records.data_dir(path))["vocab"]
   ckpt = Checkpointer(path, config, vocab)
   try:
@@ -118,8 +123,6 @@ def _trained_step(config: ml_collections.ConfigDict, path: str) -> int:
 
 def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Trains (or finishes training) and evaluates one model; returns mode -> metrics."""
-  from dualformer_jax.eval import evaluate
-  from dualformer_jax.train import trainer
   c = model_config(config, name)
   path = run_dir(workdir, name)
   modes = MODELS[name][1]
@@ -143,8 +146,6 @@ def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dic
 def run(config: ml_collections.ConfigDict, workdir: str,
         models: tuple[str, ...] = tuple(MODELS)) -> dict:
   """The whole sweep: data, each model's training and evaluation, summary and report."""
-  from dualformer_jax.data import generate
-  from dualformer_jax.experiments import report
   config_lib.validate(config)
   for name in models:
     model_config(config, name)  # fail on a bad name before any work
@@ -162,19 +163,26 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def main(argv) -> None:
-  del argv
-  from absl import logging
+def define_flags() -> None:
+  """--config, --workdir, --models. Called under __main__ only: main.py defines --config
+  too, and one process (a test run) may import both modules."""
+  config_flags.DEFINE_config_file(
+      "config", None, "config file[:preset], e.g. configs/maze.py:compare", lock_config=True)
+  flags.DEFINE_string("workdir", None, "directory of the sweep")
+  flags.DEFINE_string("models", ",".join(MODELS), f"comma-separated subset of {','.join(MODELS)}")
+  flags.mark_flags_as_required(["config", "workdir"])
 
-  from dualformer_jax import workdir_lock
-  from dualformer_jax.data import records
-  from dualformer_jax.train.checkpoint import CheckpointError
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  config = _CONFIG.value
+  f = flags.FLAGS
+  config, workdir = f.config, f.workdir
   config_lib.enable_compilation_cache(config)
-  models = tuple(m.strip() for m in _MODELS.value.split(",") if m.strip())
+  models = tuple(m.strip() for m in f.models.split(",") if m.strip())
   try:
-    run(config, _WORKDIR.value, models)
+    run(config, workdir, models)
   except Interrupted as e:
     print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -182,19 +190,10 @@ def main(argv) -> None:
           FloatingPointError, workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  with open(os.path.join(_WORKDIR.value, "results.md")) as f:
-    print(f"\n{f.read()}")
+  with open(os.path.join(workdir, "results.md")) as results:
+    print(f"\n{results.read()}")
 
 
 if __name__ == "__main__":
-  # Flags exist only when run as a script: importing this module next to main.py
-  # (tests, notebooks) must not define --config twice.
-  from absl import app, flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", None, "config file[:preset], e.g. configs/maze.py:compare", lock_config=True)
-  _WORKDIR = flags.DEFINE_string("workdir", None, "directory of the sweep")
-  _MODELS = flags.DEFINE_string("models", ",".join(MODELS),
-                                f"comma-separated subset of {','.join(MODELS)}")
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   app.run(main)

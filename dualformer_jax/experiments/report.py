@@ -1,6 +1,6 @@
 """The comparison's report: a RESULTS.md-ready table and three plots from summary.json.
 
-  python -m dualformer_jax.experiments.report DIR   # re-draws DIR/results.md and the PNGs
+  python -m dualformer_jax.experiments.report --workdir=DIR   # re-draws DIR/results.md, PNGs
 
 Plots: optimal rate per model and mode, reasoning (trace) length per model and
 mode, and the training loss curves of the three runs (read from each run's
@@ -9,9 +9,10 @@ metrics.jsonl; the plan-token eval loss is the one loss the three formats share)
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from absl import app, flags
 
 from dualformer_jax import io_utils
 from dualformer_jax.train.logger import read_metrics
@@ -150,11 +151,24 @@ def write_report(workdir: str, summary: dict) -> list[str]:
   return paths
 
 
-if __name__ == "__main__":
-  if len(sys.argv) != 2:
-    sys.exit("usage: python -m dualformer_jax.experiments.report SWEEP_WORKDIR")
+def define_flags() -> None:
+  """--workdir (the sweep's). Called under __main__ only, as in compare.py and data/show.py."""
+  flags.DEFINE_string("workdir", None, "the sweep's workdir (holds summary.json)")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir = flags.FLAGS.workdir
   try:
-    summary = io_utils.read_json(os.path.join(sys.argv[1], "summary.json"), "summary")
+    summary = io_utils.read_json(os.path.join(workdir, "summary.json"), "summary")
   except (OSError, ValueError) as e:
-    sys.exit(f"error: {e}")
-  print("\n".join(write_report(sys.argv[1], summary)))
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  print("\n".join(write_report(workdir, summary)))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,6 +1,11 @@
 """The comparison report: table rows and figures from a hand-written summary."""
 
+import json
 import os
+import subprocess
+import sys
+
+import pytest
 
 from dualformer_jax.eval.metrics import METRIC_KEYS
 from dualformer_jax.experiments import report
@@ -52,3 +57,30 @@ def test_write_report_draws_every_figure(tmp_path):
       "results.md", "optimal.png", "reasoning_length.png", "loss.png"]
   for p in paths:
     assert os.path.getsize(p) > 0
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("module,flag", [("dualformer_jax.experiments.report", "--workdir"),
+                                         ("dualformer_jax.experiments.compare", "--models"),
+                                         ("dualformer_jax.data.show", "--num")])
+def test_entry_points_answer_help(module, flag):
+  """One CLI style (absl flags): each entry point lists its flags under --help."""
+  out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=300)
+  assert "Traceback" not in out.stderr, out.stderr  # absl's --help exits with status 1
+  assert f"{flag}:" in out.stdout and "python -m" in out.stdout  # the docstring, then flags
+
+
+def test_report_cli_rewrites_the_report(tmp_path):
+  (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
+  out = subprocess.run([sys.executable, "-m", "dualformer_jax.experiments.report",
+                        f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "results.md").exists() and (tmp_path / "optimal.png").exists()
+  missing = subprocess.run([sys.executable, "-m", "dualformer_jax.experiments.report",
+                            f"--workdir={tmp_path / 'none'}"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+  assert missing.returncode == 1 and missing.stderr.startswith("error: ")
