@@ -16,10 +16,16 @@ from __future__ import annotations
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
+from dualformer_jax import distributed, workdir_lock
+from dualformer_jax.data import generate, records
+from dualformer_jax.eval import evaluate
+from dualformer_jax.train import trainer
+from dualformer_jax.train.checkpoint import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file[:preset], e.g. configs/maze.py:paper_30", lock_config=True)
@@ -42,10 +48,6 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  from dualformer_jax import distributed, workdir_lock
-  from dualformer_jax.data import records
-  from dualformer_jax.train.checkpoint import CheckpointError
-
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   if "://" in workdir:
     raise app.UsageError(
@@ -74,9 +76,6 @@ def main(argv):
 
 
 def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
-  import jax
-  from dualformer_jax import distributed
-  from dualformer_jax.data import generate, records
   os.makedirs(workdir, exist_ok=True)
   config_lib.enable_compilation_cache(config)
   if mode in ("all", "generate"):
@@ -89,7 +88,6 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
     if multi_process:
       distributed.barrier("dualformer_jax: dataset ready")
   if mode in ("all", "train"):
-    from dualformer_jax.train import trainer
     result = trainer.train(config, workdir)
     if result.interrupted:
       if jax.process_index() == 0:
@@ -97,7 +95,6 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
               "was saved: run the same command again to resume")
       sys.exit(128 + result.signal_number)
   if mode in ("all", "evaluate"):
-    from dualformer_jax.eval import evaluate
     evaluate.evaluate(config, workdir)
 
 

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from dualformer_jax import distributed
 from dualformer_jax.train import integrity
 
 # Config groups that must match for a checkpoint to fit the current run.
@@ -229,7 +230,6 @@ class Checkpointer:
           target, n = os.path.join(aside, f"{step}.{n}"), n + 1
         shutil.move(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
-      from dualformer_jax import distributed
       distributed.barrier("dualformer_jax: damaged checkpoints set aside")
     self.manager.reload()
     return aside

@@ -171,7 +171,12 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, trained):
 
 
 def flip_a_byte(workdir, step):
-  """Changes one byte in the middle of the largest array file of checkpoint `step`."""
+  """Changes one byte in the middle of the largest array file of checkpoint `step`.
+
+  Only its lowest bit: a mantissa bit, or an exponent bit that keeps a weight
+  finite, so the checksum (not the NaN/Inf check) is what must catch it,
+  whatever the trained bytes are.
+  """
   files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "d", "*"),
                     recursive=True)
   path = max(files, key=os.path.getsize)
@@ -179,7 +184,7 @@ def flip_a_byte(workdir, step):
     f.seek(os.path.getsize(path) // 2)
     byte = f.read(1)
     f.seek(-1, os.SEEK_CUR)
-    f.write(bytes([byte[0] ^ 0xFF]))
+    f.write(bytes([byte[0] ^ 0x01]))
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, trained, capsys):
