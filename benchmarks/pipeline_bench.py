@@ -24,8 +24,10 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maze  # noqa: E402
-from dualformer_jax.data import pipeline, records  # noqa: E402
+from dualformer_jax.data import records  # noqa: E402
+from dualformer_jax.data.dataset import open_dataset  # noqa: E402
 from dualformer_jax.data.generate import generate  # noqa: E402
+from dualformer_jax.data.train_stream import train_iterator  # noqa: E402
 
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "training tasks to generate")
 _BATCHES = flags.DEFINE_integer("batches", 300, "timed batches per setting")
@@ -48,7 +50,7 @@ def bench_config(num_train: int, num_workers: int, num_buckets: int | None = Non
 def run(config, data_dir: str, batches: int) -> dict:
   """Times `batches` batches after a warm-up of one pool; returns rate, padding, shapes."""
   batch_size = config.train.batch_size
-  it = pipeline.train_iterator(config, data_dir, batch_size, 0, 1)
+  it = train_iterator(config, open_dataset(data_dir), batch_size, 0, 1)
   for _ in range(config.data.bucket_pool):  # warm-up: worker start-up, first pools
     next(it)
   before = it.stats.to_state()

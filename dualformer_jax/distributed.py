@@ -14,9 +14,10 @@ Kubernetes, which jax also detects); `off` never initializes.
 
 After initialization jax.devices() spans every process, so the mesh of
 model/sharding.py covers the whole slice unchanged. The helpers below are the
-few places where processes must agree on host-side values: the per-step batch
-shape (buckets are per process), a barrier, and gathering evaluation results.
-They are no-ops, without communication, in a single process.
+few places where processes must agree on host-side values: a barrier, and
+gathering evaluation results. None runs per training step (the train stream
+decides batch widths from the global batch). They are no-ops, without
+communication, in a single process.
 """
 
 from __future__ import annotations
@@ -195,15 +196,3 @@ def check_batch_split(mesh: Any, batch_size: int) -> None:
         f"batch rows, not 1/{n}: the batch axes data x fsdp must be split over the processes "
         "(put tensor parallelism within a host, e.g. config.mesh.tensor <= devices per host)")
 
-
-def max_batch_widths(batch: Mapping[str, np.ndarray], extra: Sequence[int] = ()
-                     ) -> tuple[int, int, np.ndarray]:
-  """(P, T) widest over processes of this step's batches, and every process's `extra` ints.
-
-  Buckets are chosen per process, so processes may hold different widths at
-  one step; the global array needs one. `extra` rides along in the same
-  collective ([process_count, len(extra)]).
-  """
-  local = [batch["enc_ids"].shape[1], batch["dec_ids"].shape[1], *extra]
-  rows = allgather(local)
-  return int(rows[:, 0].max()), int(rows[:, 1].max()), rows[:, 2:]

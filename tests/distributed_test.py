@@ -2,8 +2,8 @@
 
 The 2-process test runs the normal entry point through launch/local_multiprocess.sh
 (2 processes x 2 CPU devices) and compares it with one process holding 4 CPU
-devices on the same data: same per-step losses, same evaluation table, and the
-2-process checkpoint restores in one process.
+devices on the same data: same per-step losses, same evaluation table, no host
+collective while training, and the 2-process checkpoint restores in one process.
 """
 
 import json
@@ -20,17 +20,15 @@ import pytest
 
 from configs import maze as maze_configs
 from dualformer_jax import distributed
-from dualformer_jax.data import pipeline
+from dualformer_jax.data import dataset, train_stream
 from dualformer_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 
-# The tiny run of both setups. bucket_pool=1 makes a step's global batch the same
-# rows of the global stream whether one process reads them all or two processes
-# read every other one (a larger pool sorts each process's share separately).
-# The processes' widths may still differ: pads are masked, so the loss sees the
-# same rows, only in another order.
+# The tiny run of both setups. Every process reads the global stream and keeps its
+# rows of each global batch, so one process and two see the same batches (at any
+# bucket_pool; 1 keeps the run small).
 OVERRIDES = {
     "task.size": 5, "data.num_train": 64, "data.num_test": 8, "data.num_shards": 2,
     "data.gen_workers": 1, "data.bucket_pool": 1, "data.num_buckets": 2,
@@ -101,27 +99,71 @@ def restored_params(workdir: Path, step: int) -> list[np.ndarray]:
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+# Runs dualformer_jax.main counting the calls of distributed.allgather (this code's host
+# collective; allgather_objects uses it too), those made inside trainer.train apart;
+# writes $COUNT_DIR/gathers_<process>.json at exit. (Orbax's own syncs at checkpoint
+# saves are not counted: they come once per save, not per step.)
+COUNTING_MAIN = """
+import atexit, json, os, runpy, sys
+import jax
+from dualformer_jax import distributed
+from dualformer_jax.train import trainer
+
+calls, training = {"all": 0, "in_train": 0}, [False]
+gather, train = distributed.allgather, trainer.train
+
+def counting_gather(*args, **kwargs):
+  calls["all"] += 1
+  calls["in_train"] += training[0]
+  return gather(*args, **kwargs)
+
+def counting_train(*args, **kwargs):
+  training[0] = True
+  try:
+    return train(*args, **kwargs)
+  finally:
+    training[0] = False
+
+def write():
+  path = os.path.join(os.environ["COUNT_DIR"], f"gathers_{jax.process_index()}.json")
+  with open(path, "w") as f:
+    json.dump(calls, f)
+
+distributed.allgather, trainer.train = counting_gather, counting_train
+atexit.register(write)
+runpy.run_module("dualformer_jax.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def counting_python(tmp_path: Path) -> str:
+  """A PYTHON for local_multiprocess.sh: `-m dualformer_jax.main` runs COUNTING_MAIN."""
+  (tmp_path / "counting_main.py").write_text(COUNTING_MAIN)
+  wrapper = tmp_path / "python"
+  wrapper.write_text(
+      "#!/bin/sh\n"
+      "if [ \"$1\" = -m ] && [ \"$2\" = dualformer_jax.main ]; then shift 2; "
+      f"exec {sys.executable} {tmp_path / 'counting_main.py'} \"$@\"; fi\n"
+      f"exec {sys.executable} \"$@\"\n")  # this interpreter, even from an unactivated venv
+  wrapper.chmod(0o755)
+  return str(wrapper)
+
+
 def test_two_processes_train_and_evaluate_like_one(tmp_path):
   base, one, two = tmp_path / "base", tmp_path / "one", tmp_path / "two"
   run(main_cmd(*flags(), f"--workdir={base}", "--mode=generate"))
   for w in (one, two):
     shutil.copytree(base / "data", w / "data")
 
-  # The premise: the two processes' buckets differ at some step, so the run must pad
-  # to the wider one, and the widest is what one process picks for the whole batch.
-  c, data = config(), str(base / "data")
-  single = pipeline.train_iterator(c, data, 8, 0, 1)
-  halves = [pipeline.train_iterator(c, data, 4, p, 2) for p in range(2)]
-  differ = False
+  # The premise: each process's rows of a step are its share of the batch one process
+  # reads, at that batch's widths, so the processes agree on shapes without asking.
+  c, ds = config(), dataset.open_dataset(str(base / "data"))
+  single = train_stream.train_iterator(c, ds, 8, 0, 1)
+  halves = [train_stream.train_iterator(c, ds, 4, p, 2) for p in range(2)]
   for _ in range(NUM_STEPS):
     whole, parts = next(single), [next(h) for h in halves]
-    widths = [b["dec_ids"].shape[1] for b in parts]
-    differ |= widths[0] != widths[1]
-    assert max(widths) == whole["dec_ids"].shape[1]
-    assert sorted(np.concatenate([b["targets"].sum(1) for b in parts])) == sorted(
-        whole["targets"].sum(1))  # the same rows
-  assert differ
-  assert single.stats.overlong == halves[0].stats.overlong == halves[1].stats.overlong == 0
+    for k in whole:
+      np.testing.assert_array_equal(np.concatenate([b[k] for b in parts]), whole[k])
+  assert single.stats == halves[0].stats == halves[1].stats
 
   # One process with 4 devices, next to two processes with 2 devices each.
   reference = subprocess.Popen(main_cmd(*flags(), f"--workdir={one}", "--mode=train"), cwd=REPO,
@@ -130,11 +172,16 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
   try:
     out = run(["bash", str(LAUNCH / "local_multiprocess.sh"), "2", *flags(), f"--workdir={two}",
                "--mode=all"], CPU_DEVICES="2", LOG_DIR=str(tmp_path / "logs"),  # a free port
-              PYTHON=sys.executable)  # this interpreter, even from an unactivated venv
+              PYTHON=counting_python(tmp_path), COUNT_DIR=str(tmp_path))
   finally:
     ref_out, _ = reference.communicate()
   assert reference.returncode == 0, ref_out[-4000:]
   assert "evaluation at step 4" in out
+  # No per-step collective: training itself gathers nothing across processes (the
+  # evaluation afterwards does, to collect verdicts, so the counter is live).
+  counts = [json.load(open(tmp_path / f"gathers_{p}.json")) for p in range(2)]
+  assert [x["in_train"] for x in counts] == [0, 0], counts
+  assert all(x["all"] > 0 for x in counts), counts
 
   a, b = losses(one), losses(two)
   assert sorted(a) == sorted(b) == sorted([str(s) for s in range(1, NUM_STEPS + 1)] + ["eval_4"])
@@ -199,9 +246,6 @@ def test_detect_explicit_flags():
 def test_single_process_helpers_do_not_communicate():
   assert distributed.allgather([3, 4]).tolist() == [[3, 4]]
   assert distributed.allgather_objects({"a": (1, 2)}) == [{"a": (1, 2)}]
-  batch = {"enc_ids": np.zeros((2, 8)), "dec_ids": np.zeros((2, 16))}
-  enc, dec, extra = distributed.max_batch_widths(batch, [5])
-  assert (enc, dec, extra.tolist()) == (8, 16, [[5]])
 
 
 @pytest.mark.parametrize("args,message", [

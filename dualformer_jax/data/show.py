@@ -21,8 +21,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from dualformer_jax import workdir_lock
-from dualformer_jax.data import pipeline, records
+from dualformer_jax.data import dataset as dataset_lib
+from dualformer_jax.data import records
 from dualformer_jax.data.generate import generate
+from dualformer_jax.data.train_stream import train_iterator
 
 
 def _needs_generate(data_dir: str) -> bool:
@@ -34,7 +36,7 @@ def _needs_generate(data_dir: str) -> bool:
   if not os.path.exists(os.path.join(data_dir, records.META)):
     return True
   meta = records.read_meta(data_dir)
-  return "generator" in meta or meta.get("status", "complete") != "complete"
+  return "generator" in meta or not dataset_lib.is_complete(meta)
 
 
 def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> list[dict]:
@@ -44,10 +46,10 @@ def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> 
   data_dir = records.data_dir(workdir)
   if _needs_generate(data_dir):
     generate(config, workdir)
-  stored = pipeline.open_dataset(data_dir)
+  stored = dataset_lib.open_dataset(data_dir)
   source = stored.source("train")
   batch_size = config.train.batch_size
-  it = pipeline.train_iterator(config, data_dir, batch_size, 0, 1, include_index=True)
+  it = train_iterator(config, stored, batch_size, 0, 1, include_index=True)
   out = []
   try:
     while len(out) < num:

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, io_utils
-from dualformer_jax.data import generate, pipeline, records
+from dualformer_jax.data import dataset as dataset_lib
+from dualformer_jax.data import generate, records
 from dualformer_jax.data.vocab import BOS, EOS, Vocab, strip_specials
 from dualformer_jax.eval import metrics as metrics_lib
 from dualformer_jax.eval import render
@@ -88,7 +89,7 @@ def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
             f"not state the grid size; give {config.task.size}x{config.task.size} tasks")
       out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
   else:
-    for rec in pipeline.eval_records(config, data_dir)[:config.eval.num_tasks]:
+    for rec in dataset_lib.open_dataset(data_dir).records("test")[:config.eval.num_tasks]:
       prompt, plan = vocab.decode(rec["prompt"]), vocab.decode(rec["plan"])
       out.append(EvalTask(prompt, task.check(prompt, plan).plan_len))
   if not out:

@@ -9,10 +9,11 @@ stdout); a state with NaN/Inf stops the run before it is saved; the workdir is
 locked for the run (workdir_lock), and a dataset or data stream of another
 config is refused.
 
-Multi-process (distributed.py): every process runs this loop on its own share
-of the data; each step the processes agree on the batch width (buckets are
-per process) in one small collective, and a SIGTERM on any host stops all of
-them at the same step (jax's preemption sync point). Only process 0 prints
+Multi-process (distributed.py): every process runs this loop on its own rows
+of each global batch; the batch widths and data statistics come from the
+global batch (data/train_stream.py), so a step needs no host collective, and a
+SIGTERM on any host stops all of them at the same step (jax's preemption sync
+point). Only process 0 prints
 and writes metrics; every process takes part in checkpoint saves and restores.
 """
 
@@ -32,8 +33,12 @@ from tqdm import tqdm
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, io_utils, workdir_lock
-from dualformer_jax.data import generate, pipeline, records
-from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.data import dataset as dataset_lib
+from dualformer_jax.data import generate, records
+from dualformer_jax.data.bucket_design import design_buckets
+from dualformer_jax.data.eval_batches import EvalBatches
+from dualformer_jax.data.stats import PipelineStats
+from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer
@@ -93,17 +98,6 @@ def _to_device(batch: dict, mesh) -> dict:
   return sharding.shard_batch({k: v for k, v in batch.items() if k != "level"}, mesh)
 
 
-def _next_batch(data_iter: pipeline.TrainIterator) -> tuple[dict, float]:
-  """This process's next batch, as wide as the widest of any process, and the step's
-  loss tokens over all processes. Padded columns have zero masks: the loss is unchanged."""
-  batch = next(data_iter)
-  tokens = int(batch["trace_mask"].sum() + batch["plan_mask"].sum())
-  if jax.process_count() == 1:
-    return batch, float(tokens)
-  enc_len, dec_len, extra = distributed.max_batch_widths(batch, [tokens])
-  return pipeline.pad_to(batch, enc_len, dec_len), float(extra.sum())
-
-
 def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
   """The checkpoint's state; the data iterator too when the process count is unchanged.
 
@@ -151,19 +145,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   directory = records.data_dir(workdir)
-  meta = records.read_meta(directory)
-  if meta.get("status") != "complete":
-    raise records.DatasetError(f"the dataset in {directory} is incomplete; run --mode=generate")
-  generate.check_dataset_config(meta, config, directory)
-  vocab = Vocab.from_list(meta["vocab"])
+  ds = dataset_lib.open_dataset(directory)
+  generate.check_dataset_config(ds.meta, config, directory)
+  vocab = ds.vocab
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
   distributed.check_batch_split(mesh, config.train.batch_size)
 
   ckpt = Checkpointer(workdir, config, vocab.to_list())
   local_batch = config.train.batch_size // jax.process_count()
-  data_iter = pipeline.train_iterator(config, directory, local_batch)
-  eval_data = pipeline.eval_batches(config, directory, local_batch)
+  buckets = design_buckets(config, ds)  # once: the train stream and eval batches share them
+  data_iter = train_iterator(config, ds, local_batch, buckets=buckets)
+  eval_data = EvalBatches(config, ds, local_batch, buckets=buckets)
   if not len(eval_data):
     _say(f"warning: none of the {config.data.num_test} test examples fits "
          f"data.max_prompt_len={config.data.max_prompt_len} / data.max_decoder_len="
@@ -200,12 +193,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   try:
     with handlers, jax.set_mesh(mesh):
       for step in range(start + 1, num_steps + 1):
-        batch, tokens = _next_batch(data_iter)
+        batch = next(data_iter)
         state, metrics = train_step(state, _to_device(batch, mesh))
         if pending is not None:  # dispatched this step before syncing on the last one
           _log_train(*pending, logger, bar, speed, data_iter.stats)
           pending = None
-        speed.add(tokens)  # after the log: the rate of step s counts steps up to s
+        speed.add(data_iter.batch_tokens)  # after the log: step s's rate counts steps <= s
         if step % config.train.log_every == 0 or step == num_steps:
           pending = (step, metrics)
         bar.update(1)
@@ -232,11 +225,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     ckpt.close()
     logger.close()
     data_iter.close()
-  overlong = _global_stats(data_iter.stats)[0]
+  overlong = data_iter.stats.overlong  # of the global stream: the same on every process
   if jax.process_index() == 0:
     plot_loss(workdir)
     if overlong:
-      tqdm.write(f"the pipeline skipped {overlong:.0f} over-long examples "
+      tqdm.write(f"the pipeline skipped {overlong} over-long examples "
                  f"(longer than data.max_prompt_len / data.max_decoder_len)")
   return result
 
@@ -257,28 +250,15 @@ class _Throughput:
     return r
 
 
-def _global_stats(stats: pipeline.PipelineStats) -> tuple[float, float]:
-  """(overlong examples, padding efficiency) over all processes' pipelines.
-
-  Each pipeline counts its padding before the batch is widened to the widest
-  process's, so with several processes the efficiency is an upper bound.
-  """
-  if jax.process_count() == 1:
-    return float(stats.overlong), stats.padding_efficiency
-  rows = distributed.allgather([stats.overlong, stats.real_tokens, stats.padded_tokens],
-                              np.float32)
-  overlong, real, padded = rows.sum(axis=0)
-  return float(overlong), float(real / max(padded, 1.0))
-
-
 def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput,
-               data_stats: pipeline.PipelineStats) -> None:
+               data_stats: PipelineStats) -> None:
   """Logs a finished step's metrics (a host sync on an already-finished step)."""
   host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
   if not np.isfinite(host["loss"]):
     raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
   host["tokens_per_s"] = speed.rate()
-  host["data_overlong"], host["data_padding_efficiency"] = _global_stats(data_stats)
+  host["data_overlong"] = float(data_stats.overlong)
+  host["data_padding_efficiency"] = data_stats.padding_efficiency
   logger.write(step, host)
   bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_s']:.0f}")
   if bar.disable:  # no TTY (CI, nohup, SLURM logs): a plain line stands in for the bar

@@ -9,7 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dualformer_jax import config as config_lib
-from dualformer_jax.data import dropping, pipeline, records
+from dualformer_jax.data import bucket_design, dataset, dropping, examples, records, train_stream
+from dualformer_jax.data import eval_batches as eval_batches_lib
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, Vocab
 
 VOCAB = Vocab(["create", "close", "plan", "start", "goal", "wall",
@@ -48,6 +49,14 @@ def write_dataset(directory, train, test, shards=(3, 2)) -> None:
 
 def split_order(recs, n):
   return [r for i in range(n) for r in recs[i::n]]
+
+
+def train_iterator(config, data_dir, *args, **kwargs) -> train_stream.TrainIterator:
+  return train_stream.train_iterator(config, dataset.open_dataset(data_dir), *args, **kwargs)
+
+
+def eval_batches(config, data_dir, *args, **kwargs) -> eval_batches_lib.EvalBatches:
+  return eval_batches_lib.EvalBatches(config, dataset.open_dataset(data_dir), *args, **kwargs)
 
 
 def make_config(**data):
@@ -180,7 +189,7 @@ def take(it, n):
 
 def test_batches_follow_the_contract_and_the_drawn_level(plain):
   d, train, _ = plain
-  it = pipeline.train_iterator(make_config(), d, 8, 0, 1, include_index=True)
+  it = train_iterator(make_config(), d, 8, 0, 1, include_index=True)
   levels = []
   for batch in take(it, 30):
     index = batch.pop("index")
@@ -198,7 +207,7 @@ def test_level_frequencies_through_the_random_map():
   raw = records.encode_record(**make_record(rng))
   config = make_config()
   ds = grain.MapDataset.source([(0, raw)] * 20_000).seed(11).random_map(
-      pipeline.DrawExample(config, GRAMMAR))
+      examples.DrawExample(config, GRAMMAR))
   counts = np.bincount([ds[i]["level"] for i in range(len(ds))], minlength=5)
   expected = 20_000 * np.array(config.data.level_probs)
   chi2 = np.sum((counts - expected) ** 2 / expected)
@@ -208,7 +217,7 @@ def test_level_frequencies_through_the_random_map():
 @pytest.mark.parametrize("mode,level", [("complete", 0), ("solution_only", 4), ("fixed_level", 2)])
 def test_trace_modes(plain, mode, level):
   d, train, _ = plain
-  it = pipeline.train_iterator(make_config(trace_mode=mode, fixed_level=2), d, 8, 0, 1,
+  it = train_iterator(make_config(trace_mode=mode, fixed_level=2), d, 8, 0, 1,
                                include_index=True)
   for batch in take(it, 5):
     assert (batch["level"] == level).all()
@@ -218,7 +227,7 @@ def test_trace_modes(plain, mode, level):
 
 def test_two_epochs_draw_different_traces(plain):
   d, _, _ = plain
-  it = pipeline.train_iterator(make_config(), d, 8, 0, 1, include_index=True)
+  it = train_iterator(make_config(), d, 8, 0, 1, include_index=True)
   seen = {}
   for batch in take(it, 60):  # 480 draws of 200 records
     for r in range(8):
@@ -232,9 +241,9 @@ def test_two_epochs_draw_different_traces(plain):
 
 def test_same_seed_same_stream_other_seed_other_stream(plain):
   d, _, _ = plain
-  a = take(pipeline.train_iterator(make_config(), d, 8, 0, 1), 6)
-  b = take(pipeline.train_iterator(make_config(), d, 8, 0, 1), 6)
-  c = take(pipeline.train_iterator(make_config(seed=8), d, 8, 0, 1), 6)
+  a = take(train_iterator(make_config(), d, 8, 0, 1), 6)
+  b = take(train_iterator(make_config(), d, 8, 0, 1), 6)
+  c = take(train_iterator(make_config(seed=8), d, 8, 0, 1), 6)
   assert all(np.array_equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
   assert not all(np.array_equal(x["enc_ids"], y["enc_ids"]) for x, y in zip(a, c))
 
@@ -247,12 +256,12 @@ def same_batches(xs, ys):
 @pytest.mark.parametrize("advance", [6, 8])  # mid-pool and on a pool boundary (pool = 4)
 def test_restore_reproduces_the_next_batches(plain, advance):
   d, _, _ = plain
-  it = pipeline.train_iterator(make_config(), d, 8, 0, 1)
+  it = train_iterator(make_config(), d, 8, 0, 1)
   take(it, advance)
   state = json.loads(json.dumps(it.get_state()))  # JSON round trip, as in a checkpoint
   stats = it.stats.to_state()
   expected = take(it, 5)
-  it2 = pipeline.train_iterator(make_config(), d, 8, 0, 1)
+  it2 = train_iterator(make_config(), d, 8, 0, 1)
   it2.set_state(state)
   assert it2.stats.to_state() == stats
   assert same_batches(take(it2, 5), expected)
@@ -262,21 +271,21 @@ def test_restore_reproduces_the_next_batches(plain, advance):
 def test_orbax_checkpoint_with_workers(plain, tmp_path):
   d, _, _ = plain
   config = make_config(num_workers=2)
-  it = pipeline.train_iterator(config, d, 8, 0, 1)
+  it = train_iterator(config, d, 8, 0, 1)
   take(it, 5)
   mngr = ocp.CheckpointManager(str(tmp_path / "ckpt"))
   mngr.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
   mngr.wait_until_finished()
   expected = take(it, 5)
-  it2 = pipeline.train_iterator(config, d, 8, 0, 1)
+  it2 = train_iterator(config, d, 8, 0, 1)
   mngr.restore(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it2)))
   got = take(it2, 5)
   mngr.close()
   assert same_batches(got, expected)
   # The worker stream holds the same examples as the in-process one, in another order:
   # 24 batches = 6 pools in process = 3 pools per worker = the first 192 positions.
-  ref = pipeline.train_iterator(make_config(), d, 8, 0, 1, include_index=True)
-  wit = pipeline.train_iterator(config, d, 8, 0, 1, include_index=True)
+  ref = train_iterator(make_config(), d, 8, 0, 1, include_index=True)
+  wit = train_iterator(config, d, 8, 0, 1, include_index=True)
   assert sorted(np.concatenate([b["index"] for b in take(wit, 24)])) == \
       sorted(np.concatenate([b["index"] for b in take(ref, 24)]))
   for x in (it, it2, wit):
@@ -288,7 +297,7 @@ def test_processes_get_disjoint_shares_that_cover_the_split(plain):
   config = make_config(bucket_pool=5)
   shares = []
   for p in range(2):
-    it = pipeline.train_iterator(config, d, 10, p, 2, include_index=True)
+    it = train_iterator(config, d, 10, p, 2, include_index=True)
     # 2 pools of 5 batches of 10 = this process's 100 positions of epoch 0.
     shares.append(np.concatenate([b["index"] for b in take(it, 10)]))
   assert all(len(set(s)) == 100 for s in shares)
@@ -298,7 +307,7 @@ def test_processes_get_disjoint_shares_that_cover_the_split(plain):
 
 def test_overlong_examples_are_skipped_and_counted(overlong):
   d, train, kinds, _, _ = overlong
-  it = pipeline.train_iterator(make_config(), d, 8, 0, 1, include_index=True)
+  it = train_iterator(make_config(), d, 8, 0, 1, include_index=True)
   trace_levels = []
   for batch in take(it, 40):  # 10 whole pools: 320 rows, ~8 epochs of 41 records
     for r in range(8):
@@ -317,7 +326,7 @@ def test_overlong_examples_are_skipped_and_counted(overlong):
 
 def test_eval_batches_cover_the_test_split_once_in_order(overlong):
   d, _, _, test, test_kinds = overlong
-  ev = pipeline.eval_batches(make_config(), d, 8)
+  ev = eval_batches(make_config(), d, 8)
   assert ev.stats.overlong_prompt == 1 and ev.stats.overlong_decoder == 1
   kept = [r for r, k in zip(test, test_kinds) if k == "ok"]
   batches = list(ev)
@@ -342,17 +351,17 @@ def test_eval_batches_use_the_runs_own_format(plain, mode, level):
   """A Solution-Only run's eval loss is on plan-only rows, not on traces it never saw."""
   d, _, test = plain
   config = make_config(trace_mode=mode, fixed_level=level)
-  batches = list(pipeline.eval_batches(config, d, 8))
+  batches = list(eval_batches(config, d, 8))
   rows = [(b, r) for b in batches for r in range(8) if b["plan_mask"][r].any()]
   assert len(rows) == len(test)
   for (batch, r), rec in zip(rows, test):
     check_row(batch, r, rec, level)
-  assert same_batches(list(pipeline.eval_batches(config, d, 8)), batches)  # level 3: seeded
+  assert same_batches(list(eval_batches(config, d, 8)), batches)  # level 3: seeded
 
 
 def test_eval_batches_split_over_processes(plain):
   d, _, test = plain
-  per = [list(pipeline.eval_batches(make_config(), d, 4, p, 2)) for p in range(2)]
+  per = [list(eval_batches(make_config(), d, 4, p, 2)) for p in range(2)]
   assert len(per[0]) == len(per[1]) == 4  # 30 examples, global batch 8
   prompts = []
   for b0, b1 in zip(*per):
@@ -366,7 +375,7 @@ def test_eval_batches_split_over_processes(plain):
 
 def test_eval_records_in_order(plain):
   d, _, test = plain
-  got = pipeline.eval_records(make_config(), d)
+  got = dataset.open_dataset(d).records("test")
   assert len(got) == len(test)
   for g, t in zip(got, test):
     for k in ("prompt", "trace", "plan"):
@@ -376,57 +385,66 @@ def test_eval_records_in_order(plain):
 def test_buckets_respect_the_shape_budget(plain):
   d, _, _ = plain
   for nb in (1, 2, 3):
-    b = pipeline.design_buckets(make_config(num_buckets=nb), pipeline.open_dataset(d))
+    b = bucket_design.design_buckets(make_config(num_buckets=nb), dataset.open_dataset(d))
     assert len(b.enc) * len(b.dec) <= nb * nb
     assert b.enc[-1] <= 80 and b.dec[-1] <= 256
     assert all(w % 8 == 0 for w in b.enc[:-1] + b.dec[:-1])
     assert list(b.enc) == sorted(set(b.enc)) and list(b.dec) == sorted(set(b.dec))
 
 
-def test_pad_to():
-  batch = pipeline.pad_examples([pipeline.encode_example(
-      0, 0, np.array([5, 6]), np.array([]), np.array([7]), 16, 16)], 2, 8, 8)
-  wide = pipeline.pad_to(batch, 16, 24)
-  assert wide["enc_ids"].shape == (2, 16) and wide["plan_mask"].shape == (2, 24)
-  np.testing.assert_array_equal(wide["dec_ids"][:, :8], batch["dec_ids"])
-  assert wide["plan_mask"].sum() == batch["plan_mask"].sum() == 2
-  with pytest.raises(ValueError, match="wider than 4"):
-    pipeline.pad_to(batch, 4, 8)
+def test_processes_share_each_global_batch_and_its_widths(plain):
+  """Two processes' rows of a step are one process's global batch: same widths, same rows,
+  same stats, so no process needs another's batch shape."""
+  d, _, _ = plain
+  ds = dataset.open_dataset(d)
+  whole = train_stream.train_iterator(make_config(), ds, 8, 0, 1, include_index=True)
+  halves = [train_stream.train_iterator(make_config(), ds, 4, p, 2, include_index=True)
+            for p in range(2)]
+  for _ in range(10):
+    batch, parts = next(whole), [next(h) for h in halves]
+    assert whole.batch_tokens == halves[0].batch_tokens == halves[1].batch_tokens
+    for k in batch:
+      np.testing.assert_array_equal(np.concatenate([b[k] for b in parts]), batch[k])
+  assert whole.stats == halves[0].stats == halves[1].stats
+  assert whole.batch_tokens == int(batch["trace_mask"].sum() + batch["plan_mask"].sum())
 
 
 def test_missing_or_corrupt_datasets_fail_clearly(plain, tmp_path):
   with pytest.raises(records.DatasetError, match="meta.json missing"):
-    pipeline.train_iterator(make_config(), str(tmp_path / "nothing"), 8, 0, 1)
+    train_iterator(make_config(), str(tmp_path / "nothing"), 8, 0, 1)
   d, train, test = plain
   broken = str(tmp_path / "broken")
   write_dataset(broken, train[:40], test[:5])
   os.remove(records.shard_paths(broken, "train", 3)[1])
   with pytest.raises(records.DatasetError, match="missing dataset shard"):
-    pipeline.train_iterator(make_config(), broken, 8, 0, 1)
+    train_iterator(make_config(), broken, 8, 0, 1)
   meta = records.read_meta(broken)
   write_dataset(broken, train[:40], test[:5])
   records.write_meta(broken, {**meta, "counts": {"train": 41, "test": 5}})
   with pytest.raises(records.DatasetError, match="hold 40 records, meta.json says 41"):
-    pipeline.train_iterator(make_config(), broken, 8, 0, 1)
+    train_iterator(make_config(), broken, 8, 0, 1)
   records.write_meta(broken, {**meta, "status": "incomplete"})
   with pytest.raises(records.DatasetError, match="incomplete"):
-    pipeline.eval_batches(make_config(), broken, 8)
+    eval_batches(make_config(), broken, 8)
+  records.write_meta(broken, {k: v for k, v in meta.items() if k != "status"})
+  with pytest.raises(records.DatasetError, match="incomplete"):  # generation never finished
+    eval_batches(make_config(), broken, 8)
   records.write_meta(broken, meta)
   records.write_shard(records.shard_paths(broken, "test", 2)[0], [b"{not json"] * 3)
   with pytest.raises(records.DatasetError, match="corrupt dataset record"):
-    pipeline.eval_records(make_config(), broken)
+    dataset.open_dataset(broken).records("test")
   records.write_shard(records.shard_paths(broken, "train", 3)[0], [b"{not json"] * 14)
   with pytest.raises(records.DatasetError, match="corrupt dataset record"):
-    next(pipeline.train_iterator(make_config(), broken, 8, 0, 1))
+    next(train_iterator(make_config(), broken, 8, 0, 1))
 
 
 def test_bad_arguments_are_named(plain):
   d, _, _ = plain
   with pytest.raises(ValueError, match="batch_size=0"):
-    pipeline.train_iterator(make_config(), d, 0, 0, 1)
+    train_iterator(make_config(), d, 0, 0, 1)
   with pytest.raises(ValueError, match="process_index=2 / process_count=2"):
-    pipeline.train_iterator(make_config(), d, 8, 2, 2)
+    train_iterator(make_config(), d, 8, 2, 2)
   with pytest.raises(ValueError, match="examples in a row are too long"):
-    next(pipeline.train_iterator(make_config(max_prompt_len=12), d, 8, 0, 1))
+    next(train_iterator(make_config(max_prompt_len=12), d, 8, 0, 1))
   with pytest.raises(ValueError, match="level_probs"):
-    pipeline.train_iterator(make_config(level_probs=(0.5, 0.5, 0.5, 0.0, 0.0)), d, 8, 0, 1)
+    train_iterator(make_config(level_probs=(0.5, 0.5, 0.5, 0.0, 0.0)), d, 8, 0, 1)
