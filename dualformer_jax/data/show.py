@@ -20,6 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import records
@@ -41,6 +42,7 @@ def _needs_generate(data_dir: str) -> bool:
 
 def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> list[dict]:
   """The first `num` training examples of the pipeline, as string tokens."""
+  config_lib.validate(config)  # a public entry point: the pipeline itself does not validate
   if num < 1:
     raise ValueError(f"num={num!r} must be >= 1")
   data_dir = records.data_dir(workdir)

@@ -46,7 +46,7 @@ SIZES = {
     "l": (768, 9, 4),
     "xl-2": (1152, 16, 12),
 }
-BATCH_AXES = ("data", "fsdp")  # mesh axes that split the batch (model/sharding.py)
+from dualformer_jax.model.sharding import BATCH_AXES  # noqa: E402  (its one home)
 # Rematerialisation in the backward pass, per block: what the forward keeps.
 REMAT_POLICIES = {
     "none": None,  # no remat: every activation is kept
