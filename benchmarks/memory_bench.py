@@ -48,7 +48,7 @@ from dualformer_jax.data.vocab import Vocab  # noqa: E402
 from dualformer_jax.infer import sampler  # noqa: E402
 from dualformer_jax.model import attention as attn_lib  # noqa: E402
 from dualformer_jax.model import sharding as shd  # noqa: E402
-from dualformer_jax.model.transformer import ModelConfig  # noqa: E402
+from dualformer_jax.model.model_config import ModelConfig  # noqa: E402
 from dualformer_jax.tasks.base import make_task  # noqa: E402
 from dualformer_jax.train import step as step_lib  # noqa: E402
 

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dualformer_jax import config as config_lib  # noqa: E402
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, Vocab  # noqa: E402
 from dualformer_jax.infer import sampler  # noqa: E402
-from dualformer_jax.model.transformer import ModelConfig, Transformer  # noqa: E402
+from dualformer_jax.model.model_config import ModelConfig  # noqa: E402
+from dualformer_jax.model.transformer import Transformer  # noqa: E402
 from dualformer_jax.tasks.maze import MazeTask  # noqa: E402
 
 

@@ -67,7 +67,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from dualformer_jax import config as config_lib
   from dualformer_jax.model import sharding as shd
-  from dualformer_jax.model.transformer import ModelConfig
+  from dualformer_jax.model.model_config import ModelConfig
   from dualformer_jax.train import step as step_lib
 
   dtype, remat, mult, _ = VARIANTS[name]

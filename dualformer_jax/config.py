@@ -9,7 +9,7 @@ rest live where the value is used and are checked there, from raw arguments:
 level probabilities (data/dropping.check_level_probs, which validate() calls),
 mesh sizes (model/sharding.mesh_shape), grad accumulation
 (model/sharding.check_batch_size), model size, dtype, remat and attention
-(model/transformer.ModelConfig), the learning-rate schedule
+(model/model_config.ModelConfig), the learning-rate schedule
 (train/schedule.warmup_cosine). Those fail when the run builds its mesh, model
 and step, before the first step.
 

@@ -36,7 +36,8 @@ import numpy as np
 from flax import nnx
 
 from dualformer_jax.model import attention as attn_lib
-from dualformer_jax.model.transformer import REMAT_POLICIES, constrain_batch
+from dualformer_jax.model.model_config import REMAT_POLICIES
+from dualformer_jax.model.transformer import constrain_batch
 
 DTYPES = ("float32", "bfloat16")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
@@ -82,7 +83,7 @@ class LMConfig:
   dtype: str = "float32"  # compute
   param_dtype: str = "float32"  # storage
   attention: str = "auto"  # attention.IMPLEMENTATIONS
-  remat: str = "none"  # transformer.REMAT_POLICIES key
+  remat: str = "none"  # model_config.REMAT_POLICIES key
   bos_id: int | None = 1
   eos_id: int | tuple[int, ...] | None = 2  # a list is converted
   pad_id: int | None = None

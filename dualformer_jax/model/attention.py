@@ -196,7 +196,7 @@ def _heads_first(x_BxTxHxK: jax.Array, length: int) -> jax.Array:
 
 
 def _blockwise(q, k, v, kv_valid, causal, window, *, block):
-  (b, t, h, d), s = q.shape, k.shape[1]
+  (b, t, h, _), s = q.shape, k.shape[1]
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)
   bq, bk = min(block, t), min(block, s)
   tp, sp = -(-t // bq) * bq, -(-s // bk) * bk

@@ -23,7 +23,8 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dualformer_jax.model import sharding as shd
-from dualformer_jax.model.transformer import ModelConfig, Transformer
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.model.transformer import Transformer
 from dualformer_jax.train.schedule import make_schedule
 
 REQUIRED_KEYS = ("enc_ids", "dec_ids", "targets", "trace_mask", "plan_mask")

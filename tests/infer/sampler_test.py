@@ -10,7 +10,8 @@ from flax import nnx
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID
 from dualformer_jax.infer import sampler
 from dualformer_jax.model import sharding
-from dualformer_jax.model.transformer import ModelConfig, Transformer
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.model.transformer import Transformer
 
 V = 24
 CFG = ModelConfig(dim=32, layers=2, heads=2, vocab_size=V)

@@ -8,7 +8,8 @@ from flax import nnx
 from jax.sharding import AxisType, PartitionSpec as P
 
 from dualformer_jax.model import sharding as shd
-from dualformer_jax.model.transformer import ModelConfig, Transformer
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.model.transformer import Transformer
 
 
 def _mesh_cfg(data=-1, fsdp=1, tensor=1):
