@@ -15,11 +15,9 @@ other values is refused. A state with NaN/Inf is never saved.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import time
 from typing import Any, Callable
 
@@ -31,7 +29,6 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-from dualformer_jax import io_utils
 from dualformer_jax.lm import checkpoint as lm_checkpoint
 from dualformer_jax.lm import evaluate as eval_lib
 from dualformer_jax.lm import hf_checkpoint
@@ -43,6 +40,7 @@ from dualformer_jax.model import sharding as shd
 from dualformer_jax.train.logger import MetricLogger
 from dualformer_jax.train.schedule import make_schedule
 from dualformer_jax.train.step import TrainState, make_optimizer
+from dualformer_jax.train.stop_flag import StopFlag
 
 BATCH_KEYS = ("ids", "loss_mask", "valid")
 
@@ -228,30 +226,6 @@ def _init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
   return graphdef, make, abstract
 
 
-@contextlib.contextmanager
-def _stop_on_signal():
-  """SIGINT/SIGTERM set a flag the loop reads between steps (a second one stops at once):
-  a signal inside a step would leave the donated state half-consumed."""
-  flag, old = {"signum": 0}, {}
-
-  def handle(signum, frame):
-    if flag["signum"]:
-      raise KeyboardInterrupt
-    flag["signum"] = signum
-    tqdm.write(f"signal {signum}: saving a checkpoint, then stopping")
-
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    try:
-      old[sig] = signal.signal(sig, handle)
-    except ValueError:  # not the main thread: no handler
-      pass
-  try:
-    yield flag
-  finally:
-    for sig, h in old.items():
-      signal.signal(sig, h)
-
-
 def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, lm_cfg: Any,
           init_params: Callable[[], Any] | None = None, num_steps: int | None = None
           ) -> tuple[nnx.GraphDef, TrainState, int]:
@@ -277,7 +251,7 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
              unit="step", disable=None, mininterval=2)
   pending, t0 = None, time.perf_counter()
   try:
-    with _stop_on_signal() as stop:
+    with StopFlag().installed() as stop:
       for step in range(start + 1, num_steps + 1):
         batch = shd.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS}, mesh)
         state, metrics = step_fn(state, batch)
@@ -287,9 +261,9 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
         if step % c.train.log_every == 0 or step == num_steps:
           pending = (step, metrics)
         bar.update(1)
-        if step % c.train.checkpoint_every == 0 or step == num_steps or stop["signum"]:
+        if step % c.train.checkpoint_every == 0 or step == num_steps or stop.signum:
           ckpt.save(step, state)
-        if stop["signum"]:
+        if stop.signum:
           break
       if pending is not None:
         _log(*pending, logger, bar, t0)
@@ -297,7 +271,7 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
     bar.close()
     ckpt.close()
     logger.close()
-  return graphdef, state, stop["signum"]
+  return graphdef, state, stop.signum
 
 
 def _log(step: int, metrics: dict, logger: MetricLogger, bar, t0: float) -> None:

@@ -43,6 +43,7 @@ from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer
 from dualformer_jax.train.logger import MetricLogger, plot_loss
+from dualformer_jax.train.stop_flag import StopFlag
 
 
 @dataclasses.dataclass
@@ -51,34 +52,6 @@ class TrainResult:
   interrupted: bool  # stopped by a signal (a checkpoint was saved)
   signal_number: int = 0
   final_metrics: dict | None = None
-
-
-class _StopFlag:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.signum = 0
-
-  @contextlib.contextmanager
-  def installed(self):
-    handlers = {}
-
-    def handle(signum, frame):
-      if self.signum:  # a second signal: stop at once
-        raise KeyboardInterrupt
-      self.signum = signum
-      tqdm.write(f"signal {signum}: saving a checkpoint, then stopping")
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        handlers[sig] = signal.signal(sig, handle)
-      except ValueError:  # not the main thread (e.g. some notebooks): no handler
-        pass
-    try:
-      yield self
-    finally:
-      for sig, h in handlers.items():
-        signal.signal(sig, h)
 
 
 def _say(message: str) -> None:
@@ -180,7 +153,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   train_step = step_lib.make_train_step(graphdef, config, mesh, state_shardings)
   eval_step = step_lib.make_eval_step(graphdef, config, mesh, state_shardings)
   logger = MetricLogger(workdir, resume_step=start)
-  stop = _StopFlag()
+  stop = StopFlag()
   result = TrainResult(step=start, interrupted=False)
   num_steps = config.train.num_steps
   pending = None  # (step, device metrics) of a log step, read one step later

@@ -2,7 +2,6 @@
 checkpoint with its tokenizer.json), resume, refusals, and the per-sequence loss."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
