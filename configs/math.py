@@ -61,17 +61,17 @@ def get_config(preset: str = "default"):
   c.mesh.tensor = 1
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1500
+  c.train.num_steps = 800  # p = 0 reaches token accuracy 1.0 by step 500 on 2 cores
   c.train.batch_size = 64
   c.train.learning_rate = 2e-3  # peak
-  c.train.warmup_steps = 100
+  c.train.warmup_steps = 50
   c.train.final_lr_frac = 0.1
   c.train.weight_decay = 0.1
   c.train.b1 = 0.9
   c.train.b2 = 0.99
   c.train.grad_clip = 1.0
   c.train.log_every = 100
-  c.train.checkpoint_every = 500
+  c.train.checkpoint_every = 400
   c.train.keep_checkpoints = 2
 
   c.eval = ml_collections.ConfigDict()
