@@ -97,15 +97,18 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
   assert data.tok.pad_id == data.tok.eos_id == 2 and len(data.train) == 64
   lm_cfg, init_params = lm_train.model_source(c, data.tok)
   assert lm_cfg.num_layers == 2 and lm_cfg.vocab_size == cfg.vocab_size
-  graphdef, state, _ = lm_train.train(c, str(tmp_path / "run"), 0.3, data, lm_cfg, init_params)
+  graphdef, state, _ = lm_train.train(c, str(tmp_path / "run" / "p0.3"), 0.3, data, lm_cfg,
+                                      init_params)
   assert int(state.step) == 4
   # A learning rate of 1e-9 leaves the loaded weights (not a fresh init) in place.
   want = nnx.state(base, nnx.Param)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(state.params)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
   assert state.params["layers"]["wq"][...].sharding.spec != jax.sharding.PartitionSpec()
-  results = lm_train.run(c, str(tmp_path / "run_all"))
+  # The run finds the trained checkpoint (no more steps) and evaluates it.
+  results = lm_train.run(c, str(tmp_path / "run"))
   assert results["p=0.3"]["slow"]["problems"] == 4
+  assert [r["step"] for r in read_metrics(str(tmp_path / "run" / "p0.3"))] == [4]
 
 
 def test_config_errors_name_the_field(tmp_path):
