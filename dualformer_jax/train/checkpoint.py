@@ -186,10 +186,9 @@ class Checkpointer:
     except Exception as e:
       raise CorruptCheckpoint(f"cannot restore checkpoint {step} from {self.directory} "
                               f"({_one_line(e)})") from None
+    # The checksum first: it names the cause (files changed after they were written),
+    # and damaged bytes may or may not decode to NaN/Inf.
     checksums, bad = integrity.digest(state)
-    if bad:
-      raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} holds NaN/Inf values "
-                              f"({len(bad)} arrays, e.g. {bad[0]})")
     recorded = self.read_meta(step).get("checksums")
     if recorded is not None:  # older checkpoints have none
       wrong = integrity.mismatches(recorded, checksums)
@@ -197,6 +196,9 @@ class Checkpointer:
         raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} fails its checksum in "
                                 f"{len(wrong)} arrays (e.g. {wrong[0]}): its files changed "
                                 "after they were written")
+    if bad:
+      raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} holds NaN/Inf values "
+                              f"({len(bad)} arrays, e.g. {bad[0]})")
     return state
 
   def newest_good(self, restore_step: Callable[[int], T], say: Callable[[str], None],

@@ -173,9 +173,9 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, trained):
 def flip_a_byte(workdir, step):
   """Changes one byte in the middle of the largest array file of checkpoint `step`.
 
-  Only its lowest bit: a mantissa bit, or an exponent bit that keeps a weight
-  finite, so the checksum (not the NaN/Inf check) is what must catch it,
-  whatever the trained bytes are.
+  Only its lowest bit. The stored bytes may be compressed, so the damage may
+  decode to anything (NaN/Inf included); the checksum, checked first, must
+  name it whatever the trained bytes are.
   """
   files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "**", "d", "*"),
                     recursive=True)
