@@ -1,5 +1,7 @@
 """Train / eval steps: overfitting, sharded == single device, grad accumulation, metrics."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,13 +227,17 @@ def test_sequence_norm_gradient_is_the_mean_of_per_example_means(single):
   full = _batch(3)
   order = np.argsort(full["trace_mask"].sum(1))  # short traces together, long together
 
+  @functools.partial(jax.jit, static_argnames="loss_norm")
+  def grad(params, part, loss_norm):
+    m = part["trace_mask"] + part["plan_mask"]
+    return jax.grad(lambda p: step_lib.objective(
+        graphdef, p, part, loss_norm, step_lib.loss_denominator(m, loss_norm))[0])(params)
+
   def grad_sum(split_rows, loss_norm):
     total = None
     for rows in split_rows:
-      part = {k: jnp.asarray(v[rows]) for k, v in full.items() if k != "level"}
-      m = part["trace_mask"] + part["plan_mask"]
-      g = jax.grad(lambda p: step_lib.objective(
-          graphdef, p, part, loss_norm, step_lib.loss_denominator(m, loss_norm))[0])(params)
+      g = grad(params, {k: jnp.asarray(v[rows]) for k, v in full.items() if k != "level"},
+               loss_norm)
       total = g if total is None else jax.tree.map(jnp.add, total, g)
     return total
 
@@ -243,8 +249,9 @@ def test_sequence_norm_gradient_is_the_mean_of_per_example_means(single):
              for x, y in zip(jax.tree.leaves(token_a), jax.tree.leaves(token_b))) > 1e-4
   # And the value: the mean over examples of each example's mean cross-entropy.
   m = full["trace_mask"] + full["plan_mask"]
-  value, _ = step_lib.objective(graphdef, params, {k: jnp.asarray(v) for k, v in full.items()},
-                                "sequence", step_lib.loss_denominator(jnp.asarray(m), "sequence"))
+  value, _ = jax.jit(lambda p, b, d: step_lib.objective(graphdef, p, b, "sequence", d))(
+      params, {k: jnp.asarray(v) for k, v in full.items() if k != "level"},
+      step_lib.loss_denominator(jnp.asarray(m), "sequence"))
   logits = jax.jit(lambda p: nnx.merge(graphdef, p)(full["enc_ids"], full["dec_ids"]))(params)
   ce = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
   ce = -np.take_along_axis(ce, full["targets"][..., None], -1)[..., 0]
