@@ -91,9 +91,9 @@ def _score(tok: md.Tokenizer, samples: sampler_lib.Samples, prompt_lens: np.ndar
 
 def _run_mode(graphdef: nnx.GraphDef, params: Any, tok: md.Tokenizer,
               examples: Sequence[md.MathExample], eval_cfg: Any, max_len: int, key: jax.Array,
-              *, num_samples: int, top_k: int, desc: str) -> dict[str, np.ndarray]:
+              *, mode: str, num_samples: int, top_k: int) -> dict[str, np.ndarray]:
   """Samples num_samples responses per problem; per-row results, [problems, num_samples]."""
-  mode = desc.split()[0]
+  desc = f"{mode} {'greedy' if top_k == 1 else 'sampled'}"
   prefixes, prompt_lens = _prefixes(tok, examples, mode)
   width = max(len(p) for p in prefixes)  # one width for every batch: one compilation
   if width >= max_len:
@@ -140,11 +140,10 @@ def evaluate_model(graphdef: nnx.GraphDef, params: Any, tok: md.Tokenizer,
   results = {}
   for m, mode in enumerate(parse_modes(eval_cfg.modes)):
     greedy = _run_mode(graphdef, params, tok, examples, eval_cfg, max_len,
-                       jax.random.fold_in(key, 2 * m), num_samples=1, top_k=1,
-                       desc=f"{mode} greedy")
+                       jax.random.fold_in(key, 2 * m), mode=mode, num_samples=1, top_k=1)
     sampled = _run_mode(graphdef, params, tok, examples, eval_cfg, max_len,
-                        jax.random.fold_in(key, 2 * m + 1), num_samples=n,
-                        top_k=int(eval_cfg.top_k), desc=f"{mode} sampled")
+                        jax.random.fold_in(key, 2 * m + 1), mode=mode, num_samples=n,
+                        top_k=int(eval_cfg.top_k))
     c = sampled["correct"].sum(axis=1)
     res = {"problems": len(examples), "greedy_at_1": float(greedy["correct"].mean())}
     for k in ks:
