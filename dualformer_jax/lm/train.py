@@ -122,9 +122,8 @@ def load_data(c: ml_collections.ConfigDict) -> MathData:
     train, test = md.read_jsonl(c.data.train_file), md.read_jsonl(c.data.test_file)
     tok = lm_tokenizer.Tokenizer(c.lm.checkpoint)
   kept, skipped = md.tokenize_all(tok, train, c.data.max_len)
-  test_tok, _ = md.tokenize_all(tok, test, c.data.max_len)
-  fits = {t.prompt_P.tobytes() for t in test_tok}
-  test = [e for e in test if md.prompt_ids(tok, e.problem).tobytes() in fits]
+  # Test problems whose complete reference solution fits, as for training.
+  test = [e for e in test if md.tokenize(tok, e).full_len <= c.data.max_len]
   return MathData(tok, kept, test[:c.eval.num_problems], skipped)
 
 
