@@ -7,7 +7,7 @@ from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
 from dualformer_jax.experiments import compare
 
-PRESETS = ([(maze_configs, p) for p in ("default", "compare", "paper_15", "paper_20",
+PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "paper_15", "paper_20",
                                         "paper_25", "paper_30")]
            + [(sokoban_configs, p) for p in ("default", "paper")])
 
