@@ -88,5 +88,6 @@ def get_config(preset: str = "default"):
     c.eval.num_tasks = 1000
     c.eval.prompts_per_batch = 16
   else:
-    raise ValueError(f"unknown maze preset {preset!r}: use default, long, compare or paper_15/20/25/30")
+    raise ValueError(
+        f"unknown maze preset {preset!r}: use default, long, compare or paper_15/20/25/30")
   return c
