@@ -17,8 +17,7 @@ def get_config(preset: str = "default"):
   preset = preset or "default"
   if preset == "default":
     # 6x6 with one box anywhere inside and 4 interior walls: traces average ~245 tokens
-    # (p90 ~510); with 2 walls they average ~470 (7x7 two-box: ~12k). About 18 minutes
-    # on a 2-core CPU; more than half of 50 test levels solved in fast and slow mode.
+    # (p90 ~510); with 2 walls they average ~470 (7x7 two-box: ~12k).
     c.task.size = 6
     c.task.num_boxes = 1
     c.task.num_docks = 1
