@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.num_train = 2000
   c.data.num_test = 200
+  # Held-out tasks of the training distribution (layouts in neither train nor test): the
+  # trainer measures their loss at every checkpoint and keeps the best checkpoint; 0 = none.
+  c.data.num_valid = 0
+  c.data.train_tasks = 0  # train on the first N tasks of the train split only; 0 = all of them
   c.data.seed = 1234  # generation and pipeline shuffling
   c.data.num_shards = 4  # ArrayRecord shards per split
   c.data.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
@@ -158,6 +162,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("data.create_drop_rate", c.data.create_drop_rate, "must be in [0, 1]")
   if c.data.fixed_level not in range(5):
     _fail("data.fixed_level", c.data.fixed_level, "must be 0..4")
+  if c.data.num_valid < 0:
+    _fail("data.num_valid", c.data.num_valid, "must be >= 0 (0: no validation split)")
+  if not 0 <= c.data.train_tasks <= c.data.num_train:
+    _fail("data.train_tasks", c.data.train_tasks,
+          f"must be in [0, data.num_train={c.data.num_train}] (0: every train task)")
   if c.data.num_buckets < 1:
     _fail("data.num_buckets", c.data.num_buckets, "must be >= 1")
   for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",

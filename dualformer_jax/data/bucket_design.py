@@ -42,7 +42,7 @@ def design_buckets(config: ml_collections.ConfigDict, ds: StoredDataset) -> buck
   enc_len, dec_len, dec_w = np.array(enc_len), np.array(dec_len), np.array(dec_w)
   enc_top, dec_top = d.max_prompt_len, d.max_decoder_len
   if "lengths" in ds.meta:  # exact maxima over both splits: a tighter largest bucket
-    lens = [ds.meta["lengths"][s] for s in records.SPLITS]
+    lens = [ds.meta["lengths"][s] for s in records.ALL_SPLITS if s in ds.meta["lengths"]]
     longest_prompt = max(x["prompt"]["max"] for x in lens) + 2
     longest_row = max(x["trace"]["max"] + x["plan"]["max"] for x in lens) + 1
     enc_top = min(enc_top, buckets_lib.align(longest_prompt))

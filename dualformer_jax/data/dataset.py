@@ -4,6 +4,9 @@ Open it once per run (open_dataset) and hand the StoredDataset to the bucket
 design, the train stream and the eval batches. `check_complete` is the one rule
 for "is this dataset finished?": generation writes status=incomplete first and
 status=complete last, so a missing status is a dataset this code did not finish.
+A run may train on the first `train_tasks` tasks of the train split only (the
+nested subsets of a data-efficiency sweep share one dataset, hence one valid
+and one test split).
 """
 
 from __future__ import annotations
@@ -28,6 +31,21 @@ def check_complete(meta: dict, directory: str) -> None:
                                f"{meta.get('status')!r}); run --mode=generate to finish it")
 
 
+class _First:
+  """The first n records of a random-access source (grain reads it like the source)."""
+
+  def __init__(self, source, n: int):
+    self._source, self._n = source, n
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int):
+    if not 0 <= index < self._n:
+      raise IndexError(f"record {index} of a {self._n}-record subset")
+    return self._source[index]
+
+
 @dataclasses.dataclass
 class StoredDataset:
   """meta.json, checked, plus what the pipelines derive from it."""
@@ -35,8 +53,16 @@ class StoredDataset:
   meta: dict
   vocab: Vocab
   grammar: dropping.TraceGrammar
+  train_tasks: int = 0  # > 0: the train split is its first train_tasks tasks
+
+  def has_split(self, split: str) -> bool:
+    return isinstance(self.meta["counts"].get(split), int) and split in self.meta["num_shards"]
 
   def paths(self, split: str) -> list[str]:
+    if not self.has_split(split):
+      raise records.DatasetError(
+          f"the dataset in {self.directory} has no {split} split"
+          + (" (generate it with data.num_valid > 0)" if split == records.VALID else ""))
     return records.shard_paths(self.directory, split, self.meta["num_shards"][split])
 
   def source(self, split: str):
@@ -45,6 +71,8 @@ class StoredDataset:
     if len(src) != self.meta["counts"][split]:
       raise records.DatasetError(f"{self.directory}: {split} shards hold {len(src)} records, "
                                  f"meta.json says {self.meta['counts'][split]}")
+    if split == "train" and self.train_tasks:
+      return _First(src, self.train_tasks)
     return src
 
   def records(self, split: str) -> list[dict[str, np.ndarray]]:
@@ -53,8 +81,11 @@ class StoredDataset:
     return [records.decode_record(src[i]) for i in range(len(src))]
 
 
-def open_dataset(data_dir: str) -> StoredDataset:
-  """Reads and checks meta.json; DatasetError names what is missing or wrong."""
+def open_dataset(data_dir: str, train_tasks: int = 0) -> StoredDataset:
+  """Reads and checks meta.json; DatasetError names what is missing or wrong.
+
+  train_tasks > 0 keeps the first train_tasks tasks of the train split (config.data.train_tasks).
+  """
   meta = records.read_meta(data_dir)
   check_complete(meta, data_dir)
   for key in ("vocab", "num_shards", "counts"):
@@ -70,4 +101,7 @@ def open_dataset(data_dir: str) -> StoredDataset:
     grammar = dropping.TraceGrammar.from_vocab(vocab)
   except (ValueError, KeyError) as e:
     raise records.DatasetError(f"{data_dir}/{records.META}: bad vocabulary ({e})") from None
-  return StoredDataset(data_dir, meta, vocab, grammar)
+  if not 0 <= train_tasks <= meta["counts"]["train"]:
+    raise records.DatasetError(f"data.train_tasks={train_tasks}: the dataset in {data_dir} has "
+                               f"{meta['counts']['train']} train tasks")
+  return StoredDataset(data_dir, meta, vocab, grammar, train_tasks)

@@ -1,4 +1,5 @@
-"""The test split as padded batches in the run's own target format (for the eval loss)."""
+"""A held-out split (test, or valid) as padded batches in the run's own target format (for the
+eval loss, and the validation loss that selects a checkpoint)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dualformer_jax.data.train_stream import process_share
 
 
 class EvalBatches:
-  """The test split once, in order, no shuffle, in the run's own target format.
+  """A split (`split`: test by default) once, in order, no shuffle, in the run's own format.
 
   Complete traces (level 0) for dualformer and complete runs, the empty trace
   for solution_only, `data.fixed_level` for fixed_level (level 3's drops are
@@ -34,7 +35,7 @@ class EvalBatches:
 
   def __init__(self, config: ml_collections.ConfigDict, ds: StoredDataset, batch_size: int,
                process_index: int | None = None, process_count: int | None = None, *,
-               buckets: buckets_lib.Buckets | None = None):
+               buckets: buckets_lib.Buckets | None = None, split: str = "test"):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     self._p, self._n = process_share(process_index, process_count)
@@ -44,7 +45,7 @@ class EvalBatches:
     self._examples, self.stats = [], PipelineStats()
     level = dropping.eval_level(d.trace_mode, d.fixed_level)
     rng = np.random.default_rng([d.seed, level])  # level 3 only
-    for i, rec in enumerate(ds.records("test")):
+    for i, rec in enumerate(ds.records(split)):
       trace = dropping.drop_trace(rec["trace"], level, ds.grammar, rng, d.create_drop_rate)
       ex = examples.encode_example(i, -1, rec["prompt"], trace, rec["plan"],
                                    d.max_prompt_len, d.max_decoder_len)

@@ -5,6 +5,9 @@ on the config (seed, shard count), never on how many processes ran it. A
 layout (maze walls / Sokoban level) is owned by exactly one (split, shard),
 decided by a content hash (hashlib, not the salted builtin hash): splits never
 share a layout and shards never share a task, without any coordination.
+Splits: train, test, and valid when data.num_valid > 0 (held-out layouts of the
+training distribution, for model selection); with num_valid = 0 the train and
+test splits are those of a dataset generated before valid existed.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ _MAX_BARREN_DRAWS = 200_000
 
 def generator_fingerprint(config: ml_collections.ConfigDict) -> dict:
   """Everything that determines the dataset's content: a dataset is reused only if this matches."""
-  return {
+  fingerprint = {
       "task": config.task.to_dict(),
       "num_train": config.data.num_train,
       "num_test": config.data.num_test,
@@ -46,17 +49,34 @@ def generator_fingerprint(config: ml_collections.ConfigDict) -> dict:
       "num_shards": config.data.num_shards,
       "astar": config.data.astar,
   }
+  if config.data.num_valid:  # absent when 0: datasets made before valid existed still match
+    fingerprint["num_valid"] = config.data.num_valid
+  return fingerprint
+
+
+def split_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """Tasks per split: train, test, and valid when data.num_valid > 0."""
+  counts = {"train": config.data.num_train, "test": config.data.num_test}
+  if config.data.num_valid:
+    counts[records.VALID] = config.data.num_valid
+  return counts
 
 
 def split_shards(config: ml_collections.ConfigDict) -> dict[str, int]:
-  counts = {"train": config.data.num_train, "test": config.data.num_test}
-  return {s: min(config.data.num_shards, n) for s, n in counts.items()}
+  return {s: min(config.data.num_shards, n) for s, n in split_counts(config).items()}
 
 
-def _owner(layout_key: str, test_frac: float, shards: dict[str, int]) -> tuple[str, int]:
-  """(split, shard) that owns a layout, from a content hash."""
+def _owner(layout_key: str, fracs: dict[str, float], shards: dict[str, int]) -> tuple[str, int]:
+  """(split, shard) that owns a layout, from a content hash: the first buckets go to test,
+  the next to valid, the rest to train (so valid = 0 leaves the old train/test owners)."""
   h = int.from_bytes(hashlib.sha256(layout_key.encode()).digest()[:8], "little")
-  split = "test" if (h % _HASH_BUCKETS) < test_frac * _HASH_BUCKETS else "train"
+  bucket = h % _HASH_BUCKETS
+  if bucket < fracs["test"] * _HASH_BUCKETS:
+    split = "test"
+  elif bucket < (fracs["test"] + fracs.get(records.VALID, 0.0)) * _HASH_BUCKETS:
+    split = records.VALID
+  else:
+    split = "train"
   return split, (h // _HASH_BUCKETS) % shards[split]
 
 
@@ -91,15 +111,15 @@ def _make_shard(job: dict) -> tuple[str, int]:
   vocab = Vocab(task.vocabulary())
   split, index, quota = job["split"], job["index"], job["quota"]
   shards = split_shards(config)
-  total = config.data.num_train + config.data.num_test
-  test_frac = config.data.num_test / total
-  rng = np.random.default_rng([config.data.seed, ("train", "test").index(split), index])
+  counts = split_counts(config)
+  fracs = {s: n / sum(counts.values()) for s, n in counts.items() if s != "train"}
+  rng = np.random.default_rng([config.data.seed, records.ALL_SPLITS.index(split), index])
   nondeterministic = config.data.astar == "nondeterministic"
   seen: set[str] = set()
   out: list[bytes] = []
 
   def owned(layout_key: str) -> bool:
-    return _owner(layout_key, test_frac, shards) == (split, index)
+    return _owner(layout_key, fracs, shards) == (split, index)
 
   barren = 0
   while len(out) < quota:
@@ -108,7 +128,7 @@ def _make_shard(job: dict) -> tuple[str, int]:
       raise records.DatasetError(
           f"{split} shard {index}: found only {len(out)} of {quota} distinct tasks after "
           f"{_MAX_BARREN_DRAWS} draws without a new one; the task space of this config is too "
-          "small for data.num_train/num_test")
+          "small for data.num_train/num_test/num_valid")
     group = task.sample_group(rng, keep=owned)
     for spec in group:
       sid = _spec_id(task, spec)
@@ -129,7 +149,8 @@ def _make_shard(job: dict) -> tuple[str, int]:
   return split, len(out)
 
 
-def _length_stats(paths: list[str]) -> dict:
+def length_stats(paths: list[str]) -> dict:
+  """min / mean / max / percentiles of prompt, trace and plan lengths over some shards."""
   lens = {"prompt": [], "trace": [], "plan": []}
   source = records.read_shards(paths)
   for i in range(len(source)):
@@ -200,7 +221,7 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
   # Claim the directory first, so a second run with another config is refused.
   records.write_meta(directory, {"generator": fingerprint, "status": "incomplete",
                                  "vocab": vocab.to_list(), "num_shards": shards})
-  counts = {"train": config.data.num_train, "test": config.data.num_test}
+  counts = split_counts(config)
   jobs, done = [], 0
   for split, n in counts.items():
     for i, path in enumerate(records.shard_paths(directory, split, shards[split])):
@@ -223,7 +244,7 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
           initargs=(os.getpid(),)) as pool:
         for fut in concurrent.futures.as_completed([pool.submit(_make_shard, j) for j in jobs]):
           bar.update(fut.result()[1])
-  lengths = {s: _length_stats(records.shard_paths(directory, s, shards[s])) for s in counts}
+  lengths = {s: length_stats(records.shard_paths(directory, s, shards[s])) for s in counts}
   meta = {"generator": fingerprint, "status": "complete", "vocab": vocab.to_list(),
           "num_shards": shards, "counts": counts, "lengths": lengths}
   records.write_meta(directory, meta)

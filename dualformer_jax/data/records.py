@@ -4,6 +4,7 @@ Layout under `<workdir>/data/`:
   meta.json                               generator config, seed, counts, vocabulary, lengths
   train-00000-of-00004.arrayrecord ...    one JSON record per task
   test-00000-of-00001.arrayrecord ...
+  valid-00000-of-00001.arrayrecord ...    only when generated with data.num_valid > 0
 A shard is written to a temporary name and renamed when complete, so a shard
 file that exists is whole and an interrupted one is simply redone.
 """
@@ -18,7 +19,9 @@ import numpy as np
 
 from dualformer_jax import io_utils
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # every dataset has these
+VALID = "valid"  # optional: held-out tasks of the training distribution, for model selection
+ALL_SPLITS = (*SPLITS, VALID)  # the order also fixes each split's generation seed
 META = "meta.json"
 
 

@@ -55,6 +55,20 @@ def test_counts_meta_split_and_no_duplicates(tmp_path):
   assert meta["lengths"]["train"]["trace"]["max"] >= meta["lengths"]["train"]["trace"]["mean"]
 
 
+def test_a_valid_split_takes_layouts_of_neither_other_split(tmp_path):
+  """num_valid > 0 adds held-out layouts; num_valid = 0 keeps the old fingerprint and shards."""
+  c = small_maze_config(num_valid=10)
+  meta = generate.generate(c, str(tmp_path / "v"), workers=1)
+  assert meta["counts"] == {"train": 40, "test": 12, "valid": 10} and "valid" in meta["lengths"]
+  vocab, task = Vocab.from_list(meta["vocab"]), make_task(c.task)
+  layouts = {s: {task.layout_key(task.spec_from_prompt(vocab.decode(r["prompt"])))
+                 for r in read_split(str(tmp_path / "v"), s, meta)} for s in meta["counts"]}
+  assert layouts["valid"] and not layouts["valid"] & (layouts["train"] | layouts["test"])
+  assert not layouts["train"] & layouts["test"]
+  assert "num_valid" not in generate.generator_fingerprint(small_maze_config())
+  assert generate.generator_fingerprint(c)["num_valid"] == 10
+
+
 def test_deterministic_whatever_the_worker_count(tmp_path):
   c = small_maze_config()
   generate.generate(c, str(tmp_path / "a"), workers=1)
