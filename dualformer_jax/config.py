@@ -109,7 +109,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 500
   c.train.eval_batches = 4  # test-split batches per eval-loss measurement
   c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 2
+  c.train.keep_checkpoints = 2  # the latest K; the best-validation one is kept besides
+  # Fine-tuning: a run directory whose checkpoint gives the initial params (the optimizer
+  # and schedule start afresh); "" = a fresh init. init_step: its step, -1 = its latest.
+  c.train.init_from = ""
+  c.train.init_step = -1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
@@ -173,6 +177,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
                 "keep_checkpoints"):
     if c.train[field] < 1:
       _fail(f"train.{field}", c.train[field], "must be >= 1")
+  if c.train.init_step < -1:
+    _fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
   if c.train.loss_norm not in LOSS_NORMS:
     _fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
   modes = eval_modes(c)

@@ -10,14 +10,21 @@ Integrity: a state with NaN/Inf values is never saved (FloatingPointError), and
 each checkpoint records a checksum per array (train/integrity.py). Restore
 verifies both, so a damaged step (unreadable, changed bytes, non-finite) raises
 CorruptCheckpoint, and `newest_good` falls back to the previous step, saying so.
+
+Model selection: a step saved with a validation loss (the trainer's, on the
+valid split) is a candidate; the one with the lowest loss is kept besides the
+latest `train.keep_checkpoints` (orbax asks `_KeepLatestAndBest`), and
+`best_step` names it, so a run is scored at its best, not at its last step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import grain
 import jax
@@ -69,6 +76,19 @@ def stream_view(config: ml_collections.ConfigDict) -> dict:
   return view
 
 
+@dataclasses.dataclass
+class _KeepLatestAndBest:
+  """orbax preservation policy: the `latest` newest steps, and the step `best()` names."""
+  latest: int
+  best: Callable[[], int | None]
+
+  def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+    del context
+    newest = set(sorted(c.step for c in checkpoints)[-self.latest:])
+    best = self.best()
+    return [c.step in newest or c.step == best for c in checkpoints]
+
+
 def _json_roundtrip(x: Any) -> Any:
   return json.loads(json.dumps(x))
 
@@ -81,7 +101,7 @@ def _one_line(e: BaseException) -> str:
 
 
 class Checkpointer:
-  """CheckpointManager over `<workdir>/checkpoints`, async, keeping the last K."""
+  """CheckpointManager over `<workdir>/checkpoints`, async, keeping the last K and the best."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, vocab: list[str]):
     self.workdir = os.path.abspath(workdir)
@@ -89,9 +109,27 @@ class Checkpointer:
     self.compat = _json_roundtrip(compat_view(config, vocab))
     self.stream = _json_roundtrip(stream_view(config))
     self.config = config
+    self._best: tuple[float, int] | None = None  # (validation loss, step)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=config.train.keep_checkpoints, enable_async_checkpointing=True, create=True)
+        preservation_policy=_KeepLatestAndBest(config.train.keep_checkpoints, self.best_step),
+        enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._find_best()
+
+  def _find_best(self) -> None:
+    """The lowest validation loss among the saved steps (unreadable steps are skipped)."""
+    self._best = None
+    for step in self.all_steps():
+      try:
+        loss = self.read_meta(step).get("valid_loss")
+      except CorruptCheckpoint:
+        continue
+      if isinstance(loss, float) and (self._best is None or loss < self._best[0]):
+        self._best = (loss, step)
+
+  def best_step(self) -> int | None:
+    """The saved step with the lowest validation loss; None when no step has one."""
+    return None if self._best is None else self._best[1]
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -99,11 +137,13 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, data_iter: Any | None, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data_iter: Any | None, force: bool = False,
+           valid_loss: float | None = None) -> bool:
     """Starts an asynchronous save; returns False when orbax skipped it (step exists).
 
     FloatingPointError, and nothing written, when the state holds NaN or Inf:
     a bad state must never become the latest checkpoint and push out a good one.
+    valid_loss (the validation loss of `state`) makes the step a candidate for best_step.
     """
     checksums, bad = integrity.digest(state)
     if bad:
@@ -113,14 +153,20 @@ class Checkpointer:
           f"the train state at step {step} holds NaN/Inf values ({len(bad)} arrays, e.g. "
           f"{bad[0]}); it was not saved, {kept}. Lower train.learning_rate or raise "
           "train.warmup_steps")
-    items = {"state": ocp.args.StandardSave(state),
-             "meta": ocp.args.JsonSave({"step": step, "compat": self.compat,
-                                        "stream": self.stream, "checksums": checksums,
-                                        "config": json.loads(self.config.to_json()),
-                                        "process_count": jax.process_count()})}
+    meta = {"step": step, "compat": self.compat, "stream": self.stream, "checksums": checksums,
+            "config": json.loads(self.config.to_json()), "process_count": jax.process_count()}
+    if valid_loss is not None and math.isfinite(valid_loss):
+      meta["valid_loss"] = float(valid_loss)
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    previous = self._best
+    if "valid_loss" in meta and (previous is None or meta["valid_loss"] < previous[0]):
+      self._best = (meta["valid_loss"], step)  # before the save: orbax prunes inside it
+    saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    if not saved:
+      self._best = previous
+    return saved
 
   def read_meta(self, step: int) -> dict:
     try:
@@ -234,6 +280,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       distributed.barrier("dualformer_jax: damaged checkpoints set aside")
     self.manager.reload()
+    self._find_best()
     return aside
 
   def close(self) -> None:

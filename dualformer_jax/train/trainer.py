@@ -1,9 +1,14 @@
 """The training loop: the only impure shell around the jitted steps.
 
 Reads batches from the grain pipeline, runs `train_step`, logs one step late
-(so the host never stalls the device), evaluates the test-split loss,
-checkpoints (state + data iterator + config) and resumes from the latest
-checkpoint of the workdir. SIGTERM/SIGINT save a checkpoint before exiting.
+(so the host never stalls the device), evaluates the test-split loss (a
+diagnostic, never used to choose anything), checkpoints (state + data iterator
++ config) and resumes from the latest checkpoint of the workdir. With a valid
+split (data.num_valid > 0) every checkpoint step also measures the loss on it
+(`valid_*` in metrics.jsonl) and saves it with the checkpoint, which keeps the
+best one (Checkpointer.best_step). train.init_from starts a fresh run from the
+params of another run's checkpoint (fine-tuning). SIGTERM/SIGINT save a
+checkpoint before exiting.
 A damaged latest checkpoint is set aside and the previous one resumed (said on
 stdout); a state with NaN/Inf stops the run before it is saved; the workdir is
 locked for the run (workdir_lock), and a dataset or data stream of another
@@ -41,7 +46,7 @@ from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 from dualformer_jax.train.logger import MetricLogger, plot_loss
 from dualformer_jax.train.stop_flag import StopFlag
 
@@ -90,7 +95,7 @@ def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
 
 
 def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
-  """Eval loss and token accuracy over the first `num_batches` test batches; {} if none."""
+  """Loss and token accuracy over the first `num_batches` batches of eval_data; {} if none."""
   sums: dict[str, float] = {}
   for i, batch in enumerate(eval_data):
     if i >= num_batches:
@@ -101,6 +106,24 @@ def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
   if not sums:
     return {}
   return {k: float(v) for k, v in step_lib.summarize(sums).items()}
+
+
+def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, state):
+  """`state` with its params replaced by those of checkpoint train.init_step of run
+  train.init_from (-1: its latest); the optimizer state and step stay fresh."""
+  source = Checkpointer(config.train.init_from, config, vocab)
+  try:
+    steps = source.all_steps()
+    step = config.train.init_step if config.train.init_step >= 0 else max(steps, default=-1)
+    if step not in steps:
+      raise CheckpointError(f"train.init_from={config.train.init_from!r}: no checkpoint "
+                            f"{config.train.init_step} in {source.directory}; have {steps}")
+    abstract = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
+    params = source.restore(step, abstract, None).params
+  finally:
+    source.close()
+  _say(f"initialised the params from checkpoint {step} in {source.directory}")
+  return state.replace(params=params)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -118,7 +141,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   directory = records.data_dir(workdir)
-  ds = dataset_lib.open_dataset(directory)
+  ds = dataset_lib.open_dataset(directory, config.data.train_tasks)
   generate.check_dataset_config(ds.meta, config, directory)
   vocab = ds.vocab
   mesh = sharding.make_mesh(config.mesh)
@@ -130,6 +153,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   buckets = design_buckets(config, ds)  # once: the train stream and eval batches share them
   data_iter = train_iterator(config, ds, local_batch, buckets=buckets)
   eval_data = EvalBatches(config, ds, local_batch, buckets=buckets)
+  valid_data = (EvalBatches(config, ds, local_batch, buckets=buckets, split=records.VALID)
+                if ds.has_split(records.VALID) else None)
+  if valid_data is not None and not len(valid_data):
+    _say("warning: no validation example fits data.max_prompt_len / data.max_decoder_len: "
+         "no checkpoint will be chosen by validation loss")
   if not len(eval_data):
     _say(f"warning: none of the {config.data.num_test} test examples fits "
          f"data.max_prompt_len={config.data.max_prompt_len} / data.max_decoder_len="
@@ -138,6 +166,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     start = 0
     graphdef, state, state_shardings = step_lib.create_train_state(
         config, len(vocab), mesh, config.seed)
+    if config.train.init_from:
+      state = _init_params(config, vocab.to_list(), mesh, state)
   else:  # restore straight onto the shardings: no throw-away init
     graphdef = step_lib.model_graphdef(config, len(vocab))
     state_shardings = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
@@ -176,9 +206,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
           pending = (step, metrics)
         bar.update(1)
         result.step = step
-        # Save before the eval: a failing eval must not cost the steps since the last save.
+        # Save before the test eval: a failing eval must not cost the steps since the last
+        # save. The validation loss is measured first, as the save records it.
         if step % config.train.checkpoint_every == 0 or step == num_steps:
-          ckpt.save(step, state, data_iter)
+          valid = None
+          if valid_data is not None and len(valid_data):
+            valid = evaluate_loss(eval_step, state.params, valid_data, mesh, len(valid_data))
+            logger.write(step, valid, prefix="valid_")
+            _say(f"step {step}: valid loss {valid['loss']:.4f}")
+          ckpt.save(step, state, data_iter, valid_loss=None if valid is None else valid["loss"])
         if (step % config.train.eval_every == 0 or step == num_steps) and len(eval_data):
           ev = evaluate_loss(eval_step, state.params, eval_data, mesh, config.train.eval_batches)
           logger.write(step, ev, prefix="eval_")

@@ -7,7 +7,7 @@ import numpy as np
 
 from configs import maze as maze_configs
 from dualformer_jax.train import integrity
-from dualformer_jax.train.checkpoint import compat_view, stream_view
+from dualformer_jax.train.checkpoint import Checkpointer, compat_view, stream_view
 
 
 def test_execution_only_model_fields_do_not_block_a_restore():
@@ -42,3 +42,23 @@ def test_checksums_see_one_changed_element_and_ignore_the_sharding():
   assert integrity.digest({**tree, "w": sharded})[0] == sums
   _, bad = integrity.digest({**tree, "h": tree["h"].at[1].set(jnp.inf)})
   assert bad == ["['h']"]
+
+
+def test_the_best_validation_step_is_kept_besides_the_latest(tmp_path):
+  """Steps saved with validation losses 3, 1, 2 and none (a signal's save), keeping 1: the
+  latest and step 2 (loss 1) survive, and a reopened Checkpointer finds step 2 again."""
+  config = maze_configs.get_config("default")
+  config.train.keep_checkpoints = 1
+  state = {"w": jnp.arange(4, dtype=jnp.float32)}
+  ckpt = Checkpointer(str(tmp_path), config, ["x"])
+  for step, loss in ((1, 3.0), (2, 1.0), (3, 2.0), (4, None)):
+    assert ckpt.save(step, state, None, valid_loss=loss)
+    ckpt.manager.wait_until_finished()
+  assert ckpt.all_steps() == [2, 4] and ckpt.best_step() == 2
+  ckpt.close()
+  again = Checkpointer(str(tmp_path), config, ["x"])
+  assert again.best_step() == 2 and again.read_meta(2)["valid_loss"] == 1.0
+  again.close()
+  empty = Checkpointer(str(tmp_path / "none"), config, ["x"])
+  assert empty.best_step() is None
+  empty.close()
