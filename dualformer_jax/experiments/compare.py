@@ -5,7 +5,10 @@
 
 The three models differ only in `data.trace_mode` (PAPER.md, "Baselines"): same
 data, model, steps, batch and learning rate. Dualformer is evaluated in fast,
-slow and auto mode, each baseline in the one mode it was trained for.
+slow and auto mode, each baseline in the one mode it was trained for. With a
+validation split (data.num_valid > 0) each model is scored at its checkpoint of
+lowest validation loss (an over-fitting baseline is judged at its best), else at
+its last step; `selected_step` in summary.json says which.
 
 Workdir layout (each model's run directory is what `main.py` would write):
   data/                          the dataset, generated once
@@ -96,7 +99,7 @@ def _timing(path: str) -> dict:
   return _read_output(os.path.join(path, "timing.json")) or {"train_s": 0.0, "eval_s": 0.0}
 
 
-def _add_time(path: str, key: str, seconds: float) -> None:
+def add_time(path: str, key: str, seconds: float) -> None:
   timing = _timing(path)
   timing[key] = round(timing.get(key, 0.0) + seconds, 1)
   io_utils.write_json(os.path.join(path, "timing.json"), timing)
@@ -112,54 +115,82 @@ def _results(path: str, step: int, modes: tuple[str, ...], num_samples: int) -> 
   return results if ok else None
 
 
-def _trained_step(config: ml_collections.ConfigDict, path: str) -> int:
+def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int | None]:
+  """(latest step or 0, step of lowest validation loss or None) of the run in `path`."""
   vocab = records.read_meta(records.data_dir(path))["vocab"]
   ckpt = Checkpointer(path, config, vocab)
   try:
-    return int(ckpt.latest_step() or 0)
+    return int(ckpt.latest_step() or 0), ckpt.best_step()
   finally:
     ckpt.close()
 
 
-def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
-  """Trains (or finishes training) and evaluates one model; returns mode -> metrics."""
-  c = model_config(config, name)
-  path = run_dir(workdir, name)
-  modes = MODELS[name][1]
+def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
+                       modes: tuple[str, ...]) -> tuple[dict, int]:
+  """Trains (or finishes training) the run of config `c` in `path` and evaluates `modes` at
+  its selected step (the best validation loss with a valid split, else the last step);
+  returns (mode -> metrics, that step). Each part is skipped when its output exists."""
   steps = c.train.num_steps
-  if _trained_step(c, path) < steps:
+  if _checkpoints(c, path)[0] < steps:
     print(f"[{name}] training {steps} steps in {path}", flush=True)
     start = time.perf_counter()
     result = trainer.train(c, path)
-    _add_time(path, "train_s", time.perf_counter() - start)
+    add_time(path, "train_s", time.perf_counter() - start)
     if result.interrupted:
       raise Interrupted(name, result.step, result.signal_number)
-  results = _results(path, steps, modes, c.eval.num_samples)
+  step = steps
+  if c.data.num_valid:
+    step = _checkpoints(c, path)[1]
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {path} has a validation loss: no step to "
+                            "select (was it trained without a valid split?)")
+  results = _results(path, step, modes, c.eval.num_samples)
   if results is None:
-    print(f"[{name}] evaluating {', '.join(modes)} mode", flush=True)
+    print(f"[{name}] evaluating {', '.join(modes)} mode at step {step}", flush=True)
+    c = ml_collections.ConfigDict(c.to_dict())
+    c.eval.checkpoint_step = step
     start = time.perf_counter()
     results = evaluate.evaluate(c, path)
-    _add_time(path, "eval_s", time.perf_counter() - start)
-  return {m: results[m] for m in modes}
+    add_time(path, "eval_s", time.perf_counter() - start)
+  return {m: results[m] for m in modes}, step
+
+
+def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> tuple[dict, int]:
+  """Trains and evaluates model `name` of MODELS; returns (mode -> metrics, scored step)."""
+  return train_and_evaluate(model_config(config, name), run_dir(workdir, name), name,
+                            MODELS[name][1])
+
+
+def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
+  """summary.json before any model: the task, the A* reference lengths, the config."""
+  return {"task": config.task.name, "models": {}, "wall_s": {}, "selected_step": {},
+          "reference": {"complete_trace_len_mean": meta["lengths"]["test"]["trace"]["mean"],
+                        "plan_len_mean": meta["lengths"]["test"]["plan"]["mean"]},
+          "config": config.to_dict()}
+
+
+def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
+  """Records a model's (mode -> metrics, scored step) and wall times in `summary`."""
+  summary["models"][name], summary["selected_step"][name] = scored
+  summary["wall_s"][name] = _timing(os.path.join(workdir, name))
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  io_utils.write_json(os.path.join(workdir, SUMMARY), summary, indent=1, default=list)
+  report.write_report(workdir, summary)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         models: tuple[str, ...] = tuple(MODELS)) -> dict:
-  """The whole sweep: data, each model's training and evaluation, summary and report."""
+  """The whole comparison: data, each model's training and evaluation, summary and report."""
   config_lib.validate(config)
   for name in models:
     model_config(config, name)  # fail on a bad name before any work
   os.makedirs(workdir, exist_ok=True)
-  meta = generate.generate(config, workdir)
-  summary = {"task": config.task.name, "models": {}, "wall_s": {},
-             "reference": {"complete_trace_len_mean": meta["lengths"]["test"]["trace"]["mean"],
-                           "plan_len_mean": meta["lengths"]["test"]["plan"]["mean"]},
-             "config": config.to_dict()}
+  summary = new_summary(config, generate.generate(config, workdir))
   for name in models:
-    summary["models"][name] = run_model(config, workdir, name)
-    summary["wall_s"][name] = _timing(os.path.join(workdir, name))
-  io_utils.write_json(os.path.join(workdir, SUMMARY), summary, indent=1, default=list)
-  report.write_report(workdir, summary)
+    add_model(summary, workdir, name, run_model(config, workdir, name))
+  write_summary(workdir, summary)
   return summary
 
 

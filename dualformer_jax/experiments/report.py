@@ -1,6 +1,8 @@
-"""The comparison's report: a RESULTS.md-ready table and three plots from summary.json.
+"""The comparison's report: a RESULTS.md-ready table and three plots from summary.json;
+the sweep's: a table over points and 1-Optimal / SWC against the number of tasks.
 
   python -m dualformer_jax.experiments.report --workdir=DIR   # re-draws DIR/results.md, PNGs
+                                                              # (DIR/sweep.md, sweep.png)
 
 Plots: optimal rate per model and mode, reasoning (trace) length per model and
 mode, and the training loss curves of the three runs (read from each run's
@@ -20,6 +22,14 @@ from dualformer_jax.train.logger import read_metrics
 LABELS = {"solution_only": "Solution-Only", "complete_trace": "Complete-Trace",
           "dualformer": "Dualformer"}
 COLORS = {"solution_only": "tab:gray", "complete_trace": "tab:blue", "dualformer": "tab:orange"}
+# Anything else (the bootstrap rounds searchformer_r<k>) is drawn in tab:green.
+
+
+def label(model: str) -> str:
+  """Display name: LABELS, and `Searchformer r<k>` for bootstrap round k."""
+  if model.startswith("searchformer_r"):
+    return f"Searchformer r{model[len('searchformer_r'):]}"
+  return LABELS.get(model, model)
 
 
 def _pct(x) -> str:
@@ -53,7 +63,7 @@ def markdown(summary: dict) -> str:
   for model, mode, m in rows(summary):
     trace = m["mean_trace_len"]
     lines.append(
-        f"| {LABELS.get(model, model)} | {mode} | {_pct(m['1_solved'])} | {_pct(m['1_optimal'])} "
+        f"| {label(model)} | {mode} | {_pct(m['1_solved'])} | {_pct(m['1_optimal'])} "
         f"| {_pct(m['3_solved'])} | {_pct(m['3_optimal'])} | {_num(m['swc'], '.3f')} "
         f"| {_num(m['diversity'], '.2f')} | {_num(trace, '.1f')} "
         f"| {_num(m.get('mean_trace_clauses'), '.1f')} | {change(trace, searchformer)} "
@@ -70,7 +80,7 @@ def markdown(summary: dict) -> str:
 def _bars(ax, summary: dict, values) -> None:
   labels, heights, colors = [], [], []
   for model, mode, m in rows(summary):
-    labels.append(f"{LABELS.get(model, model)}\n{mode}")
+    labels.append(f"{label(model)}\n{mode}")
     heights.append(values(m))
     colors.append(COLORS.get(model, "tab:green"))
   xs = range(len(labels))
@@ -118,14 +128,14 @@ def plot_losses(workdir: str, models: list[str], path: str) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
   for model in models:
     metrics = read_metrics(os.path.join(workdir, model))
-    color, label = COLORS.get(model, "tab:green"), LABELS.get(model, model)
+    color, name = COLORS.get(model, "tab:green"), label(model)
     train = [(r["step"], r["loss"]) for r in metrics if isinstance(r.get("loss"), float)]
     plan = [(r["step"], r["eval_plan_loss"]) for r in metrics
             if isinstance(r.get("eval_plan_loss"), float)]
     if train:
-      axes[0].plot(*zip(*train), color=color, label=label)
+      axes[0].plot(*zip(*train), color=color, label=name)
     if plan:
-      axes[1].plot(*zip(*plan), color=color, marker="o", ms=3, label=label)
+      axes[1].plot(*zip(*plan), color=color, marker="o", ms=3, label=name)
   axes[0].set_title("training loss (all decoder tokens)")
   axes[1].set_title("test loss on plan tokens")
   for ax in axes:
@@ -151,6 +161,60 @@ def write_report(workdir: str, summary: dict) -> list[str]:
   return paths
 
 
+def sweep_markdown(sweep: dict) -> str:
+  """One row per (number of tasks, model, mode), with the scored checkpoint."""
+  lines = ["| tasks | model | mode | 1-Optimal | 3-Optimal | SWC | trace tokens | trace clauses "
+           "| scored step |", "|---|---|---|---|---|---|---|---|---|"]
+  n = "?"
+  for num, point in sweep["points"].items():
+    for model, mode, m in rows(point):
+      n = m.get("num_samples", n)
+      lines.append(
+          f"| {int(num):,} | {label(model)} | {mode} | {_pct(m['1_optimal'])} "
+          f"| {_pct(m['3_optimal'])} | {_num(m['swc'], '.3f')} "
+          f"| {_num(m['mean_trace_len'], '.1f')} "
+          f"| {_num(m.get('mean_trace_clauses'), '.1f')} "
+          f"| {point.get('selected_step', {}).get(model, '-')} |")
+  return "\n".join(lines) + (f"\n\nk-Optimal = k-Optimal-{n}; each model scored at its checkpoint "
+                             "of lowest validation loss.\n")
+
+
+def plot_sweep(sweep: dict, path: str) -> None:
+  """1-Optimal and SWC against the number of training tasks, one line per model and mode."""
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+  series: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+  for num, point in sweep["points"].items():
+    for model, mode, m in rows(point):
+      series.setdefault((model, mode), []).append((int(num), m))
+  styles = {"fast": "o--", "slow": "s-", "auto": "^:"}
+  for ax, key, title in zip(axes, ("1_optimal", "swc"), ("1-Optimal", "SWC")):
+    for (model, mode), pts in series.items():
+      xs = [x for x, _ in pts]
+      ys = [100 * m[key] if key == "1_optimal" else m[key] for _, m in pts]
+      ax.plot(xs, ys, styles.get(mode, "o-"), color=COLORS.get(model, "tab:green"),
+              label=f"{label(model)} {mode}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tasks")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("% of test tasks")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_sweep_report(workdir: str, sweep: dict) -> list[str]:
+  """Writes sweep.md and sweep.png; returns their paths."""
+  import matplotlib
+  matplotlib.use("Agg")
+  paths = [os.path.join(workdir, "sweep.md"), os.path.join(workdir, "sweep.png")]
+  io_utils.write_text(paths[0], sweep_markdown(sweep))
+  plot_sweep(sweep, paths[1])
+  return paths
+
+
 def define_flags() -> None:
   """--workdir (the sweep's). Called under __main__ only, as in compare.py and data/show.py."""
   flags.DEFINE_string("workdir", None, "the sweep's workdir (holds summary.json)")
@@ -161,12 +225,17 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   workdir = flags.FLAGS.workdir
+  sweep_file = os.path.join(workdir, "sweep.json")
   try:
-    summary = io_utils.read_json(os.path.join(workdir, "summary.json"), "summary")
+    if os.path.exists(sweep_file):
+      paths = write_sweep_report(workdir, io_utils.read_json(sweep_file, "sweep summary"))
+    else:
+      paths = write_report(workdir, io_utils.read_json(os.path.join(workdir, "summary.json"),
+                                                       "summary"))
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print("\n".join(write_report(workdir, summary)))
+  print("\n".join(paths))
 
 
 if __name__ == "__main__":

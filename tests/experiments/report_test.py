@@ -59,6 +59,35 @@ def test_write_report_draws_every_figure(tmp_path):
     assert os.path.getsize(p) > 0
 
 
+SWEEP = {"num_train": [1000, 3000], "points": {
+    "1000": {"models": {"solution_only": {"fast": metrics(**{"1_optimal": 0.2, "swc": 0.1})},
+                        "dualformer": {"fast": metrics(**{"1_optimal": 0.5}),
+                                       "slow": metrics(**{"1_optimal": 0.6})},
+                        "searchformer_r1": {"slow": metrics(**{"1_optimal": 0.45,
+                                                               "mean_trace_clauses": 9.0})}},
+             "selected_step": {"solution_only": 750, "dualformer": 3000,
+                               "searchformer_r1": 500}},
+    "3000": {"models": {"solution_only": {"fast": metrics(**{"1_optimal": 0.7})},
+                        "dualformer": {"fast": metrics(**{"1_optimal": 0.65}),
+                                       "slow": metrics(**{"1_optimal": 0.75})}},
+             "selected_step": {"solution_only": 3000, "dualformer": 3000}}}}
+
+
+def test_the_sweep_table_has_a_row_per_point_model_and_mode(tmp_path):
+  lines = report.sweep_markdown(SWEEP).splitlines()
+  rows = [[c.strip() for c in l.split("|")[1:-1]] for l in lines[2:] if l.startswith("| ")]
+  assert [r[:3] for r in rows] == [
+      ["1,000", "Solution-Only", "fast"], ["1,000", "Dualformer", "fast"],
+      ["1,000", "Dualformer", "slow"], ["1,000", "Searchformer r1", "slow"],
+      ["3,000", "Solution-Only", "fast"], ["3,000", "Dualformer", "fast"],
+      ["3,000", "Dualformer", "slow"]]
+  assert rows[0][3] == "20.0%" and rows[0][5] == "0.100" and rows[0][8] == "750"
+  assert rows[3][7] == "9.0" and "k-Optimal-64" in lines[-1]
+  paths = report.write_sweep_report(str(tmp_path), SWEEP)
+  assert [os.path.basename(p) for p in paths] == ["sweep.md", "sweep.png"]
+  assert all(os.path.getsize(p) > 0 for p in paths)
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
