@@ -9,6 +9,10 @@
   python -m dualformer_jax.experiments.compare --config=configs/maze.py:compare --workdir=runs/cmp
       compare: Solution-Only vs Complete-Trace vs Dualformer on 8x8 mazes (RESULTS.md);
       about 80 minutes for the three trainings and evaluations on a 2-core CPU.
+  python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep --workdir=runs/sweep
+      sweep: the three models at 1,000 / 3,000 / 10,000 / 50,000 6x6 training tasks, each
+      scored at its best validation loss, plus one Searchformer bootstrapping round at 1,000
+      tasks; about 2.5 hours on a 2-core CPU (README).
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
@@ -63,6 +67,20 @@ def get_config(preset: str = "default"):
     c.train.checkpoint_every = 250
     c.eval.num_samples = 64
     c.eval.num_tasks = 200
+  elif preset == "sweep":  # data efficiency (experiments/sweep.py): the default's recipe
+    c = get_config("default")
+    c.data.num_train = 50_000  # the largest point; smaller ones train on its first N tasks
+    c.data.num_valid = 200  # picks each model's checkpoint (lowest validation loss)
+    c.data.num_shards = 8
+    c.train.num_steps = 3000  # 48,000 examples: 48 epochs of 1,000 tasks, ~1 of 50,000
+    c.train.checkpoint_every = 250  # the validation loss is measured at every checkpoint
+    c.train.eval_every = 500
+    c.eval.num_samples = 64
+    c.eval.num_tasks = 200
+    c.sweep.num_train = (1000, 3000, 10_000, 50_000)
+    c.bootstrap.rounds = 1
+    c.bootstrap.num_train = 1000  # 32 x 1,200 rollouts per round: minutes at this point
+    c.bootstrap.finetune_steps = 500
   elif preset.startswith("paper_") and preset[6:].isdigit() and int(preset[6:]) in _PAPER_LENGTHS:
     size = int(preset[6:])
     c.task.size = size
@@ -89,5 +107,5 @@ def get_config(preset: str = "default"):
     c.eval.prompts_per_batch = 16
   else:
     raise ValueError(
-        f"unknown maze preset {preset!r}: use default, long, compare or paper_15/20/25/30")
+        f"unknown maze preset {preset!r}: use default, long, compare, sweep or paper_15/20/25/30")
   return c

@@ -126,6 +126,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
   c.eval.max_decode_len = -1  # -1: data.max_decoder_len
   c.eval.num_pictures = 3  # tasks rendered per mode
+
+  # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.num_train = ()  # training-task counts, increasing, each <= data.num_train
+  c.sweep.models = "solution_only,complete_trace,dualformer"  # trained at every point
+
+  # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
+  # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
+  c.bootstrap = ml_collections.ConfigDict()
+  c.bootstrap.rounds = 0  # fine-tuning rounds; 0 = no bootstrapping
+  c.bootstrap.num_train = 0  # the sweep point (a value of sweep.num_train) it starts from
+  c.bootstrap.samples = 32  # responses sampled per training task (paper: 32)
+  c.bootstrap.temperature = 1.0
+  c.bootstrap.finetune_steps = 500  # per round (paper: 1e4, 1/80 of the 8e5 training steps)
   return c
 
 

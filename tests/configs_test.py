@@ -5,10 +5,10 @@ import pytest
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
-from dualformer_jax.experiments import compare
+from dualformer_jax.experiments import compare, sweep
 
-PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "paper_15", "paper_20",
-                                        "paper_25", "paper_30")]
+PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "paper_15",
+                                        "paper_20", "paper_25", "paper_30")]
            + [(sokoban_configs, p) for p in ("default", "paper")])
 
 
@@ -31,6 +31,15 @@ def test_paper_presets_hold_the_reference_schedules():
 def test_the_compare_preset_meets_the_evaluation_floor():
   c = maze_configs.get_config("compare")
   assert c.data.num_test >= c.eval.num_tasks >= 200 and c.eval.num_samples == 64
+
+
+def test_the_sweep_preset_is_a_valid_sweep_with_the_default_recipe():
+  c, default = maze_configs.get_config("sweep"), maze_configs.get_config("default")
+  sweep.check_config(c)
+  assert c.data.num_test >= c.eval.num_tasks >= 200 and c.eval.num_samples == 64
+  assert max(c.sweep.num_train) == c.data.num_train and c.bootstrap.rounds >= 1
+  assert (c.train.learning_rate, c.data.level_probs) == (default.train.learning_rate,
+                                                         default.data.level_probs)
 
 
 @pytest.mark.parametrize("module", [maze_configs, sokoban_configs])

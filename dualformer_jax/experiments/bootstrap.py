@@ -1,0 +1,245 @@
+"""Searchformer's search-dynamics bootstrapping (PAPER.md, "Baselines") at one sweep point.
+
+Round r samples `bootstrap.samples` slow-mode responses per train and valid task
+from the model of round r - 1 (round 0: the point's Complete-Trace run) at its
+selected checkpoint, keeps for each task the shortest response whose plan the
+task's checker finds optimal, or the task's current sequence when none is (as
+Searchformer's reduce_rollout_to_shortest_trace does), writes those as the
+round's dataset, fine-tunes round r - 1's params on it for
+`bootstrap.finetune_steps` (fresh optimizer and schedule) and evaluates the
+result in slow mode like every other model. The valid split is rebuilt the same
+way, so the validation loss that selects a round's checkpoint is measured on
+held-out tasks of that round's own training distribution.
+
+Under the point's directory (experiments/sweep.py), per round:
+  searchformer_r<r>/data/          train and valid shards of the kept responses, the
+                                   test shards linked from the point's dataset,
+                                   meta.json with a "bootstrap" record (source, counts)
+  searchformer_r<r>/...            the fine-tuning run (checkpoints, metrics, eval/)
+  searchformer_r<r>/timing.json    sample_s, train_s, eval_s
+A round whose dataset, training or evaluation exists skips that stage; the
+sampling of one round is redone whole if it was interrupted. One process only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Iterator, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from dualformer_jax.data import dataset as dataset_lib
+from dualformer_jax.data import dropping, generate, records
+from dualformer_jax.data.vocab import BOS, EOS, Vocab
+from dualformer_jax.eval import evaluate
+from dualformer_jax.eval.metrics import is_optimal
+from dualformer_jax.experiments import compare
+from dualformer_jax.infer import sampler as sampler_lib
+from dualformer_jax.model import sharding
+from dualformer_jax.tasks import make_task
+from dualformer_jax.tasks.base import Task
+
+SOURCE_MODEL = "complete_trace"  # what round 1 starts from (Searchformer without bootstrapping)
+MODE = "slow"  # the one mode a trace-trained model is sampled and scored in
+
+
+def round_name(r: int) -> str:
+  return f"searchformer_r{r}"
+
+
+def check_config(config: ml_collections.ConfigDict, sweep_values: Sequence[int],
+                 models: Sequence[str]) -> None:
+  """ValueError naming the first bad bootstrap.* field (only checked when rounds > 0)."""
+  b = config.bootstrap
+
+  def fail(field: str, why: str):
+    raise ValueError(f"config.bootstrap.{field}={b[field]!r}: {why}")
+
+  if b.rounds < 0:
+    fail("rounds", "must be >= 0 (0: no bootstrapping)")
+  if not b.rounds:
+    return
+  if b.num_train not in sweep_values:
+    fail("num_train", f"must be one of sweep.num_train={tuple(sweep_values)}: the point whose "
+         "Complete-Trace run is bootstrapped")
+  if SOURCE_MODEL not in models:
+    fail("rounds", f"bootstrapping starts from {SOURCE_MODEL}, which sweep.models lacks")
+  if b.samples < 1:
+    fail("samples", "must be >= 1 (the paper samples 32 per task)")
+  if b.temperature <= 0:
+    fail("temperature", "must be > 0")
+  if b.finetune_steps < 1:
+    fail("finetune_steps", "must be >= 1")
+  if config.data.num_valid < 1:
+    raise ValueError("bootstrapping selects each round's checkpoint by validation loss: set "
+                     "config.data.num_valid > 0")
+
+
+def shortest_optimal(task: Task, prompt: list[str], optimal_len: int,
+                     responses: Sequence[list[str]], vocab: Vocab,
+                     grammar: dropping.TraceGrammar) -> tuple[list[str], list[str]] | None:
+  """(trace, plan) of the response with the fewest trace tokens among those whose plan is
+  optimal and whose trace is a run of clauses (training would refuse another); None if none."""
+  best = None
+  for response in responses:
+    verdict = task.check(prompt, response)
+    if not is_optimal(verdict, optimal_len):
+      continue
+    trace, plan = response[:verdict.trace_len], response[verdict.trace_len:]
+    try:
+      dropping.clause_bounds(np.asarray(vocab.encode(trace), np.int32), grammar)
+    except (ValueError, KeyError):  # TraceFormatError, UnknownTokenError
+      continue
+    if best is None or len(trace) < len(best[0]):
+      best = (trace, plan)
+  return best
+
+
+def sample_responses(config: ml_collections.ConfigDict, path: str, step: int,
+                     prompts: Sequence[list[str]], key: jax.Array) -> list[list[list[str]]]:
+  """bootstrap.samples slow-mode responses (string tokens, specials stripped) per prompt from
+  checkpoint `step` of the run in `path`, at bootstrap.temperature."""
+  vocab = Vocab.from_list(records.read_meta(records.data_dir(path))["vocab"])
+  mesh = sharding.make_mesh(config.mesh)
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.eval.checkpoint_step = step
+  graphdef, params, _ = evaluate.restore_params(c, path, vocab, mesh)
+  k = config.bootstrap.samples
+  max_len = config.eval.max_decode_len if config.eval.max_decode_len > 0 else \
+      config.data.max_decoder_len
+  prompt_len = -(-max(len(p) + 2 for p in prompts) // 16) * 16  # one compiled shape
+  split = sharding.batch_divisor(mesh)  # every device samples whole prompts
+  per_batch = -(-config.eval.prompts_per_batch // split) * split
+  prefix_ids = vocab.encode(evaluate.MODE_PREFIX[MODE])
+  prefix = np.tile(prefix_ids, (per_batch * k, 1)).astype(np.int32)  # [R, K]
+  prefix_len = np.full((per_batch * k,), len(prefix_ids), np.int32)
+  out = []
+  for start in tqdm(range(0, len(prompts), per_batch), desc="bootstrap samples", disable=None):
+    chunk = list(prompts[start:start + per_batch])
+    enc = np.zeros((per_batch, prompt_len), np.int32)  # [Np, P]; filler rows repeat the last
+    for i, p in enumerate(chunk + [chunk[-1]] * (per_batch - len(chunk))):
+      ids = vocab.encode([BOS, *p, EOS])
+      enc[i, :len(ids)] = ids
+    with jax.set_mesh(mesh):
+      ids = sampler_lib.sample(
+          graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
+          num_samples=k, max_len=max_len, temperature=config.bootstrap.temperature,
+          top_k=config.eval.top_k, eos_id=vocab.id(EOS)).ids
+    rows = np.asarray(jax.device_get(ids))  # [Np * k, L]
+    for i in range(len(chunk)):
+      out.append([evaluate.response_tokens(r, vocab) for r in rows[i * k:(i + 1) * k]])
+  return out
+
+
+def _write_split(task: Task, src: dataset_lib.StoredDataset, split: str, responses: list,
+                 path: str) -> dict:
+  """Writes one split of kept responses; returns its selection counts and trace lengths."""
+  vocab, out, kept_lens, src_lens = src.vocab, [], [], []
+  for rec, resp in zip(src.records(split), responses):
+    prompt = vocab.decode(rec["prompt"])
+    optimal_len = task.check(prompt, vocab.decode(rec["plan"])).plan_len
+    best = shortest_optimal(task, prompt, optimal_len, resp, vocab, src.grammar)
+    src_lens.append(rec["trace"].size)
+    if best is None:
+      trace, plan = rec["trace"], rec["plan"]
+    else:
+      trace, plan = (np.asarray(vocab.encode(t), np.int32) for t in best)
+      kept_lens.append(trace.size)
+    out.append(records.encode_record(rec["prompt"], trace, plan))
+  records.write_shard(path, out)
+  return {"tasks": len(out), "optimal": len(kept_lens),
+          "mean_trace_len_kept": float(np.mean(kept_lens)) if kept_lens else None,
+          "mean_trace_len_before": float(np.mean(src_lens))}
+
+
+def build_round_dataset(config: ml_collections.ConfigDict, source: str, source_step: int,
+                        source_train_tasks: int, out_dir: str, record: dict) -> dict:
+  """The round's dataset in `out_dir` from the model in run dir `source`; returns meta.json."""
+  src = dataset_lib.open_dataset(records.data_dir(source), source_train_tasks)
+  task = make_task(config.task)
+  shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted build is redone whole
+  os.makedirs(out_dir)
+  key = jax.random.fold_in(jax.random.key(config.seed), record["round"])
+  splits = ("train", records.VALID)
+  prompts = {s: [src.vocab.decode(r["prompt"]) for r in src.records(s)] for s in splits}
+  responses = sample_responses(config, source, source_step,
+                               prompts["train"] + prompts[records.VALID], key)  # one restore
+  stats = {}
+  for split, part in zip(splits, (responses[:len(prompts["train"])],
+                                  responses[len(prompts["train"]):])):
+    path = records.shard_paths(out_dir, split, 1)[0]
+    stats[split] = _write_split(task, src, split, part, path)
+  test = src.paths("test")
+  for p in test:  # the same test tasks: linked, relative to survive moving the workdir
+    target = os.path.join(out_dir, os.path.basename(p))
+    os.symlink(os.path.relpath(os.path.realpath(p), out_dir), target)
+  shards = {"train": 1, records.VALID: 1, "test": len(test)}
+  meta = {"status": "complete", "vocab": src.vocab.to_list(), "num_shards": shards,
+          "counts": {s: stats[s]["tasks"] for s in splits} | {"test": src.meta["counts"]["test"]},
+          "lengths": {s: generate.length_stats(records.shard_paths(out_dir, s, n))
+                      for s, n in shards.items()},
+          "bootstrap": {**record, "selection": stats}}
+  records.write_meta(out_dir, meta)
+  return meta
+
+
+def _existing(out_dir: str, record: dict) -> dict | None:
+  """meta.json of a finished round dataset built from `record`; DatasetError when it was
+  built from another source or setting, None when missing or unfinished."""
+  try:
+    meta = records.read_meta(out_dir)
+  except records.DatasetError:
+    return None
+  if not dataset_lib.is_complete(meta):
+    return None
+  theirs = {k: v for k, v in meta.get("bootstrap", {}).items() if k != "selection"}
+  if theirs != record:
+    raise records.DatasetError(
+        f"the bootstrap dataset in {out_dir} was built from {theirs}, not {record}; delete "
+        f"{os.path.dirname(out_dir)} to rebuild that round")
+  return meta
+
+
+def round_config(config: ml_collections.ConfigDict, meta: dict, source: str,
+                 source_step: int) -> ml_collections.ConfigDict:
+  """The fine-tuning run of a round: Complete-Trace's format on the round's dataset, from
+  the source's params, for bootstrap.finetune_steps, scored in slow mode."""
+  c = compare.model_config(config, SOURCE_MODEL)
+  c.data.num_train, c.data.num_valid = meta["counts"]["train"], meta["counts"][records.VALID]
+  c.data.train_tasks = 0  # the round's dataset holds exactly the point's tasks
+  c.train.num_steps = config.bootstrap.finetune_steps
+  c.train.init_from, c.train.init_step = os.path.abspath(source), source_step
+  return c
+
+
+def run(config: ml_collections.ConfigDict, point_dir: str,
+        start_step: int) -> Iterator[tuple[str, tuple[dict, int]]]:
+  """Rounds 1..bootstrap.rounds at the sweep point in `point_dir`, whose Complete-Trace run
+  is scored at `start_step`; yields (model name, (mode -> metrics, scored step)) per round."""
+  if jax.process_count() > 1:
+    raise RuntimeError("bootstrapping runs in one process")
+  source, step = os.path.join(point_dir, SOURCE_MODEL), start_step
+  train_tasks = config.data.train_tasks
+  for r in range(1, config.bootstrap.rounds + 1):
+    name = round_name(r)
+    path = os.path.join(point_dir, name)
+    out_dir = records.data_dir(path)
+    record = {"round": r, "source": os.path.relpath(source, point_dir), "source_step": step,
+              "samples": config.bootstrap.samples,
+              "temperature": config.bootstrap.temperature, "seed": config.seed}
+    meta = _existing(out_dir, record)
+    if meta is None:
+      print(f"[{name}] sampling {config.bootstrap.samples} responses per train and valid task "
+            f"from {record['source']} (step {step})", flush=True)
+      start = time.perf_counter()
+      meta = build_round_dataset(config, source, step, train_tasks, out_dir, record)
+      compare.add_time(path, "sample_s", time.perf_counter() - start)
+    scored = compare.train_and_evaluate(round_config(config, meta, source, step), path, name,
+                                        (MODE,))
+    yield name, scored
+    source, step, train_tasks = path, scored[1], 0

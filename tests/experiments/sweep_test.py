@@ -1,0 +1,213 @@
+"""The data-efficiency sweep with one Searchformer bootstrapping round, on a tiny maze set:
+the valid split, nested subsets, best-validation scoring, resume, the kept responses, bad input.
+
+One sweep is trained once for the module, at one point (16 of 32 tasks) with Complete-Trace
+and one round, to keep the suite fast; report_test draws a table and plot of several points.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import maze as maze_configs
+from dualformer_jax import config as config_lib
+from dualformer_jax.data import dataset, dropping, generate, records
+from dualformer_jax.data.train_stream import train_iterator
+from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.eval import evaluate
+from dualformer_jax.experiments import bootstrap, report, sweep
+from dualformer_jax.model import sharding
+from dualformer_jax.tasks import make_task
+from dualformer_jax.train import step as step_lib
+from dualformer_jax.train import trainer
+from dualformer_jax.train.logger import read_metrics
+
+
+def tiny_config():
+  c = maze_configs.get_config("sweep")
+  c.task.size = 5
+  c.data.num_train, c.data.num_valid, c.data.num_test, c.data.num_shards = 32, 8, 8, 2
+  c.data.gen_workers = 1
+  c.data.max_prompt_len, c.data.max_decoder_len = 64, 160
+  c.data.num_buckets = 1  # one compiled shape keeps the test fast
+  c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 2, 8, 1
+  c.train.log_every, c.train.eval_every, c.train.eval_batches = 2, 2, 1
+  c.train.checkpoint_every, c.train.keep_checkpoints = 1, 1  # two candidates, one kept
+  c.eval.num_tasks, c.eval.num_samples, c.eval.num_pictures = 3, 2, 1
+  c.sweep.num_train, c.sweep.models = (16,), "complete_trace"
+  c.bootstrap.num_train, c.bootstrap.samples, c.bootstrap.finetune_steps = 16, 2, 1
+  c.compilation_cache_dir = ""
+  return c
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sweep"))
+  return workdir, sweep.run(tiny_config(), workdir)
+
+
+def _layouts(task, ds, split):
+  return {task.layout_key(task.spec_from_prompt(ds.vocab.decode(r["prompt"])))
+          for r in ds.records(split)}
+
+
+def test_the_valid_split_holds_layouts_in_neither_train_nor_test(swept):
+  ds = dataset.open_dataset(records.data_dir(swept[0]))
+  assert ds.meta["counts"] == {"train": 32, "valid": 8, "test": 8}
+  task = make_task(tiny_config().task)
+  train, valid, test = (_layouts(task, ds, s) for s in ("train", "valid", "test"))
+  assert valid and not valid & train and not valid & test and not train & test
+  old = tiny_config()
+  old.data.num_valid = 0  # datasets made before the valid split keep their fingerprint
+  assert "num_valid" not in generate.generator_fingerprint(old)
+  assert generate.split_counts(old) == {"train": 32, "test": 8}
+
+
+def test_a_point_trains_on_the_first_tasks_only(swept):
+  directory = records.data_dir(swept[0])
+  seen = {}
+  for n in (16, 0):  # 0: every task
+    it = train_iterator(tiny_config(), dataset.open_dataset(directory, train_tasks=n), 8, 0, 1,
+                        include_index=True)
+    seen[n] = np.concatenate([next(it)["index"] for _ in range(8)])  # 4 epochs of 16
+    it.close()
+  assert seen[16].max() == 15 and len(set(seen[16].tolist()) - {-1}) >= 12
+  assert seen[0].max() >= 16
+  with pytest.raises(records.DatasetError, match="train_tasks=33: .* has 32 train tasks"):
+    dataset.open_dataset(directory, train_tasks=33)
+
+
+def test_every_model_is_scored_at_its_lowest_validation_loss(swept):
+  workdir, out = swept
+  assert out["num_train"] == [16] and list(out["points"]) == ["16"]
+  for n, point in out["points"].items():
+    for model, step in point["selected_step"].items():
+      path = os.path.join(workdir, n, model)
+      valid = {r["step"]: r["valid_loss"] for r in read_metrics(path) if "valid_loss" in r}
+      assert min(valid, key=valid.get) == step
+      assert os.path.isdir(os.path.join(path, "checkpoints", str(step)))
+      with open(os.path.join(path, "eval", str(step), "results.json")) as f:
+        assert json.load(f)["slow"] == point["models"][model]["slow"]
+    with open(os.path.join(workdir, n, "summary.json")) as f:
+      assert json.load(f)["models"] == point["models"]
+  assert set(out["points"]["16"]["models"]) == {"complete_trace", "searchformer_r1"}
+  assert "mean_trace_clauses" in out["points"]["16"]["models"]["searchformer_r1"]["slow"]
+  for name in ("sweep.md", "sweep.png", "16/results.md", "16/optimal.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+def test_a_finished_sweep_is_not_recomputed(swept, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("a finished stage ran again")
+
+  for module, fn in ((trainer, "train"), (evaluate, "evaluate"),
+                     (bootstrap, "sample_responses")):
+    monkeypatch.setattr(module, fn, fail)
+  for fn in ("write_report", "write_sweep_report"):  # drawing is not a stage; it is slow
+    monkeypatch.setattr(report, fn, lambda *a: [])
+  assert sweep.run(tiny_config(), swept[0])["points"] == swept[1]["points"]
+
+
+def test_the_round_keeps_an_optimal_response_or_the_task_sequence(swept):
+  point = os.path.join(swept[0], "16")
+  source = dataset.open_dataset(records.data_dir(os.path.join(point, "complete_trace")), 16)
+  ds = dataset.open_dataset(records.data_dir(os.path.join(point, "searchformer_r1")))
+  assert ds.meta["counts"] == {"train": 16, "valid": 8, "test": 8}
+  assert ds.meta["bootstrap"]["source"] == "complete_trace"
+  task = make_task(tiny_config().task)
+  for split in ("train", "valid"):
+    kept = 0
+    for old, new in zip(source.records(split), ds.records(split)):
+      assert np.array_equal(old["prompt"], new["prompt"])
+      if np.array_equal(old["trace"], new["trace"]) and np.array_equal(old["plan"], new["plan"]):
+        continue
+      kept += 1
+      prompt = ds.vocab.decode(new["prompt"])
+      optimal = task.check(prompt, ds.vocab.decode(old["plan"])).plan_len
+      verdict = task.check(prompt, ds.vocab.decode(np.concatenate([new["trace"], new["plan"]])))
+      assert verdict.correct and verdict.plan_len == optimal
+    assert ds.meta["bootstrap"]["selection"][split]["optimal"] >= kept
+  assert [r["plan"].tolist() for r in ds.records("test")] == \
+      [r["plan"].tolist() for r in source.records("test")]
+  r1 = os.path.join(point, "searchformer_r1")
+  with open(os.path.join(r1, "config.json")) as f:
+    train_cfg = json.load(f)["train"]
+  assert (train_cfg["num_steps"], train_cfg["init_step"]) == (
+      1, swept[1]["points"]["16"]["selected_step"]["complete_trace"])
+  assert train_cfg["init_from"] == os.path.abspath(os.path.join(point, "complete_trace"))
+
+
+def test_a_finetuning_run_starts_from_the_source_params(swept):
+  c = bootstrap.round_config(tiny_config(), {"counts": {"train": 16, "valid": 8}},
+                             os.path.join(swept[0], "16", "complete_trace"), 2)
+  vocab = records.read_meta(records.data_dir(swept[0]))["vocab"]
+  mesh = sharding.make_mesh(c.mesh)
+  fresh = step_lib.abstract_train_state(c, len(vocab), mesh, c.seed)  # shapes only: cheap
+  started = trainer._init_params(c, vocab, mesh, fresh)
+  c.eval.checkpoint_step = 2
+  _, source, _ = evaluate.restore_params(c, c.train.init_from, Vocab.from_list(vocab), mesh)
+  same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), started.params, source)
+  assert all(jax.tree.leaves(same)) and started.step is fresh.step  # the step stays fresh
+
+
+def test_the_shortest_optimal_response_is_kept():
+  task = make_task(tiny_config().task)
+  spec = task.spec_from_json({"width": 5, "height": 5, "start": [0, 0], "goal": [2, 0],
+                              "walls": [[1, 1]]})
+  toks = task.solve_tokens(spec, None)
+  vocab = Vocab(task.vocabulary())
+  grammar = dropping.TraceGrammar.from_vocab(vocab)
+  optimal = task.check(toks.prompt, toks.plan).plan_len
+  first = toks.trace[:toks.trace.index("create", 1)]  # up to the second create clause
+  assert 0 < len(first) < len(toks.trace) - len(first)
+  detour = [t for cell in ("0 0", "0 1", "0 2", "1 2", "2 2", "2 1", "2 0")
+            for t in ("plan", *cell.split())]
+  responses = [
+      [*toks.trace, *toks.plan],  # optimal, the full A* trace
+      [*first, *detour],  # a correct plan, not optimal
+      [*first[:-1], *toks.plan],  # optimal, but a clause lacks a cost: no trace to train on
+      [*first, *first, *toks.plan],  # optimal, shorter than A*'s: kept
+      ["create", "0", "0", *toks.plan],  # optimal, a trace of no clause
+  ]
+  assert task.check(toks.prompt, [*first, *detour]).correct
+  best = bootstrap.shortest_optimal(task, toks.prompt, optimal, responses, vocab, grammar)
+  assert best == ([*first, *first], toks.plan)
+  assert bootstrap.shortest_optimal(task, toks.prompt, optimal, responses[1:3], vocab,
+                                    grammar) is None
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sweep.num_train", (), "give the training-task counts"),
+    ("sweep.num_train", (16, 8), "must increase, without repeats"),
+    ("sweep.num_train", (8, 8), "must increase, without repeats"),
+    ("sweep.num_train", (0, 8), "an int >= 1"),
+    ("sweep.num_train", (16, 64), "64 exceeds data.num_train=32"),
+    ("sweep.models", "dualformer,searchformer", "subset of solution_only,complete_trace"),
+    ("sweep.models", "", "subset of"),
+    ("data.num_valid", 0, "data.num_valid=0: the sweep scores"),
+    ("data.train_tasks", 33, r"data.train_tasks=33: must be in \[0, data.num_train=32\]"),
+    ("bootstrap.num_train", 20, r"must be one of sweep.num_train=\(16,\)"),
+    ("bootstrap.samples", 0, "bootstrap.samples=0: must be >= 1"),
+    ("bootstrap.finetune_steps", 0, "must be >= 1"),
+    ("bootstrap.rounds", -1, "must be >= 0"),
+])
+def test_bad_sweep_settings_are_refused_before_any_work(tmp_path, field, value, message):
+  c = tiny_config()
+  group, key = field.split(".")
+  c[group][key] = value
+  with pytest.raises(ValueError, match=message):
+    sweep.run(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_bootstrapping_needs_the_complete_trace_model():
+  c = tiny_config()
+  c.sweep.models = "dualformer"
+  with pytest.raises(ValueError, match="starts from complete_trace, which sweep.models lacks"):
+    sweep.check_config(c)
+  c.bootstrap.rounds = 0
+  sweep.check_config(c)
+  config_lib.validate(c)
