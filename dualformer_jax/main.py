@@ -65,7 +65,8 @@ def main(argv):
   except (ValueError, distributed.DistributedError) as e:
     raise app.UsageError(str(e))
   try:
-    distributed.initialize(launch)  # before anything touches a device
+    config_lib.configure_jax(config)  # CPU device count, XLA cache: before any device use
+    distributed.initialize(launch)
     _run(config, workdir, mode, multi_process=launch is not None)
   except (records.DatasetError, CheckpointError, distributed.DistributedError,
           workdir_lock.WorkdirBusy, FloatingPointError, ValueError) as e:
@@ -77,7 +78,6 @@ def main(argv):
 
 def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
   os.makedirs(workdir, exist_ok=True)
-  config_lib.enable_compilation_cache(config)
   if mode in ("all", "generate"):
     # One writer: process 0 generates into the shared workdir while the others wait
     # (launchers generate first in a single process, so here it is usually a check).
@@ -110,7 +110,7 @@ def _run_math(config, workdir: str, mode: str) -> None:
   except ValueError as e:
     raise app.UsageError(str(e))
   os.makedirs(workdir, exist_ok=True)
-  config_lib.enable_compilation_cache(config)
+  config_lib.configure_jax(config)
   try:
     lm_train.run(config, workdir, mode)
   except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError) as e:

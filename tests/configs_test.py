@@ -20,6 +20,15 @@ def test_preset_validates_for_every_model_of_the_sweep(module, preset):
     compare.model_config(config, name)
 
 
+@pytest.mark.parametrize("module,preset", PRESETS)
+def test_batches_split_over_the_cpu_devices(module, preset):
+  """A preset run on a CPU host gets mesh.cpu_devices devices: its batches must split."""
+  c = module.get_config(preset)
+  n = c.mesh.cpu_devices
+  assert c.train.batch_size % (n * c.train.grad_accum) == 0
+  assert c.eval.prompts_per_batch % n == 0  # else rounded up, which is allowed but wasteful
+
+
 def test_paper_presets_hold_the_reference_schedules():
   maze = maze_configs.get_config("paper_30")
   assert (maze.task.size, maze.model.size, maze.train.num_steps) == (30, "m-s", 400_000)

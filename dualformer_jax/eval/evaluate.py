@@ -209,11 +209,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       rows = per_batch * n
       prefix = np.tile(prefix_ids, (rows, 1)).astype(np.int32)  # [R, K]
       prefix_len = np.full((rows,), len(prefix_ids), np.int32)
-      with jax.set_mesh(mesh):  # the model pins activation rows to the batch axes
-        ids, _, _ = sampler_lib.sample(
-            graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
-            num_samples=n, max_len=max_len, temperature=config.eval.temperature,
-            top_k=config.eval.top_k, eos_id=vocab.id(EOS))
+      ids, _, _ = sampler_lib.sample(
+          graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
+          num_samples=n, max_len=max_len, temperature=config.eval.temperature,
+          top_k=config.eval.top_k, eos_id=vocab.id(EOS), mesh=mesh)
       ids = spread_rows(ids)
       for i, rows_SxL in _own_prompts(ids, n).items():
         if start + i >= len(tasks):

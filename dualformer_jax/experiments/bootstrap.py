@@ -125,11 +125,10 @@ def sample_responses(config: ml_collections.ConfigDict, path: str, step: int,
     for i, p in enumerate(chunk + [chunk[-1]] * (per_batch - len(chunk))):
       ids = vocab.encode([BOS, *p, EOS])
       enc[i, :len(ids)] = ids
-    with jax.set_mesh(mesh):
-      ids = sampler_lib.sample(
-          graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
-          num_samples=k, max_len=max_len, temperature=config.bootstrap.temperature,
-          top_k=config.eval.top_k, eos_id=vocab.id(EOS)).ids
+    ids = sampler_lib.sample(
+        graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
+        num_samples=k, max_len=max_len, temperature=config.bootstrap.temperature,
+        top_k=config.eval.top_k, eos_id=vocab.id(EOS), mesh=mesh).ids
     rows = np.asarray(jax.device_get(ids))  # [Np * k, L]
     for i in range(len(chunk)):
       out.append([evaluate.response_tokens(r, vocab) for r in rows[i * k:(i + 1) * k]])

@@ -210,7 +210,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   f = flags.FLAGS
   config, workdir = f.config, f.workdir
-  config_lib.enable_compilation_cache(config)
+  config_lib.configure_jax(config)
   models = tuple(m.strip() for m in f.models.split(",") if m.strip())
   try:
     run(config, workdir, models)

@@ -121,7 +121,7 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  config_lib.enable_compilation_cache(config)
+  config_lib.configure_jax(config)
   try:
     run(config, workdir)
   except compare.Interrupted as e:

@@ -216,8 +216,12 @@ class DecodeCache(NamedTuple):
 
 
 def _mesh_has_batch_axes() -> bool:
+  """A mesh in context whose batch axes GSPMD places (not Manual, as inside shard_map)."""
   mesh = jax.sharding.get_abstract_mesh()
-  return not mesh.empty and set(BATCH_AXES) <= set(mesh.axis_names)
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return False
+  types = dict(zip(mesh.axis_names, mesh.axis_types))
+  return all(types[a] == jax.sharding.AxisType.Auto for a in BATCH_AXES)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
@@ -225,7 +229,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
 
   Without it GSPMD may copy the fsdp sharding of the params' embed axis onto
   activations and then reshard them by full rematerialisation. No mesh in
-  context (tests, sampler), or a batch the mesh does not divide: unchanged.
+  context (tests), a shard_map body (the sampler's per-device loops), or a
+  batch the mesh does not divide: unchanged.
   """
   if not _mesh_has_batch_axes():
     return x
