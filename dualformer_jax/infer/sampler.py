@@ -180,11 +180,14 @@ def _sample_split(graphdef, params, enc_ids_NpxP, prefix_RxK, prefix_len_R, key,
                            params, enc_ids_NpxP, prefix_RxK, prefix_len_R, key, temperature)
 
 
-def splits_rows(mesh: Mesh | None, num_prompts: int) -> bool:
-  """Whether `sample` on this mesh gives each device its own rows and loop (see module doc)."""
-  return (mesh is not None and mesh.shape.get("data", 1) > 1
-          and all(n == 1 for a, n in mesh.shape.items() if a != "data")
-          and num_prompts % mesh.shape["data"] == 0)
+def row_split(mesh: Mesh | None, num_prompts: int, num_samples: int) -> int:
+  """How many ways `sample` splits the rows over devices with a loop each (module doc):
+  the data axis of a data-only mesh, when it divides the prompts, or else every
+  prompt's samples (each device then encodes the prompt for its share); 1: no split."""
+  if mesh is None or any(n > 1 for a, n in mesh.shape.items() if a != "data"):
+    return 1
+  d = mesh.shape["data"]
+  return d if num_prompts % d == 0 or num_samples % d == 0 else 1
 
 
 def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.ndarray | None,
@@ -203,7 +206,7 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.nd
   once per shape and static setting; the same key gives the same samples.
   Rows that never emit eos come back with finished=False and length max_len.
   block_len: cache block (default: default_block_len). mesh: the devices
-  to decode on, rows split over its batch axes (splits_rows: one loop per
+  to decode on, rows split over its batch axes (row_split: one loop per
   device); None: as the inputs and any mesh in context place them.
   """
   lens = np.asarray(prefix_len)
@@ -235,7 +238,11 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.nd
   kw = dict(num_samples=num_samples, max_len=max_len, top_k=top_k, eos_id=eos_id,
             block_len=block_len, pad_id=pad_id)
   args = (graphdef, params, enc_ids, prefix, prefix_len, key, jnp.float32(temperature))
-  if splits_rows(mesh, enc_ids.shape[0]):
+  d = row_split(mesh, enc_ids.shape[0], num_samples)
+  if d > 1:
+    if enc_ids.shape[0] % d:  # each device samples a share of every prompt's rows
+      args = (graphdef, params, jnp.repeat(enc_ids, d, axis=0), *args[3:])
+      kw["num_samples"] = num_samples // d
     return _sample_split(*args, mesh=mesh, **kw)
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     return _sample(*args, **kw)

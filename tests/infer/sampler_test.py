@@ -141,22 +141,29 @@ def test_one_loop_per_device_on_a_data_mesh(model):
   samples, lengths and stops equal one program's, as each row draws the same uniforms."""
   mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 1, "tensor": 1}),
                             devices=jax.devices()[:2])
-  assert sampler.splits_rows(mesh, num_prompts=2)
-  assert not sampler.splits_rows(mesh, num_prompts=3)
-  assert not sampler.splits_rows(
+  assert sampler.row_split(mesh, num_prompts=2, num_samples=3) == 2
+  assert sampler.row_split(mesh, num_prompts=1, num_samples=4) == 2  # a prompt's samples
+  assert sampler.row_split(mesh, num_prompts=3, num_samples=3) == 1
+  assert sampler.row_split(
       sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 1}),
-                         devices=jax.devices()[:4]), num_prompts=2)
+                         devices=jax.devices()[:4]), num_prompts=2, num_samples=3) == 1
   graphdef, params = nnx.split(model)
-  pre, pre_len = sampler.stack_prefixes(PREFIXES)
-  for kw in ({"temperature": 1.0}, {"top_k": 3, "temperature": 2.0}):
-    ref = run(model, key=5, eos_id=EOS_ID, **kw)
-    out = sampler.sample(graphdef, params, prompts(), pre, pre_len, jax.random.key(5),
-                         num_samples=3, max_len=MAX_LEN, block_len=BLOCK, eos_id=EOS_ID,
-                         mesh=mesh, **kw)
+  cases = [(prompts(), PREFIXES, {"temperature": 1.0}),
+           (prompts(), PREFIXES, {"top_k": 3, "temperature": 2.0}),
+           (prompts()[:1], PREFIXES[:4], {"temperature": 1.0})]  # 1 prompt: its rows split
+  lengths = set()
+  for enc, prefixes, kw in cases:
+    pre, pre_len = sampler.stack_prefixes(prefixes)
+    n = len(prefixes) // len(enc)
+    ref = sampler.sample(graphdef, params, enc, pre, pre_len, jax.random.key(5), num_samples=n,
+                         max_len=MAX_LEN, block_len=BLOCK, eos_id=EOS_ID, **kw)
+    out = sampler.sample(graphdef, params, enc, pre, pre_len, jax.random.key(5), num_samples=n,
+                         max_len=MAX_LEN, block_len=BLOCK, eos_id=EOS_ID, mesh=mesh, **kw)
     assert len(out.ids.sharding.device_set) == 2 and not out.ids.sharding.is_fully_replicated
     for x, y in zip(out, ref):
-      np.testing.assert_array_equal(np.asarray(x), y)
-  assert len(set(ref[1])) > 1  # rows stopped at different steps
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    lengths |= set(np.asarray(ref.lengths).tolist())
+  assert len(lengths) > 1  # rows stopped at different steps
 
 
 def test_compiled_once_per_shape(model):
