@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Callable
 
 import ml_collections
 from absl import app, flags, logging
@@ -204,16 +205,17 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv) -> None:
+def command(argv, work: Callable[[ml_collections.ConfigDict, str], object], table: str) -> None:
+  """The shell of a sweep command (this one, experiments/sweep.py): checks argv, applies the
+  jax settings, runs `work(config, workdir)`, turns user errors into one line and an
+  interruption into its exit code, and prints the workdir's `table`."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  f = flags.FLAGS
-  config, workdir = f.config, f.workdir
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   config_lib.configure_jax(config)
-  models = tuple(m.strip() for m in f.models.split(",") if m.strip())
   try:
-    run(config, workdir, models)
+    work(config, workdir)
   except Interrupted as e:
     print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
@@ -221,8 +223,13 @@ def main(argv) -> None:
           FloatingPointError, workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  with open(os.path.join(workdir, "results.md")) as results:
-    print(f"\n{results.read()}")
+  with open(os.path.join(workdir, table)) as out:
+    print(f"\n{out.read()}")
+
+
+def main(argv) -> None:
+  models = tuple(m.strip() for m in flags.FLAGS.models.split(",") if m.strip())
+  command(argv, lambda config, workdir: run(config, workdir, models), "results.md")
 
 
 if __name__ == "__main__":

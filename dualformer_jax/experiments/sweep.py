@@ -23,17 +23,15 @@ same command; raising bootstrap.rounds later runs only the new rounds.
 from __future__ import annotations
 
 import os
-import sys
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
-from dualformer_jax import io_utils, workdir_lock
-from dualformer_jax.data import generate, records
+from dualformer_jax import io_utils
+from dualformer_jax.data import generate
 from dualformer_jax.experiments import bootstrap, compare, report
-from dualformer_jax.train.checkpoint import CheckpointError
 
 SWEEP = "sweep.json"
 
@@ -117,22 +115,7 @@ def define_flags() -> None:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.WARNING)  # orbax logs every file it renames at INFO
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  config_lib.configure_jax(config)
-  try:
-    run(config, workdir)
-  except compare.Interrupted as e:
-    print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
-    sys.exit(128 + e.signum)
-  except (records.DatasetError, CheckpointError, FileExistsError, ValueError,
-          FloatingPointError, workdir_lock.WorkdirBusy) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
-  with open(os.path.join(workdir, "sweep.md")) as table:
-    print(f"\n{table.read()}")
+  compare.command(argv, run, "sweep.md")
 
 
 if __name__ == "__main__":
