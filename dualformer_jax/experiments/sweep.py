@@ -90,19 +90,19 @@ def run_point(config: ml_collections.ConfigDict, workdir: str, n: int, meta: dic
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The whole sweep: data, every point, sweep.json and its report."""
+  """The whole sweep: data, every point, sweep.json and its report (rewritten after each
+  point, so a sweep stopped part-way has the table and plot of the points it finished)."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
   meta = generate.generate(config, workdir)
-  points = {}
+  out = {"task": config.task.name, "num_train": list(config.sweep.num_train), "points": {},
+         "reference": compare.new_summary(config, meta)["reference"],
+         "config": config.to_dict()}
   for n in config.sweep.num_train:
     s = run_point(config, workdir, n, meta)
-    points[str(n)] = {k: s[k] for k in ("models", "selected_step", "wall_s")}
-  out = {"task": config.task.name, "num_train": list(config.sweep.num_train),
-         "points": points, "reference": compare.new_summary(config, meta)["reference"],
-         "config": config.to_dict()}
-  io_utils.write_json(os.path.join(workdir, SWEEP), out, indent=1, default=list)
-  report.write_sweep_report(workdir, out)
+    out["points"][str(n)] = {k: s[k] for k in ("models", "selected_step", "wall_s")}
+    io_utils.write_json(os.path.join(workdir, SWEEP), out, indent=1, default=list)
+    report.write_sweep_report(workdir, out)
   return out
 
 
