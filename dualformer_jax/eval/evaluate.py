@@ -102,7 +102,8 @@ def response_tokens(row: np.ndarray, vocab: Vocab) -> list[str]:
   return strip_specials(vocab.decode(row))
 
 
-def _encode_prompts(prompts: list[list[str]], vocab: Vocab, length: int) -> np.ndarray:
+def encode_prompts(prompts: list[list[str]], vocab: Vocab, length: int) -> np.ndarray:
+  """Encoder ids [Np, length]: bos, the prompt, eos, then pad (0)."""
   enc = np.zeros((len(prompts), length), np.int32)  # [Np, P]
   for i, p in enumerate(prompts):
     ids = vocab.encode([BOS, *p, EOS])
@@ -204,7 +205,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       chunk = tasks[start:start + per_batch]
       prompts = [t.prompt for t in chunk]
       prompts += [prompts[-1]] * (per_batch - len(prompts))  # fixed shape; extras ignored
-      enc = _encode_prompts(prompts, vocab, prompt_len)  # [Np, P], the same on every process
+      enc = encode_prompts(prompts, vocab, prompt_len)  # [Np, P], the same on every process
       enc = jax.make_array_from_callback(enc.shape, rows_sharding, lambda idx, enc=enc: enc[idx])
       rows = per_batch * n
       prefix = np.tile(prefix_ids, (rows, 1)).astype(np.int32)  # [R, K]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import dropping, generate, records
-from dualformer_jax.data.vocab import BOS, EOS, Vocab
+from dualformer_jax.data.vocab import EOS, Vocab
 from dualformer_jax.eval import evaluate
 from dualformer_jax.eval.metrics import is_optimal
 from dualformer_jax.experiments import compare
@@ -121,10 +121,9 @@ def sample_responses(config: ml_collections.ConfigDict, path: str, step: int,
   out = []
   for start in tqdm(range(0, len(prompts), per_batch), desc="bootstrap samples", disable=None):
     chunk = list(prompts[start:start + per_batch])
-    enc = np.zeros((per_batch, prompt_len), np.int32)  # [Np, P]; filler rows repeat the last
-    for i, p in enumerate(chunk + [chunk[-1]] * (per_batch - len(chunk))):
-      ids = vocab.encode([BOS, *p, EOS])
-      enc[i, :len(ids)] = ids
+    # [Np, P]; filler rows repeat the last prompt (fixed shape)
+    enc = evaluate.encode_prompts(chunk + [chunk[-1]] * (per_batch - len(chunk)), vocab,
+                                  prompt_len)
     ids = sampler_lib.sample(
         graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
         num_samples=k, max_len=max_len, temperature=config.bootstrap.temperature,
