@@ -80,6 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
+  # Shape overrides of the size's (dim, layers, heads) and the SwiGLU width; 0 = the size's.
+  c.model.dim = 0
+  c.model.layers = 0
+  c.model.heads = 0
+  c.model.ffn = 0  # 0: 8/3 x dim rounded up to a multiple of 256
   c.model.dtype = "float32"  # compute dtype; params stay float32
   c.model.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
   # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import jax
 from absl import app, flags, logging
@@ -83,19 +84,27 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
     # (launchers generate first in a single process, so here it is usually a check).
     # A single process does not ask jax: generation must not start a TPU runtime.
     if not multi_process or jax.process_index() == 0:
+      start = time.perf_counter()
       meta = generate.generate(config, workdir)
-      print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)}")
+      print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)} "
+            f"({time.perf_counter() - start:.0f} s)")
     if multi_process:
       distributed.barrier("dualformer_jax: dataset ready")
   if mode in ("all", "train"):
+    start = time.perf_counter()
     result = trainer.train(config, workdir)
     if result.interrupted:
       if jax.process_index() == 0:
         print(f"stopped by signal {result.signal_number} at step {result.step}; a checkpoint "
               "was saved: run the same command again to resume")
       sys.exit(128 + result.signal_number)
+    if jax.process_index() == 0:
+      print(f"training: step {result.step} reached in {time.perf_counter() - start:.0f} s")
   if mode in ("all", "evaluate"):
+    start = time.perf_counter()
     evaluate.evaluate(config, workdir)
+    if jax.process_index() == 0:
+      print(f"evaluation: {time.perf_counter() - start:.0f} s")
 
 
 def _run_math(config, workdir: str, mode: str) -> None:

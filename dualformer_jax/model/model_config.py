@@ -77,11 +77,17 @@ class ModelConfig:
 
   @classmethod
   def from_config(cls, model_cfg: Any, vocab_size: int) -> "ModelConfig":
-    """`config.model` (size name, dtype, remat, attention, rope_base) + vocabulary size."""
+    """`config.model` (size name, shape overrides, dtype, remat, attention, rope_base) +
+    vocabulary size. An override (dim, layers, heads, ffn) of 0 keeps the size's value."""
     if model_cfg.size not in SIZES:
       raise ValueError(f"config.model.size={model_cfg.size!r}: expected one of {tuple(SIZES)}")
-    dim, layers, heads = SIZES[model_cfg.size]
-    return cls(dim=dim, layers=layers, heads=heads, vocab_size=vocab_size,
+    shape = dict(zip(("dim", "layers", "heads"), SIZES[model_cfg.size]), ffn=0)
+    for field in shape:
+      value = model_cfg.get(field, 0)
+      if value < 0:
+        raise ValueError(f"config.model.{field}={value}: must be >= 1, or 0 for the size's")
+      shape[field] = value or shape[field]
+    return cls(**shape, vocab_size=vocab_size,
                dtype=model_cfg.dtype, remat=remat_policy(model_cfg.remat),
                attention=model_cfg.get("attention", "auto"),
                rope_base=float(model_cfg.rope_base))

@@ -49,10 +49,15 @@ class CorruptCheckpoint(CheckpointError):
   """One step cannot be used (unreadable, checksum mismatch, NaN/Inf); an earlier one may."""
 
 
+# Shape overrides: 0 (the size's own) is left out, so checkpoints from before they existed fit.
+_SHAPE_OVERRIDES = ("dim", "layers", "heads", "ffn")
+
+
 def _drop_execution_only(view: dict) -> dict:
   if isinstance(view.get("model"), dict):
     view = {**view, "model": {k: v for k, v in view["model"].items()
-                              if k not in _EXECUTION_ONLY}}
+                              if k not in _EXECUTION_ONLY
+                              and not (k in _SHAPE_OVERRIDES and v == 0)}}
   return view
 
 

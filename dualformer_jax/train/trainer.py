@@ -248,6 +248,7 @@ class _Throughput:
 
   def __init__(self):
     self.tokens, self.t0 = 0.0, time.perf_counter()
+    self.start = self.t0  # elapsed_s: wall seconds since this (re)start of training
 
   def add(self, tokens: float) -> None:
     self.tokens += tokens
@@ -266,9 +267,11 @@ def _log_train(step: int, metrics, logger: MetricLogger, bar, speed: _Throughput
   if not np.isfinite(host["loss"]):
     raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
   host["tokens_per_s"] = speed.rate()
+  host["elapsed_s"] = time.perf_counter() - speed.start
   host["data_overlong"] = float(data_stats.overlong)
   host["data_padding_efficiency"] = data_stats.padding_efficiency
   logger.write(step, host)
   bar.set_postfix(loss=f"{host['loss']:.4f}", tok_s=f"{host['tokens_per_s']:.0f}")
   if bar.disable:  # no TTY (CI, nohup, SLURM logs): a plain line stands in for the bar
-    _say(f"step {step}: loss {host['loss']:.4f}, {host['tokens_per_s']:.0f} tokens/s")
+    _say(f"step {step}: loss {host['loss']:.4f}, {host['tokens_per_s']:.0f} tokens/s, "
+         f"{host['elapsed_s']:.0f} s")

@@ -50,6 +50,20 @@ def test_size_table_and_ffn():
   assert ffn_dim(96) == 256 and ffn_dim(97) == 512  # 8*96/3 = 256 exactly; 97 rounds up
 
 
+def test_shape_overrides_replace_the_sizes_values():
+  base = dict(size="tiny", dtype="float32", remat="none", rope_base=1e4)
+  cfg = ModelConfig.from_config(ml_collections.ConfigDict(
+      dict(base, dim=96, layers=3, heads=0, ffn=256)), vocab_size=10)
+  assert (cfg.dim, cfg.layers, cfg.heads, cfg.ffn) == (96, 3, SIZES["tiny"][2], 256)
+  zeros = ModelConfig.from_config(ml_collections.ConfigDict(
+      dict(base, dim=0, layers=0, heads=0, ffn=0)), vocab_size=10)
+  assert zeros == ModelConfig.from_config(ml_collections.ConfigDict(base), vocab_size=10)
+  with pytest.raises(ValueError, match="model.layers=-1"):
+    ModelConfig.from_config(ml_collections.ConfigDict(dict(base, layers=-1)), vocab_size=10)
+  with pytest.raises(ValueError, match="heads=4: must divide dim=100"):
+    ModelConfig.from_config(ml_collections.ConfigDict(dict(base, dim=100)), vocab_size=10)
+
+
 def test_bad_config_names_the_value():
   with pytest.raises(ValueError, match="'huge'"):
     ModelConfig.from_config(ml_collections.ConfigDict(

@@ -22,6 +22,19 @@ def test_execution_only_model_fields_do_not_block_a_restore():
   assert compat_view(a, ["x"]) != compat_view(ml_collections.ConfigDict(d), ["x"])
 
 
+def test_shape_overrides_block_a_restore_unless_left_at_the_sizes():
+  """A shape override is part of what a checkpoint computes; 0 (the size's own) is not
+  recorded, so checkpoints written before the overrides existed still fit."""
+  d = maze_configs.get_config("default").to_dict()
+  d["model"].update(dim=0, layers=0, heads=0, ffn=0)
+  zeros = ml_collections.ConfigDict(d)
+  older = {k: v for k, v in d["model"].items() if k not in ("dim", "layers", "heads", "ffn")}
+  assert compat_view(zeros, ["x"]) == compat_view(ml_collections.ConfigDict({**d, "model": older}),
+                                                  ["x"])
+  d["model"]["ffn"] = 256
+  assert compat_view(zeros, ["x"]) != compat_view(ml_collections.ConfigDict(d), ["x"])
+
+
 def test_stream_view_names_the_settings_of_the_data_stream():
   c = maze_configs.get_config("default")
   c.data.trace_mode = "solution_only"
