@@ -112,7 +112,8 @@ def encode_prompts(prompts: list[list[str]], vocab: Vocab, length: int) -> np.nd
 
 
 def restore_params(config, workdir: str, vocab: Vocab, mesh):
-  """(graphdef, params, step) of the checkpoint asked for by `eval.checkpoint_step`.
+  """(graphdef, params, step) of the checkpoint asked for by `eval.checkpoint_step`; the
+  graphdef computes in `eval.dtype` (sampling_config).
 
   The latest (-1) falls back to the newest usable step when later ones are
   damaged, saying so; an explicit step that is damaged is an error.
@@ -135,7 +136,19 @@ def restore_params(config, workdir: str, vocab: Vocab, mesh):
         say(f"warning: checkpoints {damaged} are damaged: evaluating checkpoint {step}")
   finally:
     ckpt.close()
-  return step_lib.model_graphdef(config, len(vocab)), state.params, step
+  return step_lib.model_graphdef(sampling_config(config), len(vocab)), state.params, step
+
+
+def sampling_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config whose model samples: model.dtype replaced by eval.dtype when that is set.
+
+  Params are float32 whatever the compute dtype, so a model trained in bfloat16
+  samples in float32 from the same checkpoint."""
+  if not config.eval.get("dtype") or config.eval.dtype == config.model.dtype:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.model.dtype = config.eval.dtype
+  return out
 
 
 def _compact(v: Verdict) -> Verdict:

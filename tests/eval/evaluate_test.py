@@ -10,9 +10,12 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from configs import maze as maze_configs
+from dualformer_jax import config as config_lib
 from dualformer_jax.data import generate, records
+from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import evaluate
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
@@ -120,3 +123,22 @@ def test_entry_point_user_errors_are_one_line(run):
                      env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert p.returncode == 1 and "Traceback" not in p.stderr
   assert "error: config.eval.tasks_file='/no/such/tasks.jsonl': No such file" in p.stderr
+
+
+def test_eval_dtype_sets_the_sampling_compute_dtype_only(run):
+  """Params are float32 whatever the compute dtype: a float32-trained checkpoint samples in
+  bfloat16 (and the reverse) from the same files; a bad value is refused early."""
+  c = eval_config()
+  vocab = records.read_meta(records.data_dir(run))["vocab"]
+  mesh = sharding.make_mesh(c.mesh)
+  dtypes = {}
+  for dtype in ("", "bfloat16"):
+    c.eval.dtype = dtype
+    graphdef, params, step = evaluate.restore_params(c, run, Vocab(vocab), mesh)
+    dtypes[dtype] = nnx.merge(graphdef, params).cfg.dtype
+    assert step == 2
+  assert dtypes == {"": c.model.dtype, "bfloat16": "bfloat16"} and c.model.dtype == "float32"
+  assert evaluate.sampling_config(c).model.dtype == "bfloat16" and c.model.dtype == "float32"
+  c.eval.dtype = "float16"
+  with pytest.raises(ValueError, match="eval.dtype='float16'"):
+    config_lib.validate(c)
