@@ -36,6 +36,8 @@ OVERRIDES = {
     # data=2 over the processes, tensor=2 within each: params are sharded, and every
     # batch row sits on two devices (evaluation must count each prompt once).
     "mesh.data": 2, "mesh.tensor": 2,
+    # float32 throughout, so the losses compare at LOSS_RTOL (the default trains in bfloat16).
+    "model.dtype": "float32", "eval.dtype": "",
     "train.batch_size": 8, "train.num_steps": 4, "train.warmup_steps": 1, "train.log_every": 1,
     "train.eval_every": 4, "train.eval_batches": 1, "train.checkpoint_every": 4,
     "eval.num_samples": 2, "eval.num_tasks": 8, "eval.prompts_per_batch": 4,

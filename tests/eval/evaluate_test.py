@@ -126,19 +126,20 @@ def test_entry_point_user_errors_are_one_line(run):
 
 
 def test_eval_dtype_sets_the_sampling_compute_dtype_only(run):
-  """Params are float32 whatever the compute dtype: a float32-trained checkpoint samples in
-  bfloat16 (and the reverse) from the same files; a bad value is refused early."""
+  """Params are float32 whatever the compute dtype: a checkpoint trained in bfloat16 (the
+  maze default) samples in float32 from the same files; a bad value is refused early."""
   c = eval_config()
+  assert c.model.dtype == "bfloat16"
   vocab = records.read_meta(records.data_dir(run))["vocab"]
   mesh = sharding.make_mesh(c.mesh)
   dtypes = {}
-  for dtype in ("", "bfloat16"):
+  for dtype in ("", "float32"):
     c.eval.dtype = dtype
     graphdef, params, step = evaluate.restore_params(c, run, Vocab(vocab), mesh)
     dtypes[dtype] = nnx.merge(graphdef, params).cfg.dtype
-    assert step == 2
-  assert dtypes == {"": c.model.dtype, "bfloat16": "bfloat16"} and c.model.dtype == "float32"
-  assert evaluate.sampling_config(c).model.dtype == "bfloat16" and c.model.dtype == "float32"
+    assert step in (2, 4)  # 4 if no other test has damaged it
+  assert dtypes == {"": "bfloat16", "float32": "float32"}
+  assert evaluate.sampling_config(c).model.dtype == "float32" and c.model.dtype == "bfloat16"
   c.eval.dtype = "float16"
   with pytest.raises(ValueError, match="eval.dtype='float16'"):
     config_lib.validate(c)
