@@ -2,8 +2,8 @@
 
   python -m dualformer_jax.main --config=configs/maze.py --workdir=/tmp/maze
       default: 6x6 mazes, tiny model; about 9.5 minutes on a 2-core CPU, ending with the
-      fast/slow/auto table (two thirds to four fifths of 100 test mazes solved optimally in
-      every mode, by seed; README).
+      fast/slow/auto table (half to four fifths of 100 test mazes solved optimally, by
+      seed; README).
   python -m dualformer_jax.main --config=configs/maze.py:long --workdir=/tmp/maze_long
       long: the default trained 8,000 steps; about 23 minutes, 95-98% of the test mazes
       solved optimally in every mode, SWC about 0.7.
