@@ -2,6 +2,8 @@
 
   python benchmarks/train_bench.py          # all variants: preset s, batch 8, P=128, T=384
   python benchmarks/train_bench.py --variants=bf16 --steps=20
+  python benchmarks/train_bench.py --variants=fp32 --size=tiny --dim=96 --ffn=256 \
+      --batch=32 --enc_len=112 --dec_len=576 --vocab_size=80   # the maze compare preset
 
 Each variant runs in its own subprocess (XLA flags are read once, at import).
 Random token ids, every decoder position a loss token; timed steps follow two
@@ -75,6 +77,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   c = config_lib.base_config()
   c.model.size, c.model.dtype, c.model.remat = args.size, dtype, remat
   c.model.attention = args.attention
+  c.model.dim, c.model.ffn = args.dim, args.ffn
   c.mesh.data = args.devices
   c.train.batch_size = b
   config_lib.validate(c)
@@ -127,6 +130,8 @@ def main() -> None:
                   "bf16_batch16,bf16_batch4",
                   help=f"comma-separated subset of {list(VARIANTS)}")
   ap.add_argument("--size", default="s")
+  ap.add_argument("--dim", type=int, default=0, help="model width; 0 keeps the size's own")
+  ap.add_argument("--ffn", type=int, default=0, help="SwiGLU width; 0 keeps the size's own")
   ap.add_argument("--attention", default="auto", help="auto | xla | blockwise (model/attention.py)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--enc_len", type=int, default=128)

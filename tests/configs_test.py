@@ -55,3 +55,18 @@ def test_the_sweep_preset_is_a_valid_sweep_with_the_default_recipe():
 def test_unknown_preset_is_refused(module):
   with pytest.raises(ValueError, match="unknown .* preset 'papr'"):
     module.get_config("papr")
+
+
+def test_measured_presets_keep_the_model_their_figures_came_from():
+  """`long` and `sweep` (README, RESULTS.md; the sweep resumes its checkpoints) keep tiny's
+  dim 128 / SwiGLU 512 in float32 though the default moved to a narrower bfloat16 model."""
+  from dualformer_jax.model.model_config import ModelConfig
+  shape = lambda c: ModelConfig.from_config(c.model, vocab_size=40)
+  default = shape(maze_configs.get_config("default"))
+  assert (default.dim, default.ffn, default.dtype) == (96, 256, "bfloat16")
+  for preset in ("long", "sweep"):
+    c = maze_configs.get_config(preset)
+    assert (shape(c).dim, shape(c).ffn, shape(c).dtype) == (128, 512, "float32"), preset
+    assert (c.data.num_buckets, c.eval.dtype) == (4, ""), preset
+  compare_shape = shape(maze_configs.get_config("compare"))
+  assert (compare_shape.dim, compare_shape.ffn) == (default.dim, default.ffn)
