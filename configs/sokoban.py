@@ -1,8 +1,8 @@
 """Sokoban presets. `--config=configs/sokoban.py[:preset]`, any field as `--config.x.y=v`.
 
   python -m dualformer_jax.main --config=configs/sokoban.py --workdir=/tmp/sokoban
-      default: 6x6 levels with one box and 4 interior walls, tiny model; about 18 minutes
-      on a 2-core CPU, solving more than half of 50 test levels in fast and slow mode.
+      default: 6x6 levels with one box and 4 interior walls, a narrowed tiny model (dim 96);
+      about 16 minutes on a 2-core CPU, solving 86-88% of 50 test levels in every mode.
   python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=/data/runs/sokoban
       PAPER.md reference settings: 7x7, two boxes, 8e5 steps; accelerators.
 """
@@ -30,10 +30,18 @@ def get_config(preset: str = "default"):
     # Plan-only examples (p4) at 0.2: fast mode learns from them alone.
     c.data.level_probs = (0.3, 0.2, 0.15, 0.15, 0.2)
     c.model.size = "tiny"
-    c.train.num_steps = 3000
+    # The maze default's lesson (README): a narrower model, bfloat16 training, 3 bucket
+    # widths and more steps. 4,500 steps of it solved 86-88% where 3,000 of tiny's
+    # dim 128 / SwiGLU 512 in float32 solved 56-60%, in 16 minutes instead of 18.
+    c.model.dim = 96
+    c.model.ffn = 256
+    c.model.dtype = "bfloat16"
+    c.eval.dtype = "float32"  # sampling is faster in float32 on a CPU (README)
+    c.data.num_buckets = 3
+    c.train.num_steps = 4500
     c.train.batch_size = 16
     c.train.learning_rate = 3e-3
-    c.train.eval_every = 1000
+    c.train.eval_every = 4500  # the test loss once, at the end
     c.train.checkpoint_every = 1000
     c.eval.num_tasks = 50
     c.eval.num_samples = 16
