@@ -9,6 +9,10 @@ import sys
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite runs on those CPU devices; with libtpu installed (CI installs it for the
+# deviceless TPU compile test) every process would otherwise probe for a TPU first.
+# JAX_PLATFORMS=cuda,cpu python -m pytest adds a GPU (the cuDNN tests).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Before jax is imported; inherited by the tests' subprocesses (CLI, 2-process runs).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dualformer_xla_")

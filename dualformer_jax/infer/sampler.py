@@ -237,15 +237,39 @@ def sample(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.Array | np.nd
     raise ValueError(f"block_len={block_len}: must be >= 1")
   kw = dict(num_samples=num_samples, max_len=max_len, top_k=top_k, eos_id=eos_id,
             block_len=block_len, pad_id=pad_id)
-  args = (graphdef, params, enc_ids, prefix, prefix_len, key, jnp.float32(temperature))
-  d = row_split(mesh, enc_ids.shape[0], num_samples)
+  return _program(graphdef, params, enc_ids, prefix, prefix_len, key, jnp.float32(temperature),
+                  mesh=mesh, **kw)
+
+
+def _program(graphdef, params, enc_ids, prefix, prefix_len, key, temperature, *, mesh,
+             lower: bool = False, **kw):
+  """Calls (or, with lower=True, lowers) the jitted program for this mesh and these shapes."""
+  d = row_split(mesh, enc_ids.shape[0], kw["num_samples"])
   if d > 1:
     if enc_ids.shape[0] % d:  # each device samples a share of every prompt's rows
-      args = (graphdef, params, jnp.repeat(enc_ids, d, axis=0), *args[3:])
-      kw["num_samples"] = num_samples // d
-    return _sample_split(*args, mesh=mesh, **kw)
+      enc_ids = (jnp.repeat(enc_ids, d, axis=0) if not isinstance(enc_ids, jax.ShapeDtypeStruct)
+                 else jax.ShapeDtypeStruct((enc_ids.shape[0] * d, *enc_ids.shape[1:]),
+                                           enc_ids.dtype, sharding=enc_ids.sharding))
+      kw["num_samples"] //= d
+    fn, kw = _sample_split, dict(kw, mesh=mesh)
+  else:
+    fn = _sample
+  args = (graphdef, params, enc_ids, prefix, prefix_len, key, temperature)
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-    return _sample(*args, **kw)
+    return fn.lower(*args, **kw) if lower else fn(*args, **kw)
+
+
+def lower(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.ShapeDtypeStruct,
+          prefix: jax.ShapeDtypeStruct, prefix_len: jax.ShapeDtypeStruct, *, num_samples: int,
+          max_len: int, top_k: int = 0, eos_id: int | tuple[int, ...] = EOS_ID,
+          block_len: int | None = None, pad_id: int | None = PAD_ID, mesh: Mesh | None = None):
+  """The program `sample` runs for inputs of these shapes and shardings, lowered and not
+  run (compile.py sizes it for devices that are not here). prefix's width is taken as is."""
+  block_len = default_block_len(max_len) if block_len is None else block_len
+  return _program(graphdef, params, enc_ids, prefix, prefix_len, jax.random.key(0),
+                  jnp.float32(1.0), mesh=mesh, lower=True, num_samples=num_samples,
+                  max_len=max_len, top_k=top_k, eos_id=eos_id, block_len=block_len,
+                  pad_id=pad_id)
 
 
 def sample_model(model: nnx.Module, enc_ids, prefix, prefix_len, key: jax.Array,

@@ -13,7 +13,14 @@ once. `attention()` serves full sequences and picks an implementation:
   cudnn      `jax.nn.dot_product_attention(implementation="cudnn")`: flash
              attention on NVIDIA GPUs (bf16/fp16; right-padded keys).
   splash     Pallas splash attention on TPU (interpreted elsewhere, for tests).
-  auto       by backend, dtype and length (`resolve`).
+  auto       by target platform, dtype and length (`resolve`).
+
+The target platform is that of the mesh in context (`jax.set_mesh`), i.e. of
+the devices the program is compiled for, which may not be this host's (a TPU
+program compiled deviceless on a CPU machine: compile.py). The two kernels
+(cudnn, splash) are custom calls that XLA cannot partition, so under a mesh
+they run inside `shard_map`: each device attends over its own rows (batch
+axes data x fsdp) and heads (tensor), which needs no communication.
 
 `cached_step()` / `attend_cached()`: one query per row of sampling over a KV
 cache in blocks (model/transformer.py, lm/model.py), same masked softmax.
@@ -37,6 +44,9 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from dualformer_jax.model.sharding import BATCH_AXES
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 NEG = -1e30  # masked score: finite, so a fully masked row gives no NaN
@@ -92,6 +102,17 @@ def _repeat_kv(k_BxSxGxK: jax.Array, heads: int) -> jax.Array:
 
 # ------------------------------------------------------------------ choice
 
+def target_platform() -> str:
+  """"cpu", "gpu" or "tpu": the platform of the mesh in context, else of this host.
+
+  Under `jax.set_mesh(mesh)` the abstract mesh names its devices' platform, so a
+  program built for TPU chips on a CPU host picks the TPU kernels.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 def resolve(impl: str, *, t: int, s: int, dtype: jnp.dtype, backend: str | None = None) -> str:
   """The concrete implementation `auto` stands for (others pass through).
 
@@ -103,7 +124,7 @@ def resolve(impl: str, *, t: int, s: int, dtype: jnp.dtype, backend: str | None 
     raise ValueError(f"attention implementation {impl!r}: expected one of {IMPLEMENTATIONS}")
   if impl != "auto":
     return impl
-  backend = backend or jax.default_backend()
+  backend = backend or target_platform()
   if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
     return "cudnn"
   if backend == "tpu" and t % 128 == 0 and s % 128 == 0:
@@ -119,11 +140,15 @@ def attention(q_BxTxHxK: jax.Array, k_BxSxGxK: jax.Array, v_BxSxGxK: jax.Array, 
   if window and not causal:
     raise ValueError("attention: a sliding window needs causal=True")
   t, s = q_BxTxHxK.shape[1], k_BxSxGxK.shape[1]
-  impl = resolve(impl, t=t, s=s, dtype=q_BxTxHxK.dtype)
+  platform = target_platform()
+  impl = resolve(impl, t=t, s=s, dtype=q_BxTxHxK.dtype, backend=platform)
   args = (q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, kv_valid_BxS, causal, window)
-  kernels = {"xla": _xla, "blockwise": functools.partial(_blockwise, block=block),
-             "cudnn": _cudnn, "splash": _splash}
-  return kernels[impl](*args)
+  if impl == "xla":
+    return _xla(*args)
+  if impl == "blockwise":
+    return _blockwise(*args, block=block)
+  kernel = _cudnn if impl == "cudnn" else functools.partial(_splash, interpret=platform != "tpu")
+  return per_shard(kernel, *args)
 
 
 def _xla(q, k, v, kv_valid, causal, window):
@@ -349,6 +374,50 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # ------------------------------------------------------------------ accelerator kernels
 
+HEAD_AXIS = "tensor"  # the mesh axis of the "heads" rule (model/sharding.py)
+
+
+def _auto_axes(mesh) -> set[str]:
+  """Mesh axes that GSPMD still places (not Manual, as inside an outer shard_map)."""
+  return {a for a, kind in zip(mesh.axis_names, mesh.axis_types)
+          if kind == jax.sharding.AxisType.Auto}
+
+
+def per_shard(kernel, q, k, v, kv_valid, causal, window):
+  """Runs a kernel XLA cannot partition on each device's share of a sharded call.
+
+  Under a mesh with Auto axes the call goes through `jax.shard_map`: rows split
+  over the batch axes that divide B, heads over `tensor` when it divides H (k/v
+  are first repeated to H heads if it does not divide their G). Attention is
+  independent per row and head, so the shards need no communication. No mesh in
+  context (one device) or no Auto axis left (inside the sampler's shard_map):
+  the kernel is called on the arrays as they are.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  free = set() if mesh.empty else _auto_axes(mesh)
+  if not free:
+    return kernel(q, k, v, kv_valid, causal, window)
+  (b, _, h, _), g = q.shape, k.shape[2]
+  batch = []
+  for axis in BATCH_AXES:  # the largest prefix of the batch axes that divides B
+    if axis in free and b % math.prod(mesh.shape[a] for a in (*batch, axis)) == 0:
+      batch.append(axis)
+  heads = None
+  if HEAD_AXIS in free and h % mesh.shape[HEAD_AXIS] == 0:
+    heads = HEAD_AXIS
+    if g % mesh.shape[HEAD_AXIS]:
+      k, v = _repeat_kv(k, h), _repeat_kv(v, h)
+  if kv_valid is None:
+    kv_valid = jnp.ones(k.shape[:2], bool)
+  rows = tuple(batch) or None
+  x_spec, valid_spec = P(rows, None, heads, None), P(rows, None)
+  # check_vma=False: the kernels are opaque custom calls with no varying-axes rules.
+  return jax.shard_map(
+      lambda q, k, v, valid: kernel(q, k, v, valid, causal, window), mesh=mesh,
+      in_specs=(x_spec, x_spec, x_spec, valid_spec), out_specs=x_spec,
+      axis_names=free, check_vma=False)(q, k, v, kv_valid)
+
+
 def _cudnn(q, k, v, kv_valid, causal, window):
   """cuDNN flash attention. Keys must be right-padded (valid keys first), as prompts are."""
   lengths = None if kv_valid is None else jnp.sum(kv_valid.astype(jnp.int32), axis=-1)
@@ -367,11 +436,12 @@ def splash_mask(t: int, s: int, causal: bool, window: int):
   return sm.FullMask((t, s))
 
 
-def _splash(q, k, v, kv_valid, causal, window):
+def _splash(q, k, v, kv_valid, causal, window, *, interpret: bool):
   """Pallas splash attention per example; pads are a second kv segment that no query joins.
 
-  Lengths are padded to multiples of 128 (the kernel's tiling); off TPU the
-  kernel runs interpreted, which is slow and meant for tests only.
+  Lengths are padded to multiples of 128 (the kernel's tiling); `interpret`
+  (off TPU) runs the kernel in the Pallas interpreter, which is slow and meant
+  for tests only.
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -387,7 +457,7 @@ def _splash(q, k, v, kv_valid, causal, window):
       block_sizes=sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                                 block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                                 block_q_dq=bq, block_kv_dq=bkv),
-      head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
+      head_shards=1, q_seq_shards=1, interpret=interpret)
   qh = _heads_first((q * (d ** -0.5)).astype(q.dtype), tp)  # the kernel does not scale
   kh, vh = _heads_first(k, sp), _heads_first(v, sp)
   seg = sk.SegmentIds(q=jnp.zeros((b, tp), jnp.int32), kv=(~valid).astype(jnp.int32))

@@ -158,3 +158,67 @@ def test_blockwise_memory_grows_linearly():
   blockwise = _grad_temp_bytes("blockwise", 4096) / _grad_temp_bytes("blockwise", 2048)
   assert plain > 3.0  # the [T, T] scores and probabilities
   assert blockwise < 2.3
+
+
+# (T, S, causal, window, G, B, H): encoder (padded keys), decoder, sliding window,
+# cross-attention (T != S), GQA whose G heads the tensor axis splits, and G = 1 it does not.
+SHARDED_CASES = {
+    "encoder": (128, 128, False, 0, 4),
+    "decoder": (128, 128, True, 0, 4),
+    "window": (128, 128, True, 40, 4),
+    "cross": (128, 256, False, 0, 4),
+    "gqa": (128, 128, True, 0, 2),
+    "mqa": (128, 128, True, 0, 1),
+}
+
+
+def _sharded_inputs(t, s, g):
+  rng = np.random.default_rng(7)
+  b, h, d = 4, 4, 8
+  q, k, v, w = (jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in (
+      (b, t, h, d), (b, s, g, d), (b, s, g, d), (b, t, h, d)))
+  valid = np.ones((b, s), bool)
+  valid[1, s - 30:] = False
+  valid[3, s // 2:] = False
+  return q, k, v, jnp.asarray(valid), w
+
+
+@pytest.mark.parametrize("case,mesh_shape", [(c, (2, 1, 2)) for c in SHARDED_CASES]
+                         + [("gqa", (1, 2, 2))])
+def test_splash_under_a_mesh_equals_blockwise(case, mesh_shape):
+  """The kernel XLA cannot partition runs per shard (shard_map over batch and heads) on a
+  4-device mesh: outputs and gradients as blockwise attention computes them unsharded."""
+  t, s, causal, window, g = SHARDED_CASES[case]
+  q, k, v, valid, w = _sharded_inputs(t, s, g)
+  w = w * _seeing(t, s, valid, causal, window)
+  mesh = jax.make_mesh(mesh_shape, ("data", "fsdp", "tensor"), devices=jax.devices()[:4],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+
+  def grads(impl):
+    def loss(q, k, v):
+      o = attn.attention(q, k, v, kv_valid_BxS=valid, causal=causal, window=window, impl=impl)
+      return jnp.sum(o * w), o
+    return jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)
+
+  with jax.set_mesh(mesh):
+    assert "shard_map" in str(jax.make_jaxpr(grads("splash"))(q, k, v))
+    (_, o), g_splash = jax.jit(grads("splash"))(q, k, v)
+  (_, o_ref), g_ref = jax.jit(grads("blockwise"))(q, k, v)
+  seeing = _seeing(t, s, valid, causal, window)
+  np.testing.assert_allclose(o * seeing, o_ref * seeing, atol=2e-5)
+  for a, b in zip(g_splash, g_ref):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_the_mesh_in_context_picks_the_platform():
+  """`auto` follows the devices a program is built for, not the host that builds it."""
+  mesh = jax.make_mesh((2, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:2],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  assert attn.target_platform() == jax.default_backend()
+  with jax.set_mesh(mesh):
+    assert attn.target_platform() == "cpu"
+  abstract = jax.sharding.AbstractMesh(
+      (2,), ("data",), abstract_device=jax.sharding.AbstractDevice("TPU v5 lite", 1, "tpu"))
+  with jax.sharding.use_abstract_mesh(abstract):
+    assert attn.target_platform() == "tpu"
+    assert attn.resolve("auto", t=256, s=256, dtype=jnp.bfloat16) == "splash"

@@ -1,0 +1,431 @@
+"""Compiles a preset's programs for a TPU topology that is not here: memory, FLOPs, roofline.
+
+  python -m dualformer_jax.compile --config=configs/sokoban.py:paper --topology=v5e:2x4 \
+      [--num_slices=N] [--per_device_batch=N] [--dec_len=N] [--lm_shape=llama-3-8b]
+
+MaxText's train_compile for this project. With libtpu installed
+(requirements-tpu.txt) JAX lowers and compiles for any TPU topology on any
+Linux machine; nothing runs. The preset's mesh (config.mesh, as
+launch/tpu_pod.sh runs it) is laid over the topology's chips, and the
+programs are built by the code a real run uses:
+
+  train    the trainer's jitted train step (train/step.py), at the preset's
+           global batch (or --per_device_batch per data x fsdp shard), its
+           longest decoder length (or --dec_len) and prompt length;
+  sample   the evaluation's sampler program (infer/sampler.py) for
+           eval.prompts_per_batch prompts x eval.num_samples rows;
+  lm_train configs/math.py: the language model's train step (lm/train.py) with
+           the checkpoint's shape (config.json of lm.checkpoint, or --lm_shape).
+
+For each it prints per chip: argument / temp / output bytes against the
+chip's HBM and whether they fit; FLOPs and bytes per step; a roofline lower
+bound on the step time, max(FLOPs / peak, bytes / HBM bandwidth); the
+tokens/s and model-FLOPs utilisation (MFU) that bound allows; and the days
+train.num_steps would take at it. The last line is one JSON object.
+
+XLA's cost analysis counts a loop body once (layers under `scan`, kernels
+are opaque custom calls), so the FLOPs of train steps come from an analytic
+count (`train_flops`, checked against XLA's on a loop-free program in
+tests/compile_test.py); XLA's own figure is printed beside it. The sampler
+is a while loop over positions: its memory is exact, its per-step cost is
+not a step time, so it gets no roofline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Any
+
+# libtpu probes the host for TPU metadata on first use; these quiet it off a TPU VM
+# (a TPU VM sets its own, which win). Every JAX process of a machine with libtpu loads
+# it and takes its lock file; compiling needs no chip, so it need not wait for the lock.
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dualformer_jax.model import sharding as shd  # noqa: E402
+
+GIB = 2 ** 30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  name: str
+  peak_flops: float  # dense bf16 FLOP/s per chip
+  hbm_bytes: int
+  hbm_bandwidth: float  # bytes/s
+
+
+# Per chip, from Google Cloud's TPU system-architecture pages (cloud.google.com/tpu/docs/
+# v4, v5e, v5p, v6e): peak bf16 TFLOP/s, HBM GiB, HBM GB/s.
+CHIPS = {
+    "TPU v4": Chip("v4", 275e12, 32 * GIB, 1228e9),
+    "TPU v5 lite": Chip("v5e", 197e12, 16 * GIB, 819e9),
+    "TPU v5": Chip("v5p", 459e12, 95 * GIB, 2765e9),
+    "TPU v5p": Chip("v5p", 459e12, 95 * GIB, 2765e9),
+    "TPU v6 lite": Chip("v6e", 918e12, 32 * GIB, 1640e9),
+}
+
+# Hugging Face config.json fields of the checkpoints configs/math.py:paper fine-tunes
+# (meta-llama/Meta-Llama-3-8B, mistralai/Mistral-7B-v0.1), for compiling without the weights.
+LM_SHAPES = {
+    "llama-3-8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+                   "num_hidden_layers": 32, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "intermediate_size": 14336,
+                   "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+                   "max_position_embeddings": 8192, "tie_word_embeddings": False,
+                   "bos_token_id": 128000, "eos_token_id": 128001},
+    "mistral-7b": {"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
+                   "num_hidden_layers": 32, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "intermediate_size": 14336,
+                   "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "sliding_window": 4096,
+                   "max_position_embeddings": 32768, "tie_word_embeddings": False,
+                   "bos_token_id": 1, "eos_token_id": 2},
+}
+
+
+# ------------------------------------------------------------------ devices
+
+def topology_devices(topology: str, num_slices: int = 1) -> list:
+  """The chips of a TPU topology ("v5e:2x4", "v5p:4x4x4"), deviceless."""
+  from jax.experimental import topologies
+  try:
+    topo = topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                        num_slices=num_slices)
+  except Exception as e:  # noqa: BLE001 - libtpu missing or a name it does not know
+    raise ValueError(f"--topology={topology} (num_slices={num_slices}): JAX could not describe "
+                     f"it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                     "install requirements-tpu.txt and use names such as v5e:2x4, "
+                     "v5p:2x2x1, v4:2x2x2, v6e:2x4") from e
+  return list(topo.devices)
+
+
+def chip_of(device) -> Chip:
+  kind = device.device_kind
+  if kind in CHIPS:
+    return CHIPS[kind]
+  raise ValueError(f"no peak FLOP/s and HBM figures for device kind {kind!r}: add it to "
+                   f"compile.CHIPS (known: {sorted(CHIPS)})")
+
+
+# ------------------------------------------------------------------ analytic FLOPs
+
+def _train_factor(remat: str) -> float:
+  """Forward passes a train step does: forward + backward (2x), + 1 more under full remat."""
+  return 4.0 if remat == "full" else 3.0
+
+
+def planning_flops(model_cfg: Any, batch: int, prompt_len: int, dec_len: int) -> dict:
+  """Matmul FLOPs of one train step of the encoder-decoder (model/transformer.py).
+
+  model: 3 x forward (what MFU counts); hardware: with remat's recomputed forward
+  ("full": the whole block, "dots": its attention products). The causal decoder
+  self-attention counts half its score matrix, as blockwise and splash skip it.
+  """
+  d, f, layers, v = model_cfg.dim, model_cfg.ffn, model_cfg.layers, model_cfg.vocab_size
+  p, t = prompt_len, dec_len
+  ffn = 3 * d * f
+  per_example = 2 * (layers * (p * (4 * d * d + ffn)  # encoder blocks
+                               + t * (4 * d * d + 2 * d * d + ffn)  # self + cross q/o + ffn
+                               + p * 2 * d * d)  # cross-attention k/v of the prompt
+                     + t * d * v)  # output head
+  attn = 4 * d * layers * (p * p + t * t / 2 + t * p)  # scores + values, all heads
+  fwd = batch * (per_example + attn)
+  extra = {"full": fwd, "dots": batch * attn}.get(model_cfg.remat, 0.0)
+  return {"model_flops": 3.0 * fwd, "hardware_flops": 3.0 * fwd + extra}
+
+
+def lm_flops(lm_cfg: Any, batch: int, seq_len: int) -> dict:
+  """Matmul FLOPs of one train step of the decoder-only LM (lm/model.py), as above."""
+  d, hd, h, g = lm_cfg.dim, lm_cfg.head_dim, lm_cfg.num_heads, lm_cfg.num_kv_heads
+  per_token = 2 * (lm_cfg.num_layers * (d * hd * (2 * h + 2 * g) + 3 * d * lm_cfg.ffn_dim)
+                   + d * lm_cfg.vocab_size)
+  window = min(lm_cfg.window or seq_len, seq_len)
+  attn = 4 * hd * h * lm_cfg.num_layers * seq_len * window / 2
+  fwd = batch * (seq_len * per_token + attn)
+  extra = {"full": fwd, "dots": batch * attn}.get(lm_cfg.remat, 0.0)
+  return {"model_flops": 3.0 * fwd, "hardware_flops": 3.0 * fwd + extra}
+
+
+# ------------------------------------------------------------------ figures
+
+def xla_figures(compiled) -> dict:
+  """Per-chip memory and XLA's cost analysis of a compiled program."""
+  m = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  return {"argument_bytes": int(m.argument_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
+          "output_bytes": int(m.output_size_in_bytes), "alias_bytes": int(m.alias_size_in_bytes),
+          "xla_flops": float(cost.get("flops", 0.0)),
+          "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+def peak_bytes(fig: dict) -> int:
+  """Arguments + temporaries + outputs not written in place of a donated argument."""
+  return fig["argument_bytes"] + fig["temp_bytes"] + fig["output_bytes"] - fig["alias_bytes"]
+
+
+def roofline(fig: dict, chip: Chip, chips: int, flops: dict | None, tokens: int,
+             num_steps: int) -> dict:
+  """Adds fits / roofline_s / tokens_per_s / mfu_bound / days to a program's figures.
+
+  Bytes per step are at least XLA's count and at least the arguments read and
+  outputs written once (XLA's count, too, sees a loop body once).
+  """
+  need = peak_bytes(fig)
+  out = dict(fig, peak_bytes=need, hbm_bytes=chip.hbm_bytes, fits=need <= chip.hbm_bytes)
+  if flops is None:
+    return dict(out, flops=None, roofline_s=None)
+  hw = flops["hardware_flops"] / chips
+  moved = max(fig["bytes_accessed"], fig["argument_bytes"] + fig["output_bytes"])
+  step_s = max(hw / chip.peak_flops, moved / chip.hbm_bandwidth)
+  return dict(out, flops=hw, model_flops=flops["model_flops"] / chips, bytes_accessed=moved,
+              roofline_s=step_s, tokens_per_s=tokens / step_s,
+              mfu_bound=flops["model_flops"] / chips / step_s / chip.peak_flops,
+              days=num_steps * step_s / 86400)
+
+
+_SIZE = re.compile(r"\(([\d.]+)([KMGT])\)")
+
+
+def out_of_memory(error: Exception, chip: Chip) -> dict:
+  """The figures of a program the TPU compiler refused for want of HBM (it says how much
+  its temporaries need); any other compile error is raised."""
+  text = str(error)
+  if "RESOURCE_EXHAUSTED" not in text:
+    raise error
+  sizes = [float(n) * 2 ** (10 * " KMGT".index(u)) for n, u in _SIZE.findall(text)]
+  temp = int(sizes[0]) if sizes else None
+  return {"argument_bytes": None, "temp_bytes": temp, "output_bytes": None, "alias_bytes": None,
+          "xla_flops": None, "bytes_accessed": None, "peak_bytes": temp,
+          "hbm_bytes": chip.hbm_bytes, "fits": False, "flops": None, "roofline_s": None,
+          "compiler": text.strip().splitlines()[-1][:300]}
+
+
+def advice(config: Any, fig: dict, chip: Chip, per_device_batch: int, split: int = 1) -> str:
+  """Which knob would make a program that does not fit fit."""
+  over = ((fig["peak_bytes"] or 0) - chip.hbm_bytes) / GIB
+  if fig.get("name") == "sample":
+    return (f"over by {over:.2f} GiB per chip; try fewer rows per sampler call: "
+            f"eval.prompts_per_batch={config.eval.prompts_per_batch} (rounded up to "
+            f"{split}, one prompt per data x fsdp shard) x eval.num_samples="
+            f"{config.eval.num_samples}, a shorter eval.max_decode_len, or a chip with more HBM")
+  knobs = []
+  if per_device_batch > 1:
+    knobs.append(f"--per_device_batch={per_device_batch // 2} (with train.grad_accum to keep "
+                 "the global batch)")
+  remat = config.model.remat if "model" in config else config.lm.remat
+  if remat != "full":
+    knobs.append("model remat 'full'")
+  knobs.append("a larger mesh.fsdp (params and optimizer state split over more chips) or "
+               "a slice with more HBM per chip")
+  return f"over by {over:.2f} GiB per chip; try " + ", or ".join(knobs)
+
+
+# ------------------------------------------------------------------ programs
+
+def _sds(shape, dtype, sharding):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+
+def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) -> list[dict]:
+  """The planning trainer's train step and the evaluation's sampler, lowered for mesh."""
+  from dualformer_jax.data.vocab import Vocab
+  from dualformer_jax.infer import sampler
+  from dualformer_jax.model import attention as attn_lib
+  from dualformer_jax.model.model_config import ModelConfig
+  from dualformer_jax.tasks.base import make_task
+  from dualformer_jax.train import step as step_lib
+
+  vocab_size = len(Vocab(make_task(config.task).vocabulary()))
+  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+  split = shd.batch_divisor(mesh)
+  batch = per_device_batch * split
+  p = config.data.max_prompt_len
+  shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
+  abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  graphdef = step_lib.model_graphdef(config, vocab_size)
+  train_step = step_lib.make_train_step(graphdef, config, mesh, shardings)
+  rows = shd.batch_sharding(mesh)
+  batch_abstract = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
+      ("dec_ids", jnp.int32), ("targets", jnp.int32), ("trace_mask", jnp.float32),
+      ("plan_mask", jnp.float32))}
+  batch_abstract["enc_ids"] = _sds((batch, p), jnp.int32, rows)
+  with jax.set_mesh(mesh):
+    attention = attn_lib.resolve(model_cfg.attention, t=dec_len, s=dec_len,
+                                 dtype=model_cfg.compute_dtype)
+  programs = [{"name": "train", "attention": attention, "batch": batch, "dec_len": dec_len,
+               "lowered": train_step.lower(abstract, batch_abstract),
+               "flops": planning_flops(model_cfg, batch, p, dec_len), "tokens": batch * dec_len}]
+
+  prompts = -(-int(config.eval.prompts_per_batch) // split) * split  # as eval/evaluate.py
+  n = int(config.eval.num_samples)
+  max_len = (config.eval.max_decode_len if config.eval.max_decode_len > 0
+             else config.data.max_decoder_len)
+  params = abstract.params
+  if config.eval.dtype:  # sampling in its own dtype, as the evaluation restores it
+    sample_cfg = config.copy_and_resolve_references()
+    sample_cfg.model.dtype = config.eval.dtype
+    graphdef = step_lib.model_graphdef(sample_cfg, vocab_size)
+  lowered = sampler.lower(
+      graphdef, params, _sds((prompts, p), jnp.int32, rows),
+      _sds((prompts * n, 4), jnp.int32, rows), _sds((prompts * n,), jnp.int32, rows),
+      num_samples=n, max_len=max_len, top_k=int(config.eval.top_k), mesh=mesh)
+  programs.append({"name": "sample", "attention": attention, "batch": prompts * n,
+                   "dec_len": max_len, "lowered": lowered, "flops": None,
+                   "tokens": prompts * n * max_len})
+  return programs
+
+
+def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
+                ) -> list[dict]:
+  """The language model's train step (lm/train.py) for the checkpoint's shape, lowered."""
+  from dualformer_jax.lm import hf_checkpoint, train as lm_train
+  from dualformer_jax.lm.model import LMConfig
+
+  overrides = dict(dtype=config.lm.dtype, param_dtype=config.lm.param_dtype,
+                   attention=config.lm.attention, remat=config.lm.remat)
+  if lm_shape:
+    if lm_shape not in LM_SHAPES:
+      raise ValueError(f"--lm_shape={lm_shape!r}: expected one of {sorted(LM_SHAPES)}")
+    lm_cfg = LMConfig.from_hf(LM_SHAPES[lm_shape], **overrides)
+  elif config.lm.checkpoint:
+    lm_cfg = hf_checkpoint.read_config(os.path.expanduser(config.lm.checkpoint), **overrides)
+  else:
+    raise ValueError("configs/math.py: set lm.checkpoint to a Hugging Face directory, or pass "
+                     f"--lm_shape (one of {sorted(LM_SHAPES)}) to compile without the weights")
+  batch = per_device_batch * shd.batch_divisor(mesh)
+  shd.check_batch_size(batch, mesh)
+  graphdef, _, abstract = lm_train._init_state(config, lm_cfg, mesh, None)
+  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  step = lm_train.make_train_step(graphdef, config.train, mesh, shardings)
+  rows = shd.batch_sharding(mesh)
+  batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
+                    "valid": _sds((batch, seq_len), jnp.bool_, rows),
+                    "loss_mask": _sds((batch, seq_len), jnp.bool_, rows)}
+  from dualformer_jax.model import attention as attn_lib
+  with jax.set_mesh(mesh):
+    attention = attn_lib.resolve(lm_cfg.attention, t=seq_len, s=seq_len,
+                                 dtype=jnp.dtype(lm_cfg.dtype))
+  return [{"name": "lm_train", "attention": attention, "batch": batch, "dec_len": seq_len,
+           "lowered": step.lower(abstract, batch_abstract),
+           "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}]
+
+
+def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec_len: int = 0,
+                   lm_shape: str = "", log=print) -> dict:
+  """Lowers and compiles the preset's programs for `devices`; the report as a dict."""
+  import time
+
+  from dualformer_jax import config as config_lib
+  from dualformer_jax.lm import train as lm_train
+
+  is_lm = config.task.name == "math"
+  if is_lm and lm_shape:  # the shape stands in for the checkpoint; no data is read
+    checked = config.copy_and_resolve_references()
+    checked.task.source, checked.lm.checkpoint = "synthetic", ""
+    lm_train.validate(checked)
+  else:
+    (lm_train.validate if is_lm else config_lib.validate)(config)
+  mesh = shd.make_mesh(config.mesh, devices)
+  split = shd.batch_divisor(mesh)
+  if not per_device_batch:
+    if config.train.batch_size % split:
+      raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "
+                       f"data x fsdp = {split} chips of mesh {dict(mesh.shape)}: pass "
+                       "--per_device_batch")
+    per_device_batch = config.train.batch_size // split
+  chip = chip_of(devices[0])
+  if is_lm:
+    dec_len = dec_len or int(config.data.max_len)
+    programs = lm_programs(config, mesh, per_device_batch, dec_len, lm_shape)
+  else:
+    dec_len = dec_len or int(config.data.max_decoder_len)
+    programs = planning_programs(config, mesh, per_device_batch, dec_len)
+  report = {"topology": None, "chips": len(devices), "device_kind": devices[0].device_kind,
+            "hbm_bytes": chip.hbm_bytes, "mesh": dict(mesh.shape),
+            "per_device_batch": per_device_batch, "programs": []}
+  for prog in programs:
+    t0 = time.perf_counter()
+    try:
+      fig = roofline(xla_figures(prog["lowered"].compile()), chip, len(devices), prog["flops"],
+                     prog["tokens"], int(config.train.num_steps))
+    except jax.errors.JaxRuntimeError as e:
+      fig = out_of_memory(e, chip)
+    row = {"name": prog["name"], "attention": prog["attention"], "batch": prog["batch"],
+           "dec_len": prog["dec_len"], **fig, "compile_s": round(time.perf_counter() - t0, 1)}
+    if not row["fits"]:
+      row["advice"] = advice(config, row, chip, per_device_batch, split)
+    report["programs"].append(row)
+    log(describe(row, chip))
+  return report
+
+
+def describe(row: dict, chip: Chip) -> str:
+  head = (f"{row['name']}: {row['attention']} attention, batch {row['batch']} x "
+          f"{row['dec_len']} tokens, compiled in {row['compile_s']:.1f} s")
+  if row["argument_bytes"] is None:  # refused by the compiler
+    return "\n".join([head, f"  DOES NOT FIT {chip.hbm_bytes / GIB:.0f} GiB per chip: "
+                             f"{row['compiler']}", f"  {row['advice']}"])
+  lines = [head,
+           f"  per chip: arguments {row['argument_bytes'] / GIB:.2f} GiB, temp "
+           f"{row['temp_bytes'] / GIB:.2f} GiB, output {row['output_bytes'] / GIB:.2f} GiB "
+           f"(aliased {row['alias_bytes'] / GIB:.2f}) -> {row['peak_bytes'] / GIB:.2f} of "
+           f"{chip.hbm_bytes / GIB:.0f} GiB: {'fits' if row['fits'] else 'DOES NOT FIT'}"]
+  if row.get("advice"):
+    lines.append(f"  {row['advice']}")
+  if row["roofline_s"] is not None:
+    lines.append(
+        f"  FLOPs per chip per step {row['flops']:.3e} (XLA's count {row['xla_flops']:.3e}: "
+        f"loop bodies once), bytes {row['bytes_accessed']:.3e}")
+    lines.append(
+        f"  roofline >= {row['roofline_s'] * 1e3:.1f} ms per step: <= "
+        f"{row['tokens_per_s']:,.0f} tokens/s on the slice, MFU <= "
+        f"{row['mfu_bound']:.0%}; train.num_steps at that pace: {row['days']:.2f} days")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x4", "TPU topology, e.g. v5e:2x4, v5p:4x4x4")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "slices of that topology (multi-slice)")
+_PER_DEVICE_BATCH = flags.DEFINE_integer(
+    "per_device_batch", 0, "examples per data x fsdp shard (0: train.batch_size split evenly)")
+_DEC_LEN = flags.DEFINE_integer("dec_len", 0, "decoder / sequence length (0: the preset's longest)")
+_LM_SHAPE = flags.DEFINE_string(
+    "lm_shape", "", f"configs/math.py: compile for this shape instead of lm.checkpoint's "
+    f"({', '.join(sorted(LM_SHAPES))})")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    devices = topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
+    print(f"{_TOPOLOGY.value} x {_NUM_SLICES.value} slice(s): {len(devices)} chips of "
+          f"{devices[0].device_kind}", flush=True)
+    report = compile_preset(_CONFIG.value, devices, per_device_batch=_PER_DEVICE_BATCH.value,
+                            dec_len=_DEC_LEN.value, lm_shape=_LM_SHAPE.value,
+                            log=lambda s: print(s, flush=True))
+  except ValueError as e:
+    print(f"compile: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  report["topology"] = _TOPOLOGY.value
+  report["num_slices"] = _NUM_SLICES.value
+  print(json.dumps(report))
+
+
+if __name__ == "__main__":
+  app.run(main)
