@@ -301,6 +301,10 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
     lm_cfg = LMConfig.from_hf(LM_SHAPES[lm_shape], **overrides)
   elif config.lm.checkpoint:
     lm_cfg = hf_checkpoint.read_config(os.path.expanduser(config.lm.checkpoint), **overrides)
+  elif config.task.source == "synthetic":  # trained from scratch on its word vocabulary
+    from dualformer_jax.lm import math_data
+    lm_cfg = lm_train.scratch_config(config, math_data.WordVocab.for_synthetic(
+        config.task.max_value, config.task.max_operand))
   else:
     raise ValueError("configs/math.py: set lm.checkpoint to a Hugging Face directory, or pass "
                      f"--lm_shape (one of {sorted(LM_SHAPES)}) to compile without the weights")

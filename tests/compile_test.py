@@ -87,3 +87,18 @@ def test_an_unknown_topology_is_one_line():
   out = _cli("--config=configs/maze.py", "--topology=v9z:1x1")
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("compile: error: --topology=v9z:1x1")
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (requirements-tpu.txt)")
+def test_meshes_over_pods_and_slices():
+  """fsdp=8 on a 4x4x4 torus splits physical axes; over two slices `data` spans them."""
+  import ml_collections
+  pod = compile_lib.topology_devices("v5p:4x4x4")
+  mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1)), pod)
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 8, "tensor": 1}
+  two = compile_lib.topology_devices("v5e:2x2", num_slices=2)
+  mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1)), two)
+  slice_of = [[d.slice_index for d in row.flat] for row in mesh.devices]
+  assert slice_of == [[0, 0], [0, 0], [1, 1], [1, 1]]  # rows of the data axis
+  with pytest.raises(ValueError, match="multiple of the 2 slices"):
+    shd.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=8, tensor=1)), two)

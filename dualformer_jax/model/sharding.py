@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -49,11 +50,31 @@ def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh with Auto axes (GSPMD propagation) over `devices`."""
+  """A (data, fsdp, tensor) mesh with Auto axes (GSPMD propagation) over `devices`.
+
+  Devices of several TPU slices (multi-slice) get a hybrid mesh: `data` spans the
+  slices (the slow data-centre network carries only the gradient all-reduce), fsdp
+  and tensor stay inside a slice. An axis that is no product of a slice's physical
+  torus axes (8 on a 4x4x4 v5p) splits them rather than failing.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   # Auto, not the Explicit default: Flax layers (embedding gathers) need propagation.
-  return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+  axis_types = (AxisType.Auto,) * len(AXES)
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:
+    if shape[0] % slices:
+      raise ValueError(f"config.mesh: data={shape[0]} must be a multiple of the {slices} "
+                       "slices (the data axis spans them)")
+    grid = mesh_utils.create_hybrid_device_mesh(
+        (shape[0] // slices, *shape[1:]), (slices, 1, 1), devices,
+        allow_split_physical_axes=True)
+    return Mesh(grid, AXES, axis_types=axis_types)
+  try:
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
+  except NotImplementedError:  # no physical-axis product fits a logical axis
+    grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return Mesh(grid, AXES, axis_types=axis_types)
 
 
 def _mesh_axes(rule: Any) -> tuple[str, ...]:
