@@ -3,6 +3,7 @@ program: lowered and compiled, never run, so an 8B fine-tune is sized on a CPU.
 
   python benchmarks/lm_memory_bench.py --devices=8,32
   python benchmarks/lm_memory_bench.py --devices=16 --fsdp=8 --tensor=2 --param_dtype=bfloat16
+  python benchmarks/lm_memory_bench.py --model=tiny --devices=2 --fsdp=2 --seq_len=16  # seconds
 
 The step is lm/train.py's own (`_init_state` + `make_train_step`, AdamW as in
 train/step.py) for configs/math.py:paper, on Llama-3-8B's architecture (dim
@@ -38,11 +39,18 @@ GIB = 2 ** 30
 LLAMA3_8B = dict(vocab_size=128256, dim=4096, num_layers=32, num_heads=32, num_kv_heads=8,
                  ffn_dim=14336, rope_theta=500000.0, rms_norm_eps=1e-5,
                  max_position_embeddings=8192, bos_id=128000, eos_id=128001)
+# The same code path at a few MiB: what the test suite runs (tests/benchmarks_test.py).
+TINY = dict(vocab_size=256, dim=64, num_layers=2, num_heads=4, num_kv_heads=2, ffn_dim=128,
+            rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=8192, bos_id=1,
+            eos_id=2)
+MODELS = {"llama3-8b": LLAMA3_8B, "tiny": TINY}
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--devices", default="8,32", help="comma-separated simulated device counts")
+  ap.add_argument("--model", default="llama3-8b", choices=tuple(MODELS),
+                  help="architecture (tiny: a seconds-long check that the script still runs)")
   ap.add_argument("--fsdp", type=int, default=8, help="fsdp mesh axis (paper preset: 8)")
   ap.add_argument("--tensor", type=int, default=1, help="tensor mesh axis")
   ap.add_argument("--seq_len", type=int, default=2048, help="tokens per sequence (data.max_len)")
@@ -90,7 +98,7 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
   batch = args.per_device_batch * devices
   c.train.batch_size = batch
   shd.check_batch_size(batch, mesh)
-  lm_cfg = LMConfig(**LLAMA3_8B, dtype="bfloat16", param_dtype=args.param_dtype,
+  lm_cfg = LMConfig(**MODELS[args.model], dtype="bfloat16", param_dtype=args.param_dtype,
                     attention="auto", remat="full")
   graphdef, _, abstract = train_lib._init_state(c, lm_cfg, mesh, None)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
@@ -140,7 +148,7 @@ def main() -> None:
   counts = [int(x) for x in args.devices.split(",") if x.strip()]
   if not counts or min(counts) < 1:
     raise SystemExit(f"--devices={args.devices!r}: expected positive counts like 8,32")
-  head = {"model": "llama3-8b", "compute_dtype": "bfloat16", "param_dtype": args.param_dtype,
+  head = {"model": args.model, "compute_dtype": "bfloat16", "param_dtype": args.param_dtype,
           "remat": "full", "seq_len": args.seq_len, "per_device_batch": args.per_device_batch}
   if len(counts) == 1:  # the child: this process owns the device count
     _set_device_count(counts[0])

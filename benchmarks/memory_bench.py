@@ -5,6 +5,9 @@ programs: nothing is run, so paper presets can be sized on a laptop.
       --dec_lens=2048,4096,8192 --per_device_batch=8
   python benchmarks/memory_bench.py --config=configs/maze.py:paper_30 --devices=8 \
       --config.mesh.fsdp=8 --config.mesh.data=1
+  python benchmarks/memory_bench.py --config=configs/maze.py --config.model.layers=1 \
+      --config.model.dim=32 --config.data.max_decoder_len=32 --per_device_batch=1 \
+      --samples=2   # seconds: a check that it still runs
 
 Each row lowers and compiles the jitted train step (the trainer's own, with
 the preset's dtype, attention and remat) for one decoder length at
@@ -29,10 +32,11 @@ def _devices_from_argv(argv: list[str]) -> int:
   return 1
 
 
-if __name__ == "__main__":  # before jax is imported: simulated devices
-  os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-      os.environ.get("XLA_FLAGS", ""),
-      f"--xla_force_host_platform_device_count={_devices_from_argv(sys.argv)}"]))
+if __name__ == "__main__":  # before jax is imported: simulated devices (a stale count replaced)
+  os.environ["XLA_FLAGS"] = " ".join(
+      [f for f in os.environ.get("XLA_FLAGS", "").split()
+       if not f.startswith("--xla_force_host_platform_device_count")]
+      + [f"--xla_force_host_platform_device_count={_devices_from_argv(sys.argv)}"])
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,7 +48,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dualformer_jax import config as config_lib  # noqa: E402
-from dualformer_jax.data.vocab import Vocab  # noqa: E402
+from dualformer_jax.data.vocab import EOS_ID, PAD_ID, Vocab  # noqa: E402
 from dualformer_jax.infer import sampler  # noqa: E402
 from dualformer_jax.model import attention as attn_lib  # noqa: E402
 from dualformer_jax.model import sharding as shd  # noqa: E402
@@ -101,7 +105,7 @@ def sampler_row(config, vocab_size: int, samples: int, max_len: int) -> dict:
       graphdef, params, jax.ShapeDtypeStruct((1, p), jnp.int32),
       jax.ShapeDtypeStruct((samples, 4), jnp.int32), jax.ShapeDtypeStruct((samples,), jnp.int32),
       jax.random.key(0), jnp.float32(1.0), num_samples=samples, max_len=max_len, top_k=0,
-      eos_id=2, block_len=sampler.default_block_len(max_len))
+      eos_id=EOS_ID, block_len=sampler.default_block_len(max_len), pad_id=PAD_ID)
   return {"samples": samples, "max_len": max_len, **_figures(lowered.compile())}
 
 

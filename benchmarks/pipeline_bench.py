@@ -1,11 +1,12 @@
 """Train-pipeline speed and padding on 10x10 maze data.
 
   python benchmarks/pipeline_bench.py [--num_train=4000] [--batches=300] [--workdir=DIR]
+                                      [--workers=1,2] [--gen_workers=0]
 
 Generates the dataset with data/generate.py (into a temporary directory unless
 --workdir is given), then measures examples/s of the full train pipeline
-(read, shuffle, drop, bucket, pad, batch) with 1 and 2 grain worker processes
-(and in-process, on an info line), after a warm-up that absorbs worker start-up.
+(read, shuffle, drop, bucket, pad, batch) in-process and with each --workers
+count of grain worker processes, after a warm-up that absorbs worker start-up.
 Padding efficiency = real tokens / padded tokens of enc_ids + dec_ids, with the
 designed buckets and with one fixed shape (the data's longest prompt/decoder row,
 i.e. num_buckets=1). Last line: one JSON object.
@@ -32,6 +33,9 @@ from dualformer_jax.data.train_stream import train_iterator  # noqa: E402
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 4000, "training tasks to generate")
 _BATCHES = flags.DEFINE_integer("batches", 300, "timed batches per setting")
 _WORKDIR = flags.DEFINE_string("workdir", None, "reuse/keep the dataset here (default: temp)")
+_WORKERS = flags.DEFINE_list("workers", ["1", "2"],
+                             "grain worker counts to time besides in-process (empty: none)")
+_GEN_WORKERS = flags.DEFINE_integer("gen_workers", 0, "generation processes (0: all cores)")
 
 
 def bench_config(num_train: int, num_workers: int, num_buckets: int | None = None):
@@ -79,22 +83,31 @@ def main(argv):
       bench(workdir)
 
 
+def _rate_key(workers: int) -> str:
+  """The JSON key of a rate (the names the README's figures were reported under)."""
+  if workers == 0:
+    return "examples_per_s_in_process"
+  return f"examples_per_s_{workers}_worker" + ("s" if workers > 1 else "")
+
+
 def bench(workdir: str) -> None:
+  counts = [int(w) for w in _WORKERS.value]
+  if any(w < 1 for w in counts):
+    raise SystemExit(f"--workers={','.join(_WORKERS.value)}: expected counts >= 1 "
+                     "(in-process is always timed)")
   config = bench_config(_NUM_TRAIN.value, 0)
   t = time.perf_counter()
-  meta = generate(config, workdir)
+  meta = generate(config, workdir, workers=_GEN_WORKERS.value or None)
   print(f"dataset: {meta['counts']} in {workdir} ({time.perf_counter() - t:.1f}s)", flush=True)
   data_dir = records.data_dir(workdir)
   results = {}
-  for workers in (0, 1, 2):
+  for workers in [0, *counts]:
     results[workers] = run(bench_config(_NUM_TRAIN.value, workers), data_dir, _BATCHES.value)
     print(f"workers={workers}: {json.dumps(results[workers])}", flush=True)
   flat = run(bench_config(_NUM_TRAIN.value, 0, num_buckets=1), data_dir, _BATCHES.value)
   print(f"one shape: {json.dumps(flat)}", flush=True)
   print(json.dumps({
-      "examples_per_s_1_worker": round(results[1]["examples_per_s"], 1),
-      "examples_per_s_2_workers": round(results[2]["examples_per_s"], 1),
-      "examples_per_s_in_process": round(results[0]["examples_per_s"], 1),
+      **{_rate_key(w): round(r["examples_per_s"], 1) for w, r in sorted(results.items())},
       "padding_efficiency": round(results[0]["padding_efficiency"], 4),
       "padding_efficiency_no_buckets": round(flat["padding_efficiency"], 4),
       "padding_efficiency_pad_to_config_max": round(results[0]["padding_efficiency_config_max"], 4),

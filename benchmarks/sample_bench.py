@@ -2,6 +2,7 @@
 
   python benchmarks/sample_bench.py [--size=s] [--new_tokens=384] [--repeats=3] [--prompts=1,16]
                                     [--vocab_size=0] [--top_k=0] [--cpu_devices=2]
+                                    [--dim=0] [--ffn=0] [--layers=0]  # 0: the size's own
 
 One prompt of 128 tokens x 64 samples, then 16 prompts x 64 samples; each
 row gets the forced prefix `bos` and then exactly `new_tokens` sampled tokens:
@@ -66,6 +67,9 @@ def tokens_per_s(graphdef, params, vocab_size: int, prompts: int, samples: int,
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--size", default="s")
+  parser.add_argument("--dim", type=int, default=0, help="model width; 0 keeps the size's own")
+  parser.add_argument("--ffn", type=int, default=0, help="SwiGLU width; 0 keeps the size's own")
+  parser.add_argument("--layers", type=int, default=0, help="layers per stack; 0 keeps the size's")
   parser.add_argument("--prompt_len", type=int, default=128)
   parser.add_argument("--samples", type=int, default=64)
   parser.add_argument("--new_tokens", type=int, default=384)
@@ -79,6 +83,7 @@ def main():
   args = parser.parse_args()
   cfg = config_lib.base_config()
   cfg.model.size, cfg.model.dtype = args.size, args.dtype
+  cfg.model.dim, cfg.model.ffn, cfg.model.layers = args.dim, args.ffn, args.layers
   cfg.mesh.cpu_devices, cfg.compilation_cache_dir = args.cpu_devices, ""
   config_lib.configure_jax(cfg)
   mesh = sharding.make_mesh(cfg.mesh)

@@ -4,6 +4,8 @@
   python benchmarks/train_bench.py --variants=bf16 --steps=20
   python benchmarks/train_bench.py --variants=fp32 --size=tiny --dim=96 --ffn=256 \
       --batch=32 --enc_len=112 --dec_len=576 --vocab_size=80   # the maze compare preset
+  python benchmarks/train_bench.py --variants=fp32 --size=tiny --dim=32 --ffn=64 --layers=1 \
+      --batch=2 --enc_len=8 --dec_len=16 --vocab_size=32 --steps=1   # seconds: still runs
 
 Each variant runs in its own subprocess (XLA flags are read once, at import).
 Random token ids, every decoder position a loss token; timed steps follow two
@@ -77,7 +79,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   c = config_lib.base_config()
   c.model.size, c.model.dtype, c.model.remat = args.size, dtype, remat
   c.model.attention = args.attention
-  c.model.dim, c.model.ffn = args.dim, args.ffn
+  c.model.dim, c.model.ffn, c.model.layers = args.dim, args.ffn, args.layers
   c.mesh.data = args.devices
   c.train.batch_size = b
   config_lib.validate(c)
@@ -132,6 +134,7 @@ def main() -> None:
   ap.add_argument("--size", default="s")
   ap.add_argument("--dim", type=int, default=0, help="model width; 0 keeps the size's own")
   ap.add_argument("--ffn", type=int, default=0, help="SwiGLU width; 0 keeps the size's own")
+  ap.add_argument("--layers", type=int, default=0, help="layers per stack; 0 keeps the size's")
   ap.add_argument("--attention", default="auto", help="auto | xla | blockwise (model/attention.py)")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--enc_len", type=int, default=128)
