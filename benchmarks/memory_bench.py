@@ -43,18 +43,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import json  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from dualformer_jax import compile as compile_lib  # noqa: E402
 from dualformer_jax import config as config_lib  # noqa: E402
-from dualformer_jax.data.vocab import EOS_ID, PAD_ID, Vocab  # noqa: E402
-from dualformer_jax.infer import sampler  # noqa: E402
-from dualformer_jax.model import attention as attn_lib  # noqa: E402
 from dualformer_jax.model import sharding as shd  # noqa: E402
-from dualformer_jax.model.model_config import ModelConfig  # noqa: E402
-from dualformer_jax.tasks.base import make_task  # noqa: E402
-from dualformer_jax.train import step as step_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]")
 flags.DEFINE_string("dec_lens", "", "comma-separated decoder lengths (default: the preset's)")
@@ -74,67 +68,38 @@ def _figures(compiled) -> dict:
                                            3)}
 
 
-def train_row(config, vocab_size: int, mesh, dec_len: int, per_device_batch: int) -> dict:
-  """Compiles (never runs) the train step at one decoder length."""
-  batch = per_device_batch * jax.device_count()
-  config.train.batch_size = batch
-  abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  graphdef = step_lib.model_graphdef(config, vocab_size)
-  train_step = step_lib.make_train_step(graphdef, config, mesh, shardings)
-  p, bs = config.data.max_prompt_len, shd.batch_sharding(mesh)
-
-  def arr(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=bs)
-
-  example = {"enc_ids": arr((batch, p), jnp.int32), "dec_ids": arr((batch, dec_len), jnp.int32),
-             "targets": arr((batch, dec_len), jnp.int32),
-             "trace_mask": arr((batch, dec_len), jnp.float32),
-             "plan_mask": arr((batch, dec_len), jnp.float32)}
-  compiled = train_step.lower(abstract, example).compile()
-  return {"dec_len": dec_len, "per_device_batch": per_device_batch, **_figures(compiled)}
+def train_row(config, mesh, dec_len: int, per_device_batch: int) -> dict:
+  """Compiles (never runs) the trainer's train step at one decoder length."""
+  prog = compile_lib.train_program(config, mesh, per_device_batch, dec_len)
+  return {"dec_len": dec_len, "per_device_batch": per_device_batch,
+          "attention": prog["attention"], **_figures(prog["lowered"].compile())}
 
 
-def sampler_row(config, vocab_size: int, samples: int, max_len: int) -> dict:
+def sampler_row(config, samples: int, max_len: int) -> dict:
   """Compiles (never runs) the sampler for one prompt x `samples` rows, single device."""
-  graphdef = step_lib.model_graphdef(config, vocab_size)
-  abstract = step_lib.abstract_train_state(config, vocab_size, _one_device_mesh(), config.seed)
-  params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract.params)
-  p = config.data.max_prompt_len
-  lowered = sampler._sample.lower(
-      graphdef, params, jax.ShapeDtypeStruct((1, p), jnp.int32),
-      jax.ShapeDtypeStruct((samples, 4), jnp.int32), jax.ShapeDtypeStruct((samples,), jnp.int32),
-      jax.random.key(0), jnp.float32(1.0), num_samples=samples, max_len=max_len, top_k=0,
-      eos_id=EOS_ID, block_len=sampler.default_block_len(max_len), pad_id=PAD_ID)
-  return {"samples": samples, "max_len": max_len, **_figures(lowered.compile())}
-
-
-def _one_device_mesh():
   mc = config_lib.base_config().mesh
   mc.data = 1
-  return shd.make_mesh(mc, jax.devices()[:1])
+  prog = compile_lib.sample_program(config, shd.make_mesh(mc, jax.devices()[:1]), 1, samples,
+                                    max_len)
+  return {"samples": samples, "max_len": max_len, **_figures(prog["lowered"].compile())}
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
   config_lib.validate(config)
-  vocab_size = len(Vocab(make_task(config.task).vocabulary()))
   mesh = shd.make_mesh(config.mesh)
   lens = ([int(x) for x in FLAGS.dec_lens.split(",") if x.strip()] if FLAGS.dec_lens
           else [config.data.max_decoder_len])
-  mc = ModelConfig.from_config(config.model, vocab_size)
   rows = []
   for dec_len in lens:
-    row = train_row(config, vocab_size, mesh, dec_len, FLAGS.per_device_batch)
-    row["attention"] = attn_lib.resolve(mc.attention, t=dec_len, s=dec_len,
-                                        dtype=mc.compute_dtype)
+    row = train_row(config, mesh, dec_len, FLAGS.per_device_batch)
     rows.append(row)
     print(f"train step, dec_len {dec_len}, {FLAGS.per_device_batch} per device on "
           f"{dict(mesh.shape)}: temp {row['temp_bytes'] / GIB:.2f} GiB, arguments "
           f"{row['argument_bytes'] / GIB:.2f} GiB, output {row['output_bytes'] / GIB:.2f} GiB "
           f"({row['attention']} attention)", flush=True)
-  samp = sampler_row(config, vocab_size, FLAGS.samples, config.data.max_decoder_len)
+  samp = sampler_row(config, FLAGS.samples, config.data.max_decoder_len)
   print(f"sampler, 1 prompt x {FLAGS.samples} rows x {samp['max_len']} tokens: temp "
         f"{samp['temp_bytes'] / GIB:.2f} GiB, arguments {samp['argument_bytes'] / GIB:.2f} GiB")
   print(json.dumps({"model": config.model.size, "dtype": config.model.dtype,

@@ -93,6 +93,9 @@ LM_SHAPES = {
 }
 
 
+LM_PROMPT_LEN = 256  # prompt tokens the LM sampler program is compiled for (MATH problems)
+
+
 # ------------------------------------------------------------------ devices
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
@@ -237,54 +240,77 @@ def _sds(shape, dtype, sharding):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
-def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) -> list[dict]:
-  """The planning trainer's train step and the evaluation's sampler, lowered for mesh."""
-  from dualformer_jax.data.vocab import Vocab
-  from dualformer_jax.infer import sampler
+def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dict:
+  """The planning trainer's own train step (train/step.py), lowered for mesh, at
+  per_device_batch examples per data x fsdp shard and dec_len decoder tokens."""
   from dualformer_jax.model import attention as attn_lib
   from dualformer_jax.model.model_config import ModelConfig
-  from dualformer_jax.tasks.base import make_task
   from dualformer_jax.train import step as step_lib
 
-  vocab_size = len(Vocab(make_task(config.task).vocabulary()))
+  vocab_size = _vocab_size(config)
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  split = shd.batch_divisor(mesh)
-  batch = per_device_batch * split
-  p = config.data.max_prompt_len
+  batch = per_device_batch * shd.batch_divisor(mesh)
   shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
   shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  graphdef = step_lib.model_graphdef(config, vocab_size)
-  train_step = step_lib.make_train_step(graphdef, config, mesh, shardings)
+  train_step = step_lib.make_train_step(step_lib.model_graphdef(config, vocab_size), config,
+                                        mesh, shardings)
   rows = shd.batch_sharding(mesh)
-  batch_abstract = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
+  p = config.data.max_prompt_len
+  example = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
       ("dec_ids", jnp.int32), ("targets", jnp.int32), ("trace_mask", jnp.float32),
       ("plan_mask", jnp.float32))}
-  batch_abstract["enc_ids"] = _sds((batch, p), jnp.int32, rows)
+  example["enc_ids"] = _sds((batch, p), jnp.int32, rows)
   with jax.set_mesh(mesh):
     attention = attn_lib.resolve(model_cfg.attention, t=dec_len, s=dec_len,
                                  dtype=model_cfg.compute_dtype)
-  programs = [{"name": "train", "attention": attention, "batch": batch, "dec_len": dec_len,
-               "lowered": train_step.lower(abstract, batch_abstract),
-               "flops": planning_flops(model_cfg, batch, p, dec_len), "tokens": batch * dec_len}]
+  return {"name": "train", "attention": attention, "batch": batch, "dec_len": dec_len,
+          "lowered": train_step.lower(abstract, example),
+          "flops": planning_flops(model_cfg, batch, p, dec_len), "tokens": batch * dec_len}
 
-  prompts = -(-int(config.eval.prompts_per_batch) // split) * split  # as eval/evaluate.py
-  n = int(config.eval.num_samples)
+
+def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) -> dict:
+  """The sampler's program (infer/sampler.py) for prompts x samples rows, as the
+  evaluation calls it (params as trained on mesh, eval.dtype), lowered for mesh."""
+  from dualformer_jax.infer import sampler
+  from dualformer_jax.model import attention as attn_lib
+  from dualformer_jax.train import step as step_lib
+
+  vocab_size = _vocab_size(config)
+  params = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed).params
+  sample_cfg = config.copy_and_resolve_references()
+  if config.eval.dtype:  # sampling in its own dtype, as the evaluation restores it
+    sample_cfg.model.dtype = config.eval.dtype
+  rows = shd.batch_sharding(mesh)
+  p = config.data.max_prompt_len
+  lowered = sampler.lower(
+      step_lib.model_graphdef(sample_cfg, vocab_size), params,
+      _sds((prompts, p), jnp.int32, rows), _sds((prompts * samples, 4), jnp.int32, rows),
+      _sds((prompts * samples,), jnp.int32, rows), num_samples=samples, max_len=max_len,
+      top_k=int(config.eval.top_k), mesh=mesh)
+  with jax.set_mesh(mesh):
+    attention = attn_lib.resolve(sample_cfg.model.attention, t=p, s=p,
+                                 dtype=jnp.dtype(sample_cfg.model.dtype))
+  return {"name": "sample", "attention": attention, "batch": prompts * samples,
+          "dec_len": max_len, "lowered": lowered, "flops": None,
+          "tokens": prompts * samples * max_len}
+
+
+def _vocab_size(config: Any) -> int:
+  from dualformer_jax.data.vocab import Vocab
+  from dualformer_jax.tasks.base import make_task
+  return len(Vocab(make_task(config.task).vocabulary()))
+
+
+def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) -> list[dict]:
+  """The train step and the evaluation's sampler program (eval.prompts_per_batch prompts,
+  rounded up to one per data x fsdp shard as eval/evaluate.py does, x eval.num_samples)."""
+  split = shd.batch_divisor(mesh)
+  prompts = -(-int(config.eval.prompts_per_batch) // split) * split
   max_len = (config.eval.max_decode_len if config.eval.max_decode_len > 0
              else config.data.max_decoder_len)
-  params = abstract.params
-  if config.eval.dtype:  # sampling in its own dtype, as the evaluation restores it
-    sample_cfg = config.copy_and_resolve_references()
-    sample_cfg.model.dtype = config.eval.dtype
-    graphdef = step_lib.model_graphdef(sample_cfg, vocab_size)
-  lowered = sampler.lower(
-      graphdef, params, _sds((prompts, p), jnp.int32, rows),
-      _sds((prompts * n, 4), jnp.int32, rows), _sds((prompts * n,), jnp.int32, rows),
-      num_samples=n, max_len=max_len, top_k=int(config.eval.top_k), mesh=mesh)
-  programs.append({"name": "sample", "attention": attention, "batch": prompts * n,
-                   "dec_len": max_len, "lowered": lowered, "flops": None,
-                   "tokens": prompts * n * max_len})
-  return programs
+  return [train_program(config, mesh, per_device_batch, dec_len),
+          sample_program(config, mesh, prompts, int(config.eval.num_samples), max_len)]
 
 
 def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
@@ -321,9 +347,24 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   with jax.set_mesh(mesh):
     attention = attn_lib.resolve(lm_cfg.attention, t=seq_len, s=seq_len,
                                  dtype=jnp.dtype(lm_cfg.dtype))
-  return [{"name": "lm_train", "attention": attention, "batch": batch, "dec_len": seq_len,
+  train = {"name": "lm_train", "attention": attention, "batch": batch, "dec_len": seq_len,
            "lowered": step.lower(abstract, batch_abstract),
-           "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}]
+           "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}
+  # The evaluation's sampler (lm/evaluate.py): eval.problems_per_batch prompts of up to
+  # LM_PROMPT_LEN tokens x eval.num_samples rows, on the params as trained (GSPMD, no mesh).
+  from dualformer_jax.infer import sampler
+  prompts, n = int(config.eval.problems_per_batch), int(config.eval.num_samples)
+  width = min(LM_PROMPT_LEN, seq_len // 2)
+  eos = lm_cfg.eos_id if lm_cfg.eos_id is not None else 0
+  lowered = sampler.lower(
+      graphdef, abstract.params, jax.ShapeDtypeStruct((prompts, 0), jnp.int32),
+      jax.ShapeDtypeStruct((prompts * n, width), jnp.int32),
+      jax.ShapeDtypeStruct((prompts * n,), jnp.int32), num_samples=n, max_len=seq_len,
+      top_k=int(config.eval.top_k), eos_id=eos, pad_id=lm_cfg.pad_id)
+  sample = {"name": "lm_sample", "attention": "cached", "batch": prompts * n,
+            "dec_len": seq_len, "lowered": lowered, "flops": None,
+            "tokens": prompts * n * seq_len}
+  return [train, sample]
 
 
 def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec_len: int = 0,
@@ -356,7 +397,7 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
   else:
     dec_len = dec_len or int(config.data.max_decoder_len)
     programs = planning_programs(config, mesh, per_device_batch, dec_len)
-  report = {"topology": None, "chips": len(devices), "device_kind": devices[0].device_kind,
+  report = {"chips": len(devices), "device_kind": devices[0].device_kind,
             "hbm_bytes": chip.hbm_bytes, "mesh": dict(mesh.shape),
             "per_device_batch": per_device_batch, "programs": []}
   for prog in programs:
@@ -401,35 +442,39 @@ def describe(row: dict, chip: Chip) -> str:
 
 # ------------------------------------------------------------------ CLI
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x4", "TPU topology, e.g. v5e:2x4, v5p:4x4x4")
-_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "slices of that topology (multi-slice)")
-_PER_DEVICE_BATCH = flags.DEFINE_integer(
-    "per_device_batch", 0, "examples per data x fsdp shard (0: train.batch_size split evenly)")
-_DEC_LEN = flags.DEFINE_integer("dec_len", 0, "decoder / sequence length (0: the preset's longest)")
-_LM_SHAPE = flags.DEFINE_string(
-    "lm_shape", "", f"configs/math.py: compile for this shape instead of lm.checkpoint's "
-    f"({', '.join(sorted(LM_SHAPES))})")
-flags.mark_flags_as_required(["config"])
+def cli() -> None:
+  """python -m dualformer_jax.compile (module doc); the flags exist only in this process,
+  so importing the module (benchmarks, tests) defines none."""
+  config = config_flags.DEFINE_config_file("config", None, "config file[:preset]")
+  topology = flags.DEFINE_string("topology", "v5e:2x4", "TPU topology, e.g. v5e:2x4, v5p:4x4x4")
+  num_slices = flags.DEFINE_integer("num_slices", 1, "slices of that topology (multi-slice)")
+  per_device_batch = flags.DEFINE_integer(
+      "per_device_batch", 0, "examples per data x fsdp shard (0: train.batch_size split evenly)")
+  dec_len = flags.DEFINE_integer("dec_len", 0,
+                                 "decoder / sequence length (0: the preset's longest)")
+  lm_shape = flags.DEFINE_string(
+      "lm_shape", "", "configs/math.py: compile for this shape instead of lm.checkpoint's "
+      f"({', '.join(sorted(LM_SHAPES))})")
+  flags.mark_flags_as_required(["config"])
 
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+      devices = topology_devices(topology.value, num_slices.value)
+      print(f"{topology.value} x {num_slices.value} slice(s): {len(devices)} chips of "
+            f"{devices[0].device_kind}", flush=True)
+      report = compile_preset(config.value, devices, per_device_batch=per_device_batch.value,
+                              dec_len=dec_len.value, lm_shape=lm_shape.value,
+                              log=lambda s: print(s, flush=True))
+    except ValueError as e:
+      print(f"compile: error: {e}", file=sys.stderr)
+      sys.exit(2)
+    report.update(topology=topology.value, num_slices=num_slices.value)
+    print(json.dumps(report))
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    devices = topology_devices(_TOPOLOGY.value, _NUM_SLICES.value)
-    print(f"{_TOPOLOGY.value} x {_NUM_SLICES.value} slice(s): {len(devices)} chips of "
-          f"{devices[0].device_kind}", flush=True)
-    report = compile_preset(_CONFIG.value, devices, per_device_batch=_PER_DEVICE_BATCH.value,
-                            dec_len=_DEC_LEN.value, lm_shape=_LM_SHAPE.value,
-                            log=lambda s: print(s, flush=True))
-  except ValueError as e:
-    print(f"compile: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  report["topology"] = _TOPOLOGY.value
-  report["num_slices"] = _NUM_SLICES.value
-  print(json.dumps(report))
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()
