@@ -40,13 +40,15 @@ _MAX_CHARS = 400
 _DROPPED = re.compile(
     r"\\left\.|\\right\.|\\(?:left|right|big|Big|bigg|Bigg|displaystyle)(?![A-Za-z])"
     r"|\\[!,;: ]|\\\$|\$|\\%|%|\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|°|\\degree(?![A-Za-z])")
-_TEXT = r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm)\s*\{([^{}]*)\}"
-# A unit: a \text{words} ending the answer after a number-like head (a digit, or a closing
-# brace / bracket as in \frac{1}{2} or (1, 2)), with an optional ^2 / ^3.
-_UNIT = re.compile(r"(?<=[0-9}).])\s*" + _TEXT.replace(r"([^{}]*)", r"\s*[A-Za-z][A-Za-z .]*")
-                   + r"(?:\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
+_TEXT = re.compile(r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm)\s*\{([^{}]*)\}")
+# A unit: \text{words} ending the answer after a number-like head (a digit, or a closing
+# brace / bracket as in \frac{1}{2} or (1, 2)), with an optional ^2 / ^3. Not \mathrm:
+# 2\mathrm{i} is a number, not 2 of a unit.
+_UNIT = re.compile(r"(?<=[0-9}).])\s*\\(?:text|textrm|textnormal|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}"
+                   r"(?:\^\s*\{?\s*[23]\s*\}?)?\s*\.?\s*$")
 _VARIABLE_IS = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?=")
 _MACROS = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
+_CONTROL = re.compile(r"\\(?:[A-Za-z]+|.)")  # \pi, \{
 _ARGS = {"frac": 2, "sqrt": 1}
 _OPEN, _CLOSE = "([{", ")]}"
 
@@ -99,7 +101,7 @@ def _argument(s: str, i: int) -> tuple[str, int] | None:
     end = _brace_end(s, i)
     return None if end is None else (s[i + 1:end - 1], end)
   if s[i] == "\\":
-    m = re.compile(r"\\(?:[A-Za-z]+|.)").match(s, i)
+    m = _CONTROL.match(s, i)
     return (m.group(), m.end()) if m else None
   return s[i], i + 1
 
@@ -214,7 +216,7 @@ def normalize(answer: str) -> str:
   if len(s) > _MAX_CHARS:
     return "".join(s.split())
   s = _UNIT.sub("", s)
-  s = re.sub(_TEXT, r"\1", s)
+  s = _TEXT.sub(r"\1", s)
   s = "".join(_brace_arguments(s).split())
   if s.count("=") == 1:
     s = _VARIABLE_IS.sub("", s)  # x = 5 -> 5 (not x + y = 5)
