@@ -2,10 +2,12 @@
 
 import pytest
 
+from configs import math as math_configs
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
 from dualformer_jax.experiments import compare, sweep
+from dualformer_jax.lm import train as lm_train
 
 PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "paper_15",
                                         "paper_20", "paper_25", "paper_30")]
@@ -70,3 +72,21 @@ def test_measured_presets_keep_the_model_their_figures_came_from():
     assert (c.data.num_buckets, c.eval.dtype) == (4, ""), preset
   compare_shape = shape(maze_configs.get_config("compare"))
   assert (compare_shape.dim, compare_shape.ffn) == (default.dim, default.ffn)
+
+
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_math_presets_train_the_p0_baseline_first(preset):
+  """The paper's tables compare every p with fine-tuning on the complete solutions."""
+  probs = math_configs.get_config(preset).data.drop_probs
+  assert probs[0] == math_configs.BASELINE_P == 0.0
+  assert len(probs) >= 2 and all(0.0 < p < 1.0 for p in probs[1:])
+  assert len(set(probs)) == len(probs)
+
+
+def test_math_paper_preset_pairs_the_baseline_with_the_papers_p():
+  c = math_configs.get_config("paper")
+  assert tuple(c.data.drop_probs) == (0.0, 0.1)
+  c.task.source, c.lm.checkpoint = "synthetic", ""  # validate() checks files: only the probs
+  lm_train.validate(c)
+  lm_train.validate(math_configs.get_config("default"))
+  assert math_configs.with_baseline(0.3, 0.0, 0.1, 0.3) == (0.0, 0.3, 0.1)
