@@ -86,5 +86,5 @@ def test_math_prompt_gets_exactly_one_bos(tmp_path):
 
 def test_missing_tokenizer_json(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 2}))
-  with pytest.raises(FileNotFoundError, match="tokenizer.json: no such file"):
+  with pytest.raises(ValueError, match="tokenizer.json: no such file"):
     Tokenizer(str(tmp_path))
