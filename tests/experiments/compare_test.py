@@ -236,3 +236,12 @@ def test_a_damaged_timing_file_gives_unknown_times_not_zero(sweep, tmp_path, mon
     assert json.load(f) == {"train_s": None, "eval_s": None}
   summary = compare.run(tiny_config(), workdir)
   assert summary["wall_s"]["dualformer"] == {"train_s": None, "eval_s": None}
+
+
+def test_a_mesh_or_model_error_fails_before_the_dataset(tmp_path):
+  for field, value in (("mesh.fsdp", 3), ("model.attention", "flash")):
+    config = tiny_config()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(ValueError, match="config.mesh|attention='flash'"):
+      compare.run(config, str(tmp_path / "sweep"))
+  assert not (tmp_path / "sweep").exists()
