@@ -221,7 +221,8 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
   try:  # a trial draw: a task config that cannot draw fails before the directory is claimed
     task.sample_group(np.random.default_rng(0))
   except ValueError as e:
-    raise ValueError(f"config.task: {config.task.name} tasks cannot be generated ({e})") from None
+    raise ValueError(f"config.task: {config.task.name} tasks cannot be generated "
+                     f"({e})") from None
   if os.path.exists(meta_path):
     meta = records.read_meta(directory)
     if meta.get("status") != "complete" and not _any_shard(directory, meta):

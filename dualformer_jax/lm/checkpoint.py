@@ -2,8 +2,9 @@
 
 The record holds what a resumed run must share with the run that wrote it
 (drop probability, data, optimisation settings, task, architecture); a resume
-with other values is refused naming each field that differs, a state with NaN/Inf is never saved, and every restore is checked
-against the checksums saved with it (train/integrity.py).
+with other values is refused naming each field that differs, a state with
+NaN/Inf is never saved, and every restore is checked against the checksums
+saved with it (train/integrity.py).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class Checkpoints:
     shared = [k for k in self.record if k in meta]
     diffs = _diffs({k: meta[k] for k in shared}, {k: self.record[k] for k in shared})
     if diffs:
+      each = "; ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, a, b in diffs)
       raise ValueError(f"checkpoint {step} in {self.directory} was trained with other "
-                       f"{', '.join(d[0] for d in diffs)} ("
-                       f"{'; '.join(f'{k}: {a!r} (checkpoint) vs {b!r} (now)' for k, a, b in diffs)}"
-                       "); resume with the settings it was trained with, or use another --workdir")
+                       f"{', '.join(d[0] for d in diffs)} ({each}); resume with the settings "
+                       "it was trained with, or use another --workdir")
     older = sorted(set(self.record) - set(meta))
     if older:
       print(f"note: checkpoint {step} in {self.directory} predates the record of "

@@ -33,6 +33,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from dualformer_jax import workdir_lock
 from dualformer_jax.lm import checkpoint as lm_checkpoint
 from dualformer_jax.lm import evaluate as eval_lib
 from dualformer_jax.lm import hf_checkpoint
@@ -40,7 +41,6 @@ from dualformer_jax.lm import math_data as md
 from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
-from dualformer_jax import workdir_lock
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.train.logger import MetricLogger
 from dualformer_jax.train.schedule import make_schedule
