@@ -79,7 +79,7 @@ def main(argv):
 
 def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
   if mode != "generate":  # every mesh / model / schedule value, before any file is written
-    trainer.preflight(config)
+    trainer.preflight(config, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
   if mode in ("all", "generate"):
     # One writer: process 0 generates into the shared workdir while the others wait

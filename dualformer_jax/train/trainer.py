@@ -129,18 +129,19 @@ def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, stat
   return state.replace(params=params)
 
 
-def preflight(config: ml_collections.ConfigDict) -> None:
+def preflight(config: ml_collections.ConfigDict, training: bool = True) -> None:
   """ValueError (or DistributedError) for what only the mesh, model or schedule builders
-  check: mesh sizes, the batch split, model.size / dim / attention / remat / dtype, the
-  learning-rate schedule. Called before any work (main.py: before generating the dataset),
-  so a bad value fails at once, before a file is written. Builds no arrays."""
+  check: mesh sizes, model.size / dim / attention / remat / dtype, and for a training the
+  batch split and the learning-rate schedule. Called before any work (main.py: before
+  generating the dataset), so a bad value fails at once, before a file is written. Builds
+  no arrays."""
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
-  distributed.check_batch_split(mesh, config.train.batch_size)
-  vocab_size = len(make_task(config.task).vocabulary())
-  ModelConfig.from_config(config.model, vocab_size)  # eval.dtype: config_lib.validate
-  make_schedule(config.train)
+  ModelConfig.from_config(config.model, len(make_task(config.task).vocabulary()))
+  if training:  # eval.dtype: config_lib.validate; eval batches fit any mesh (evaluate.py)
+    sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
+    distributed.check_batch_split(mesh, config.train.batch_size)
+    make_schedule(config.train)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
