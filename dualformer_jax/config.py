@@ -10,8 +10,9 @@ level probabilities (data/dropping.check_level_probs, which validate() calls),
 mesh sizes (model/sharding.mesh_shape), grad accumulation
 (model/sharding.check_batch_size), model size, dtype, remat and attention
 (model/model_config.ModelConfig), the learning-rate schedule
-(train/schedule.warmup_cosine). Those fail when the run builds its mesh, model
-and step, before the first step.
+(train/schedule.warmup_cosine). train/trainer.preflight calls those owners
+with the config's raw values before any work (main.py, compare and sweep:
+before the dataset is generated), so they too fail before a file is written.
 
 Who validates: the CLI (main.py, data/show.py) and the public entry points
 that are also called on their own (generate, train, evaluate, draw_examples);

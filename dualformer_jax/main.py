@@ -70,14 +70,16 @@ def main(argv):
     distributed.initialize(launch)
     _run(config, workdir, mode, multi_process=launch is not None)
   except (records.DatasetError, CheckpointError, distributed.DistributedError,
-          workdir_lock.WorkdirBusy, FloatingPointError, ValueError) as e:
+          workdir_lock.WorkdirBusy, FloatingPointError, ValueError, OSError) as e:
     # User errors (a bad tasks file, a mesh that does not fit the devices, a diverged
-    # run, a busy workdir) get one line, not a traceback.
+    # run, a busy workdir, a read-only or full disk) get one line, not a traceback.
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
+  if mode != "generate":  # every mesh / model / schedule value, before any file is written
+    trainer.preflight(config, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
   if mode in ("all", "generate"):
     # One writer: process 0 generates into the shared workdir while the others wait
@@ -118,11 +120,11 @@ def _run_math(config, workdir: str, mode: str) -> None:
     lm_train.validate(config)
   except ValueError as e:
     raise app.UsageError(str(e))
-  os.makedirs(workdir, exist_ok=True)
   config_lib.configure_jax(config)
   try:
     lm_train.run(config, workdir, mode)
-  except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError) as e:
+  except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError,
+          workdir_lock.WorkdirBusy, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   except KeyboardInterrupt as e:

@@ -193,6 +193,15 @@ def _check_compatible(meta: dict, fingerprint: dict, directory: str,
       f"use {advice}")
 
 
+def _any_shard(directory: str, meta: dict) -> bool:
+  """Whether a shard file of `meta`'s layout exists (some generation work would be lost)."""
+  shards = meta.get("num_shards")
+  if not isinstance(shards, dict):
+    return True  # unknown layout: keep it
+  return any(os.path.exists(p) for split, n in shards.items()
+             for p in records.shard_paths(directory, split, n))
+
+
 def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None = None) -> dict:
   """Writes (or completes) the dataset of `config` under <workdir>/data; returns meta.json's content.
 
@@ -208,14 +217,23 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
   os.makedirs(directory, exist_ok=True)
   fingerprint = generator_fingerprint(config)
   meta_path = os.path.join(directory, records.META)
+  task = make_task(config.task)
+  try:  # a trial draw: a task config that cannot draw fails before the directory is claimed
+    task.sample_group(np.random.default_rng(0))
+  except ValueError as e:
+    raise ValueError(f"config.task: {config.task.name} tasks cannot be generated "
+                     f"({e})") from None
   if os.path.exists(meta_path):
     meta = records.read_meta(directory)
-    _check_compatible(meta, fingerprint, directory)
+    if meta.get("status") != "complete" and not _any_shard(directory, meta):
+      print(f"note: {directory} holds an unfinished dataset with no shard written; starting "
+            "it again with this config", flush=True)
+    else:
+      _check_compatible(meta, fingerprint, directory)
     if meta.get("status") == "complete" and all(
         os.path.exists(p) for split, n in meta.get("num_shards", {}).items()
         for p in records.shard_paths(directory, split, n)):
       return meta
-  task = make_task(config.task)
   vocab = Vocab(task.vocabulary())
   shards = split_shards(config)
   # Claim the directory first, so a second run with another config is refused.

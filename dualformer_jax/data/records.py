@@ -61,12 +61,17 @@ def write_shard(path: str, records: Iterable[bytes]) -> int:
   """Writes records atomically (temp file + rename); returns their count."""
   from array_record.python.array_record_module import ArrayRecordWriter
   tmp = path + ".tmp"
-  writer = ArrayRecordWriter(tmp, "group_size:1")  # group_size 1: fast random access
   n = 0
-  for rec in records:
-    writer.write(rec)
-    n += 1
-  writer.close()
+  try:
+    writer = ArrayRecordWriter(tmp, "group_size:1")  # group_size 1: fast random access
+    for rec in records:
+      writer.write(rec)
+      n += 1
+    writer.close()
+  except RuntimeError as e:  # array_record's word for a failed write (a full disk, EIO)
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    raise OSError(f"cannot write dataset shard {path} ({_first_line(e)})") from None
   os.replace(tmp, path)
   return n
 

@@ -13,15 +13,19 @@ its last step; `selected_step` in summary.json says which.
 Workdir layout (each model's run directory is what `main.py` would write):
   data/                          the dataset, generated once
   <model>/data -> ../data        one run per model: checkpoints, metrics, eval/
-  <model>/timing.json            wall seconds spent training and evaluating it
+  <model>/timing.json            wall seconds spent training and evaluating it (null: unknown,
+                                 the file was found damaged)
+  <model>/eval/<step>/settings.json  the eval settings its results.json was computed with
   summary.json, results.md, optimal.png, reasoning_length.png, loss.png
-Each stage whose output exists is skipped, so an interrupted sweep resumes with
+Each stage whose output exists is skipped (an evaluation only when its recorded
+settings, eval_settings, equal the current ones), so an interrupted sweep resumes with
 the same command (a training stopped by SIGTERM/SIGINT resumes from its checkpoint).
 It runs in one process; multi-host launches (launch/) train one model at a time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -96,24 +100,69 @@ def _read_output(file: str) -> dict | None:
   return obj
 
 
+TIMING = "timing.json"
+EVAL_SETTINGS = "settings.json"  # beside eval/<step>/results.json: what it was computed with
+# eval.* fields that do not change a mode's metrics: which step and modes are asked for
+# (both checked apart) and how many pictures are drawn.
+_EVAL_NOT_SETTINGS = ("checkpoint_step", "modes", "num_pictures")
+
+
 def _timing(path: str) -> dict:
-  return _read_output(os.path.join(path, "timing.json")) or {"train_s": 0.0, "eval_s": 0.0}
+  """Wall seconds so far; a key is None (unknown) once timing.json was found unreadable, so a
+  damaged file never restarts the count at 0 s."""
+  file = os.path.join(path, TIMING)
+  if not os.path.exists(file):
+    return {"train_s": 0.0, "eval_s": 0.0}
+  try:
+    timing = io_utils.read_json(file, "timing file")
+    if not isinstance(timing, dict) or not all(
+        v is None or isinstance(v, (int, float)) for v in timing.values()):
+      raise ValueError(f"timing file {file} holds no object of seconds")
+  except ValueError as e:
+    print(f"warning: {e}; its wall times are unknown from now on (null in summary.json)",
+          flush=True)
+    return {"train_s": None, "eval_s": None, "unreadable": True}
+  return timing
 
 
 def add_time(path: str, key: str, seconds: float) -> None:
   timing = _timing(path)
-  timing[key] = round(timing.get(key, 0.0) + seconds, 1)
-  io_utils.write_json(os.path.join(path, "timing.json"), timing)
+  if timing.get("unreadable"):  # every earlier count is lost: none is a total any more
+    timing = {k: None for k in (*timing, key) if k != "unreadable"}
+  elif key in timing and timing[key] is None:
+    pass  # stays unknown
+  else:
+    timing[key] = round(timing.get(key, 0.0) + seconds, 1)
+  io_utils.write_json(os.path.join(path, TIMING), timing)
 
 
-def _results(path: str, step: int, modes: tuple[str, ...], num_samples: int) -> dict | None:
-  """The saved evaluation of checkpoint `step` if it covers `modes` with `num_samples` each."""
-  results = _read_output(os.path.join(path, "eval", str(step), "results.json"))
+def eval_settings(c: ml_collections.ConfigDict) -> dict:
+  """Every setting that changes an evaluation's metrics, beside the checkpoint it scores."""
+  out = {f"eval.{k}": v for k, v in c.eval.to_dict().items() if k not in _EVAL_NOT_SETTINGS}
+  out["eval.dtype"] = c.eval.dtype or c.model.dtype  # "" samples in model.dtype
+  out["seed"] = c.seed
+  return json.loads(json.dumps(out, default=list))
+
+
+def _results(path: str, step: int, modes: tuple[str, ...], settings: dict) -> dict | None:
+  """The saved evaluation of checkpoint `step` if it covers `modes` and was computed with
+  `settings`; else None (said with the field that changed), so it is redone."""
+  where = os.path.join(path, "eval", str(step))
+  results = _read_output(os.path.join(where, "results.json"))
   if results is None:
     return None
-  ok = all(isinstance(results.get(m), dict) and results[m].get("num_samples") == num_samples
-           for m in modes)
-  return results if ok else None
+  if not all(isinstance(results.get(m), dict) for m in modes):
+    return None
+  saved = _read_output(os.path.join(where, EVAL_SETTINGS))
+  if saved is None:
+    print(f"note: {where}/results.json has no record of its settings; redoing it", flush=True)
+    return None
+  changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+  if changed:
+    print(f"note: {where}/results.json was computed with other settings ({'; '.join(changed)}); "
+          "redoing it", flush=True)
+    return None
+  return results
 
 
 def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int | None]:
@@ -145,13 +194,15 @@ def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
     if step is None:
       raise CheckpointError(f"no checkpoint in {path} has a validation loss: no step to "
                             "select (was it trained without a valid split?)")
-  results = _results(path, step, modes, c.eval.num_samples)
+  settings = eval_settings(c)
+  results = _results(path, step, modes, settings)
   if results is None:
     print(f"[{name}] evaluating {', '.join(modes)} mode at step {step}", flush=True)
     c = ml_collections.ConfigDict(c.to_dict())
     c.eval.checkpoint_step = step
     start = time.perf_counter()
     results = evaluate.evaluate(c, path)
+    io_utils.write_json(os.path.join(path, "eval", str(step), EVAL_SETTINGS), settings, indent=1)
     add_time(path, "eval_s", time.perf_counter() - start)
   return {m: results[m] for m in modes}, step
 
@@ -173,7 +224,8 @@ def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
 def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
   """Records a model's (mode -> metrics, scored step) and wall times in `summary`."""
   summary["models"][name], summary["selected_step"][name] = scored
-  summary["wall_s"][name] = _timing(os.path.join(workdir, name))
+  timing = _timing(os.path.join(workdir, name))
+  summary["wall_s"][name] = {k: v for k, v in timing.items() if k != "unreadable"}
 
 
 def write_summary(workdir: str, summary: dict) -> None:
@@ -186,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   """The whole comparison: data, each model's training and evaluation, summary and report."""
   config_lib.validate(config)
   for name in models:
-    model_config(config, name)  # fail on a bad name before any work
+    trainer.preflight(model_config(config, name))  # a bad name or mesh: before any work
   os.makedirs(workdir, exist_ok=True)
   summary = new_summary(config, generate.generate(config, workdir))
   for name in models:
@@ -219,7 +271,7 @@ def command(argv, work: Callable[[ml_collections.ConfigDict, str], object], tabl
   except Interrupted as e:
     print(f"{e}; a checkpoint was saved: run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)
-  except (records.DatasetError, CheckpointError, FileExistsError, ValueError,
+  except (records.DatasetError, CheckpointError, OSError, ValueError,
           FloatingPointError, workdir_lock.WorkdirBusy) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

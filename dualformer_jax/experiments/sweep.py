@@ -32,6 +32,7 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
 from dualformer_jax.experiments import bootstrap, compare, report
+from dualformer_jax.train import trainer
 
 SWEEP = "sweep.json"
 
@@ -64,6 +65,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if not models or any(m not in compare.MODELS for m in models) or len(set(models)) < len(models):
     fail("models", f"expected a comma-separated subset of {','.join(compare.MODELS)}")
   bootstrap.check_config(config, values, models)
+  trainer.preflight(config)  # mesh, model, schedule
 
 
 def point_config(config: ml_collections.ConfigDict, n: int) -> ml_collections.ConfigDict:

@@ -8,7 +8,10 @@ local device holds, so no host ever holds the whole model. `save` writes the
 same format back (one file, or shards plus an index past `max_shard_bytes`),
 materialising one shard's tensors at a time, and removes the weight files of
 an older save it replaces (a stale index would otherwise win over a new
-single file).
+single file). Weight files are read from the checkpoint directory only (an
+index naming ../x, /x or a symlink out of it is refused), and every damaged
+file (config.json, index, a truncated safetensors) is one CheckpointError
+line naming it.
 
 HF keeps a linear layer as weight [out, in]; `LM` keeps kernels [in, ...out]
 with heads split out (q [D, H, K], o [H, K, D]) and layers stacked. Each
@@ -31,7 +34,7 @@ import ml_dtypes  # noqa: F401  registers bfloat16 with numpy, which safetensors
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dualformer_jax import io_utils
@@ -68,36 +71,77 @@ def read_config(ckpt_dir: str, **overrides: Any) -> LMConfig:
   path = os.path.join(ckpt_dir, CONFIG)
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: no such file (not a Hugging Face checkpoint directory?)")
-  try:
-    with open(path) as f:
-      hf = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise CheckpointError(f"{path}: unreadable ({e})") from e
+  hf = _read_json_object(path)
   try:
     return LMConfig.from_hf(hf, **overrides)
-  except ValueError as e:
+  except (ValueError, TypeError, KeyError) as e:
     raise CheckpointError(f"{path}: {e}") from e
+
+
+def _read_json_object(path: str) -> dict:
+  """The JSON object in `path`; CheckpointError (one line naming it) for anything else."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    raise CheckpointError(f"{path}: unreadable ({_one_line(e)})") from None
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+  return obj
+
+
+def _one_line(e: BaseException) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _confined(ckpt_dir: str, name: Any, source: str) -> str:
+  """The path of weight file `name` (from `source`), which must lie in the checkpoint directory.
+
+  A name that is absolute, climbs out (..), or is a symlink whose target lies
+  elsewhere is refused: a checkpoint is read from its own directory only. The
+  one exception is the Hugging Face hub cache, whose snapshots/<rev>/ files
+  link to ../../blobs/ of the same repository folder.
+  """
+  if not isinstance(name, str) or not name or os.path.isabs(name) or \
+      os.path.normpath(name).split(os.sep)[0] == os.pardir:
+    raise CheckpointError(f"{source}: weight file {name!r} is not a file name inside {ckpt_dir}")
+  here = os.path.abspath(ckpt_dir)
+  root = os.path.dirname(os.path.dirname(here)) if \
+      os.path.basename(os.path.dirname(here)) == "snapshots" else here
+  real, root = os.path.realpath(os.path.join(here, name)), os.path.realpath(root)
+  if os.path.commonpath([real, root]) != root:
+    raise CheckpointError(f"{source}: weight file {name!r} resolves to {real}, outside "
+                          f"{ckpt_dir}")
+  return os.path.join(ckpt_dir, name)
+
+
+@contextlib.contextmanager
+def _safetensors(path: str):
+  """safe_open(path) whose errors (a truncated or hostile file) name the file in one line."""
+  try:
+    handle = safe_open(path, framework="numpy")
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(e)})") from None
+  with handle as f:
+    yield f
 
 
 def _files(ckpt_dir: str) -> dict[str, str]:
   """Tensor name -> safetensors file path."""
   index, single = os.path.join(ckpt_dir, INDEX), os.path.join(ckpt_dir, SINGLE)
   if os.path.isfile(index):
-    try:
-      with open(index) as f:
-        weight_map = json.load(f).get("weight_map")
-    except (OSError, ValueError, AttributeError) as e:
-      raise CheckpointError(f"{index}: unreadable ({e})") from e
+    weight_map = _read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict):
       raise CheckpointError(f"{index}: no weight_map")
-    paths = {n: os.path.join(ckpt_dir, f) for n, f in weight_map.items()}
+    paths = {n: _confined(ckpt_dir, f, index) for n, f in weight_map.items()}
     for p in sorted(set(paths.values())):
       if not os.path.isfile(p):
         raise CheckpointError(f"{p}: no such file (named in {INDEX})")
     return paths
   if not os.path.isfile(single):
     raise CheckpointError(f"{ckpt_dir}: neither {SINGLE} nor {INDEX}")
-  with safe_open(single, framework="numpy") as f:
+  _confined(ckpt_dir, SINGLE, ckpt_dir)
+  with _safetensors(single) as f:
     return {n: single for n in f.keys()}
 
 
@@ -167,32 +211,41 @@ def load(ckpt_dir: str, mesh: Mesh | None = None, **overrides: Any) -> LM:
                           f"{len(unexpected)} unexpected tensors {unexpected[:6]}")
   dtype = np.dtype(jax.numpy.dtype(cfg.param_dtype))
   with contextlib.ExitStack() as stack:  # closes the files once every param is read
-    handles = {p: stack.enter_context(safe_open(p, framework="numpy"))
+    handles = {p: stack.enter_context(_safetensors(p))
                for p in sorted(set(files[n] for n in needed))}
     by_name = {n: handles[files[n]] for n in needed}
-    for name, (_, hf_shape) in needed.items():
-      got = tuple(by_name[name].get_slice(name).get_shape())
-      if got != hf_shape:
-        raise CheckpointError(f"{ckpt_dir}: tensor {name} has shape {list(got)}, "
-                              f"config.json implies {list(hf_shape)}")
-    for path, var in flat:
-      template, groups = _LAYOUT[path]
-      shape, stacked = shapes[path], path[0] == "layers"
-
-      def read(index, template=template, groups=groups, shape=shape, stacked=stacked):
-        index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
-        if not stacked:
-          return _read(by_name, template, groups, index, shape).astype(dtype)
-        return np.stack([_read(by_name, template.format(i=i), groups, index[1:], shape[1:])
-                         for i in range(index[0].start, index[0].stop)]).astype(dtype)
-
-      if mesh is None:
-        value = jax.numpy.asarray(read((slice(None),) * len(shape)))
-      else:
-        spec = sharding_lib.logical_to_spec(var.get_metadata()["out_sharding"], shape, mesh)
-        value = jax.make_array_from_callback(shape, NamedSharding(mesh, spec), read)
-      var.set_value(value)
+    try:
+      _read_all(ckpt_dir, flat, shapes, needed, by_name, dtype, mesh)
+    except SafetensorError as e:  # tensor bytes a header promised but the file lacks
+      raise CheckpointError(f"{ckpt_dir}: a tensor cannot be read ({_one_line(e)})") from None
   return nnx.merge(graphdef, state)
+
+
+def _read_all(ckpt_dir: str, flat, shapes, needed, by_name, dtype, mesh) -> None:
+  """Checks every tensor's shape, then reads each param into its variable (sharded over
+  `mesh` if given)."""
+  for name, (_, hf_shape) in needed.items():
+    got = tuple(by_name[name].get_slice(name).get_shape())
+    if got != hf_shape:
+      raise CheckpointError(f"{ckpt_dir}: tensor {name} has shape {list(got)}, "
+                            f"config.json implies {list(hf_shape)}")
+  for path, var in flat:
+    template, groups = _LAYOUT[path]
+    shape, stacked = shapes[path], path[0] == "layers"
+
+    def read(index, template=template, groups=groups, shape=shape, stacked=stacked):
+      index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
+      if not stacked:
+        return _read(by_name, template, groups, index, shape).astype(dtype)
+      return np.stack([_read(by_name, template.format(i=i), groups, index[1:], shape[1:])
+                       for i in range(index[0].start, index[0].stop)]).astype(dtype)
+
+    if mesh is None:
+      value = jax.numpy.asarray(read((slice(None),) * len(shape)))
+    else:
+      spec = sharding_lib.logical_to_spec(var.get_metadata()["out_sharding"], shape, mesh)
+      value = jax.make_array_from_callback(shape, NamedSharding(mesh, spec), read)
+    var.set_value(value)
 
 
 def _host(x: jax.Array) -> np.ndarray:

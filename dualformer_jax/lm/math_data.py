@@ -166,15 +166,21 @@ def read_jsonl(path: str) -> list[MathExample]:
   if not os.path.isfile(path):
     raise ValueError(f"dataset file {path!r} does not exist")
   out = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
+  with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is named with its number
+    for n, raw in enumerate(f, 1):
+      where = f"{path}:{n}"
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 ({e})") from None
       if not line.strip():
         continue
-      where = f"{path}:{n}"
       try:
         rec = json.loads(line)
       except ValueError as e:
         raise ValueError(f"{where}: not JSON ({e})") from None
+      except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
       if not isinstance(rec, dict):
         raise ValueError(f"{where}: expected an object with problem, steps, answer")
       problem, steps, answer = rec.get("problem"), rec.get("steps"), rec.get("answer")
@@ -217,8 +223,24 @@ def tokenize_all(tok: Tokenizer, examples: Sequence[MathExample], max_len: int
   """Tokenized examples whose complete sequence fits max_len, and how many did not.
 
   Over-long examples are left out, never truncated: a cut solution would teach
-  the model to stop without an answer.
+  the model to stop without an answer. One is tokenized only if `may_fit`, so a
+  huge line costs its characters, not a tokenization.
   """
-  out = [tokenize(tok, ex) for ex in examples]
-  kept = [t for t in out if t.full_len <= max_len]
-  return kept, len(out) - len(kept)
+  kept = [t for t in (tokenize(tok, ex) for ex in examples if may_fit(tok, ex, max_len))
+          if t.full_len <= max_len]
+  return kept, len(examples) - len(kept)
+
+
+def may_fit(tok: Tokenizer, ex: MathExample, max_len: int) -> bool:
+  """False when `ex` cannot fit `max_len` tokens, found without tokenizing.
+
+  No token of the tokenizer spans more than its `max_token_chars` characters,
+  so a text of n characters has at least n / max_token_chars tokens. A
+  tokenizer without that bound (WordVocab: words may be far apart) is never
+  pre-checked.
+  """
+  longest = getattr(tok, "max_token_chars", None)
+  if not longest:
+    return True
+  chars = len(ex.problem) + sum(len(s) for s in ex.steps) + len(ex.answer)
+  return chars <= max_len * longest

@@ -7,7 +7,10 @@ Each input line `{"ids": [int, ...]}` gets one output line `{"logprobs":
 (not JSON, not UTF-8, no ids, ids not ints, out of vocabulary, fewer than 2
 ids, longer than --max_len) gets `{"error": "..."}` and scoring goes on. A
 blank line is a bad line too (answered with an error, not skipped), so output
-line n always answers input line n. Lines are read --batch_size at a time and
+line n always answers input line n, whatever a line holds (a JSON nesting too
+deep to read is an error line too). Output is strict JSON: a line whose
+log-probs are not finite (broken weights) gets an error, and the command
+then exits with status 1. Lines are read --batch_size at a time and
 answered in order; each group is padded to a power-of-two length bucket (at
 least MIN_BUCKET) and to --batch_size rows, so a run compiles one program per
 bucket, not one per line.
@@ -16,6 +19,7 @@ bucket, not one per line.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Iterable, Iterator
 
@@ -29,6 +33,9 @@ from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm.model import LM, log_probs
 
 MIN_BUCKET = 16
+# The answer to a line whose log-probs are not all finite: only broken weights do that
+# (log_softmax of finite logits is finite), so the run also ends with a non-zero status.
+NON_FINITE = "the model gives non-finite log-probs (NaN/Inf): its weights are broken"
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face checkpoint directory "
                                   "(config.json + safetensors).")
@@ -59,6 +66,8 @@ def parse(line: str | bytes, vocab_size: int, max_len: int) -> list[int] | str:
     obj = json.loads(line)
   except ValueError as e:
     return f"not JSON: {e}"
+  except RecursionError:
+    return "not JSON: nested too deeply to read"
   if not isinstance(obj, dict) or "ids" not in obj:
     return 'expected an object with an "ids" list'
   ids = obj["ids"]
@@ -110,7 +119,8 @@ def score_lines(scorer: Scorer, lines: Iterable[str | bytes], vocab_size: int, m
         by_bucket.setdefault(bucket(len(p)), []).append(i)
     for rows in by_bucket.values():
       for i, lp in zip(rows, scorer([parsed[i] for i in rows])):
-        results[i] = {"logprobs": lp}
+        results[i] = {"logprobs": lp} if all(math.isfinite(x) for x in lp) else {
+            "error": NON_FINITE}
     chunk.clear()
     return results
 
@@ -127,6 +137,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not _CHECKPOINT.value:
     raise app.UsageError("--checkpoint is required")
+  if _BATCH_SIZE.value < 1 or _MAX_LEN.value < 0:
+    raise app.UsageError(f"--batch_size={_BATCH_SIZE.value} must be >= 1 and --max_len="
+                         f"{_MAX_LEN.value} >= 0")
   try:
     model = hf_checkpoint.load(_CHECKPOINT.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value,
                                attention=_ATTENTION.value)
@@ -134,10 +147,15 @@ def main(argv: list[str]) -> None:
     sys.exit(f"score: {e}")
   max_len = _MAX_LEN.value or model.cfg.max_position_embeddings
   scorer = Scorer(model, _BATCH_SIZE.value)
+  broken = 0
   # Bytes, decoded per line by parse: a line that is not UTF-8 gets an error, not the run.
   for result in score_lines(scorer, sys.stdin.buffer, model.cfg.vocab_size, max_len):
-    sys.stdout.write(json.dumps(result) + "\n")
+    broken += result.get("error") == NON_FINITE
+    sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
     sys.stdout.flush()
+  if broken:
+    sys.exit(f"score: {broken} lines got non-finite log-probs: the weights in "
+             f"{_CHECKPOINT.value} hold NaN/Inf or overflow in --dtype={_DTYPE.value}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ id, marks the real tokens.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -29,8 +30,13 @@ class Tokenizer:
   def __init__(self, ckpt_dir: str):
     path = os.path.join(ckpt_dir, "tokenizer.json")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: no such file (the checkpoint has no fast tokenizer)")
-    self._tok = tokenizers.Tokenizer.from_file(path)
+      raise ValueError(f"{path}: no such file (the checkpoint has no fast tokenizer)")
+    try:
+      self._tok = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers library raises plain Exception on a bad file
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"{path}: not a tokenizer.json the tokenizers library reads "
+                       f"({first})") from None
     cfg = _read_json(os.path.join(ckpt_dir, "config.json"))
     tok_cfg = _read_json(os.path.join(ckpt_dir, "tokenizer_config.json"))
     bos = self._special("bos", cfg.get("bos_token_id"), tok_cfg.get("bos_token"))
@@ -67,6 +73,13 @@ class Tokenizer:
       raise ValueError(f"tokenizer_config.json: {what}_token={token!r} is not in tokenizer.json")
     return token_id
 
+  @functools.cached_property
+  def max_token_chars(self) -> int:
+    """Characters of the longest token string: no token covers more characters of a text
+    (byte-level tokens write one character per byte), so len(text) / this bounds its
+    token count from below without tokenizing it (math_data.may_fit)."""
+    return max(len(t) for t in self._tok.get_vocab(with_added_tokens=True))
+
   @property
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size(with_added_tokens=True)
@@ -87,10 +100,10 @@ def _read_json(path: str) -> dict:
   if not os.path.isfile(path):
     return {}
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       obj = json.load(f)
-  except ValueError as e:
-    raise ValueError(f"{path}: not JSON ({e})") from e
+  except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+    raise ValueError(f"{path}: not JSON ({e})") from None
   if not isinstance(obj, dict):
     raise ValueError(f"{path}: expected a JSON object")
   return obj

@@ -9,13 +9,17 @@ donated; the loss is each sequence's mean cross-entropy over its solution
 tokens, averaged over the sequences (a long solution weighs as much as a short
 one, so dropping steps does not reweigh problems). Batches are addressed by
 step number (lm/step_dropping.py), so a checkpoint needs only the train state
-to resume exactly; its record holds p and the data seed, and a resume with
-other values is refused. A state with NaN/Inf is never saved.
+to resume exactly; its record holds p, the data (sizes, seed, the train file's
+checksum) and the optimisation settings, and a resume with other values is
+refused naming the field. A state with NaN/Inf is never saved. The workdir is
+locked for the run (workdir_lock), and the mesh and batch are checked before
+any data is read or file written (preflight).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -29,6 +33,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
+from dualformer_jax import workdir_lock
 from dualformer_jax.lm import checkpoint as lm_checkpoint
 from dualformer_jax.lm import evaluate as eval_lib
 from dualformer_jax.lm import hf_checkpoint
@@ -89,6 +94,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     fail("train.learning_rate", "need learning_rate > 0 and warmup_steps >= 0")
   if c.data.max_len < 8:
     fail("data.max_len", "must be >= 8")
+  if c.mesh.cpu_devices < 1:
+    fail("mesh.cpu_devices", "must be >= 1 (CPU devices of this host)")
   eval_lib.parse_modes(c.eval.modes)
   ks = tuple(c.eval.pass_ks)
   if not ks or min(ks) < 1 or max(ks) > c.eval.num_samples:
@@ -123,7 +130,8 @@ def load_data(c: ml_collections.ConfigDict) -> MathData:
     tok = lm_tokenizer.Tokenizer(c.lm.checkpoint)
   kept, skipped = md.tokenize_all(tok, train, c.data.max_len)
   # Test problems whose complete reference solution fits, as for training.
-  test = [e for e in test if md.tokenize(tok, e).full_len <= c.data.max_len]
+  test = [e for e in test if md.may_fit(tok, e, c.data.max_len)
+          and md.tokenize(tok, e).full_len <= c.data.max_len]
   return MathData(tok, kept, test[:c.eval.num_problems], skipped)
 
 
@@ -177,9 +185,28 @@ def make_train_step(graphdef: nnx.GraphDef, train_cfg: Any, mesh: jax.sharding.M
 
 
 def _record(c: ml_collections.ConfigDict, p: float, lm_cfg: Any) -> dict:
-  """What a checkpoint must share with the run that resumes it."""
+  """What a checkpoint must share with the run that resumes it: the data it reads, how it
+  is optimised and the model. train.num_steps may change (to train longer), as in the
+  planning trainer; so may the eval, log and checkpoint settings."""
+  data = {k: c.data[k] for k in ("num_train", "num_test", "max_len")}
+  if c.task.source == "jsonl":  # its bytes: a moved file is the same data, an edited one not
+    data["train_file_sha256"] = _sha256(c.data.train_file)
   return {"p": float(p), "data_seed": int(c.data.seed), "seed": int(c.seed),
-          "task": c.task.to_dict(), "model": model_record(lm_cfg)}
+          "task": c.task.to_dict(), "model": model_record(lm_cfg), "data": data,
+          "train": {k: c.train[k] for k in OPTIMISATION}, "lm_checkpoint": c.lm.checkpoint}
+
+
+# config.train fields that shape the optimisation (not num_steps: a run may train longer).
+OPTIMISATION = ("batch_size", "learning_rate", "warmup_steps", "final_lr_frac", "weight_decay",
+                "b1", "b2", "grad_clip")
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def model_record(lm_cfg: lm_model.LMConfig) -> dict:
@@ -312,6 +339,18 @@ def run(c: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict:
   A signal stops the run after a checkpoint (KeyboardInterrupt): rerun to resume.
   """
   validate(c)
+  preflight(c)
+  with workdir_lock.hold(workdir, "math run"):
+    return _run(c, workdir, mode)
+
+
+def preflight(c: ml_collections.ConfigDict) -> None:
+  """ValueError for a mesh that does not fit the devices or a batch it cannot split, before
+  any data is read or file written (train() would find them only after both)."""
+  shd.check_batch_size(c.train.batch_size, shd.make_mesh(c.mesh))
+
+
+def _run(c: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
   data = load_data(c)
   if data.skipped:
     tqdm.write(f"{data.skipped} training examples are longer than data.max_len="

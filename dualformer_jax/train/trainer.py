@@ -45,9 +45,12 @@ from dualformer_jax.data.eval_batches import EvalBatches
 from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.model import sharding
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 from dualformer_jax.train.logger import MetricLogger, plot_loss
+from dualformer_jax.train.schedule import make_schedule
 from dualformer_jax.train.stop_flag import StopFlag
 
 
@@ -126,13 +129,28 @@ def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, stat
   return state.replace(params=params)
 
 
+def preflight(config: ml_collections.ConfigDict, training: bool = True) -> None:
+  """ValueError (or DistributedError) for what only the mesh, model or schedule builders
+  check: mesh sizes, model.size / dim / attention / remat / dtype, and for a training the
+  batch split and the learning-rate schedule. Called before any work (main.py: before
+  generating the dataset), so a bad value fails at once, before a file is written. Builds
+  no arrays."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  ModelConfig.from_config(config.model, len(make_task(config.task).vocabulary()))
+  if training:  # eval.dtype: config_lib.validate; eval batches fit any mesh (evaluate.py)
+    sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
+    distributed.check_batch_split(mesh, config.train.batch_size)
+    make_schedule(config.train)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its newest usable checkpoint if any.
 
   Process 0 holds the workdir's lock for the run (workdir_lock.WorkdirBusy when
   another training or generation has it).
   """
-  config_lib.validate(config)
+  preflight(config)
   if jax.process_index() != 0:
     return _train(config, workdir)
   with workdir_lock.hold(workdir, "training"):

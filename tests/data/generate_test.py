@@ -119,6 +119,41 @@ def test_sokoban_dataset(tmp_path):
     assert task.check(vocab.decode(r["prompt"]), vocab.decode(r["plan"])).correct
 
 
+@pytest.mark.parametrize("size,message", [(4, "cannot hold 1 boxes and 7 objects"),
+                                          (70, "must be an integer in \\[3, 64\\]")])
+def test_a_refused_sokoban_size_leaves_the_directory_reusable(tmp_path, size, message):
+  """A size the generator cannot draw is refused before meta.json claims the directory, so
+  the corrected command then runs without deleting anything by hand."""
+  c = sokoban_configs.get_config("default")
+  c.data.num_train, c.data.num_test, c.data.num_shards = 6, 3, 1
+  bad = sokoban_configs.get_config("default")
+  bad.update_from_flattened_dict({"task.size": size, "task.box_border_margin": 1,
+                                  **{f"data.{k}": c.data[k] for k in ("num_train", "num_test",
+                                                                       "num_shards")}})
+  with pytest.raises(ValueError, match=f"config.task: sokoban tasks cannot be generated .*"
+                     f"{message}"):
+    generate.generate(bad, str(tmp_path), workers=1)
+  assert not os.path.exists(os.path.join(records.data_dir(str(tmp_path)), records.META))
+  assert generate.generate(c, str(tmp_path), workers=1)["status"] == "complete"
+
+
+def test_an_unfinished_dataset_with_no_shard_is_claimed_by_another_config(tmp_path, capsys):
+  """meta.json of a run refused before writing any shard (an older version wrote it first)
+  does not block the corrected config; one with a shard written still does."""
+  directory = records.data_dir(str(tmp_path))
+  generate.generate(small_maze_config(num_train=41), str(tmp_path), workers=1)
+  meta = records.read_meta(directory)
+  for name in os.listdir(directory):
+    if name.endswith(".arrayrecord"):
+      os.remove(os.path.join(directory, name))
+  records.write_meta(directory, {**meta, "status": "incomplete"})
+  assert generate.generate(small_maze_config(), str(tmp_path), workers=1)["counts"]["train"] == 40
+  assert "no shard written; starting it again" in capsys.readouterr().out
+  records.write_meta(directory, {**records.read_meta(directory), "status": "incomplete"})
+  with pytest.raises(records.DatasetError, match="num_train: 40 -> 41"):
+    generate.generate(small_maze_config(num_train=41), str(tmp_path), workers=1)
+
+
 @pytest.mark.parametrize("get_config", [maze_configs.get_config, sokoban_configs.get_config])
 def test_sample_group_asks_keep_before_any_search(get_config):
   """Shards reject the layouts they do not own before paying for a search."""

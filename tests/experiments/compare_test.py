@@ -168,3 +168,81 @@ def test_an_unreadable_results_file_is_named_and_redone(sweep, tmp_path, monkeyp
   summary = compare.run(tiny_config(), workdir)
   assert calls == ["dualformer"] and summary["models"] == sweep[1]["models"]
   assert f"{bad} is unreadable" in capsys.readouterr().out
+
+
+
+def _fake_evaluate(sweep, calls):
+  def fake_evaluate(config, path):
+    calls.append(os.path.basename(path))
+    return {m: dict(sweep[1]["models"]["dualformer"]["fast"], num_tasks=config.eval.num_tasks)
+            for m in config.eval.modes.split(",")}
+  return fake_evaluate
+
+
+@pytest.mark.parametrize("field,value", [("num_tasks", 2), ("temperature", 0.5),
+                                         ("dtype", "bfloat16")])
+def test_an_evaluation_with_other_settings_is_redone(sweep, tmp_path, monkeypatch, capsys,
+                                                     field, value):
+  """Any eval setting that changes the metrics (not only num_samples) makes the saved
+  evaluation stale: it is redone, saying which field changed, and summary.json holds the
+  new numbers beside the new config."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  calls = []
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", _fake_evaluate(sweep, calls))
+  config = tiny_config()
+  config.eval[field] = value
+  summary = compare.run(config, workdir)
+  assert calls == list(compare.MODELS)
+  old = "float32" if field == "dtype" else tiny_config().eval[field]
+  assert f"eval.{field}: {old!r} -> {value!r}" in capsys.readouterr().out
+  assert summary["config"]["eval"][field] == value
+  if field == "num_tasks":  # rerun with the same settings: the new evaluation is reused
+    calls.clear()
+    compare.run(config, workdir)
+    assert calls == []
+
+
+def test_an_evaluation_without_a_settings_record_is_redone(sweep, tmp_path, monkeypatch):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  os.remove(os.path.join(workdir, "dualformer", "eval", "4", compare.EVAL_SETTINGS))
+  calls = []
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", _fake_evaluate(sweep, calls))
+  compare.run(tiny_config(), workdir)
+  assert calls == ["dualformer"]
+
+
+@pytest.mark.parametrize("content", ["", '{"train_s": 12', '[1, 2]'])
+def test_a_damaged_timing_file_gives_unknown_times_not_zero(sweep, tmp_path, monkeypatch,
+                                                            capsys, content):
+  """An empty or cut timing.json is named and its times become null (unknown) for good,
+  never a fresh count from 0 s that would read as a measured wall time."""
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  timing = os.path.join(workdir, "dualformer", compare.TIMING)
+  with open(timing, "w") as f:
+    f.write(content)
+  os.remove(os.path.join(workdir, "dualformer", "eval", "4", compare.EVAL_SETTINGS))
+  monkeypatch.setattr(trainer, "train", lambda *a: pytest.fail("training ran again"))
+  monkeypatch.setattr(evaluate, "evaluate", _fake_evaluate(sweep, []))
+  summary = compare.run(tiny_config(), workdir)  # evaluates again: adds eval seconds
+  assert summary["wall_s"]["dualformer"] == {"train_s": None, "eval_s": None}
+  assert summary["wall_s"]["solution_only"]["train_s"] > 0
+  assert f"timing file {timing}" in capsys.readouterr().out
+  with open(timing) as f:
+    assert json.load(f) == {"train_s": None, "eval_s": None}
+  if content == "":  # and they stay unknown
+    summary = compare.run(tiny_config(), workdir)
+    assert summary["wall_s"]["dualformer"] == {"train_s": None, "eval_s": None}
+
+
+def test_a_mesh_or_model_error_fails_before_the_dataset(tmp_path):
+  for field, value in (("mesh.fsdp", 3), ("model.attention", "flash")):
+    config = tiny_config()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(ValueError, match="config.mesh|attention='flash'"):
+      compare.run(config, str(tmp_path / "sweep"))
+  assert not (tmp_path / "sweep").exists()

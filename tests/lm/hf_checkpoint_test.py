@@ -234,3 +234,94 @@ def test_index_naming_a_missing_shard(checkpoints, tmp_path):
     f.write('{"metadata": {}}')
   with pytest.raises(CheckpointError, match="index.json: no weight_map"):
     hf_checkpoint.load(out)
+
+
+# --- hostile files ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+  """A tiny LM saved by hf_checkpoint.save in three shards plus an index (no transformers)."""
+  from dualformer_jax.lm.model import LM, LMConfig
+  cfg = LMConfig(vocab_size=32, dim=16, num_layers=2, num_heads=2, num_kv_heads=1, ffn_dim=32,
+                 max_position_embeddings=32)
+  out = str(tmp_path_factory.mktemp("sharded") / "ckpt")
+  files = hf_checkpoint.save(LM(cfg, rngs=nnx.Rngs(0)), out, max_shard_bytes=6_000)
+  assert hf_checkpoint.INDEX in files
+  return out
+
+
+def _point_index_at(ckpt: str, name: str) -> None:
+  """Makes the index send every tensor of its first shard to `name`."""
+  path = os.path.join(ckpt, hf_checkpoint.INDEX)
+  with open(path) as f:
+    index = json.load(f)
+  first = sorted(set(index["weight_map"].values()))[0]
+  index["weight_map"] = {n: name if f == first else f for n, f in index["weight_map"].items()}
+  with open(path, "w") as f:
+    json.dump(index, f)
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "deep", "symlink"])
+def test_an_index_naming_a_file_outside_the_checkpoint_is_refused(sharded, tmp_path, how):
+  """A shard named ../outside/x, /abs/x, ../../etc/passwd or through a symlink that leaves
+  the directory is refused in one line, though the file outside is a valid shard."""
+  ckpt = _copy(sharded, tmp_path / "ckpt")
+  first = sorted(f for f in os.listdir(ckpt) if f.startswith("model-"))[0]
+  os.makedirs(tmp_path / "outside")
+  outside = str(tmp_path / "outside" / "x.safetensors")
+  shutil.copy(os.path.join(ckpt, first), outside)
+  name = {"parent": "../outside/x.safetensors", "absolute": outside,
+          "deep": "../../../../../../etc/passwd", "symlink": first}[how]
+  if how == "symlink":
+    os.remove(os.path.join(ckpt, first))
+    os.symlink(outside, os.path.join(ckpt, first))
+  else:
+    _point_index_at(ckpt, name)
+  with pytest.raises(CheckpointError, match=f"weight file '{name}' (is not a file name inside"
+                     "|resolves to .* outside)"):
+    hf_checkpoint.load(ckpt)
+
+
+def test_the_hub_cache_layout_of_links_into_blobs_loads(sharded, tmp_path):
+  """snapshots/<rev>/ files link to ../../blobs/ of the same repository folder: allowed."""
+  repo = tmp_path / "models--org--tiny"
+  snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+  os.makedirs(snap)
+  os.makedirs(blobs)
+  for f in os.listdir(sharded):
+    shutil.copy(os.path.join(sharded, f), blobs / f)
+    os.symlink(os.path.join("..", "..", "blobs", f), snap / f)
+  _assert_same_params(hf_checkpoint.load(str(snap)), hf_checkpoint.load(sharded))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "header_lies"])
+def test_a_damaged_safetensors_file_is_one_line_naming_it(sharded, tmp_path, damage):
+  ckpt = _copy(sharded, tmp_path / "ckpt")
+  shard = os.path.join(ckpt, sorted(f for f in os.listdir(ckpt) if f.startswith("model-"))[1])
+  with open(shard, "rb") as f:
+    data = f.read()
+  with open(shard, "wb") as f:
+    if damage == "truncated":
+      f.write(data[:len(data) // 2])
+    elif damage == "garbage":
+      f.write(b"\xff" * 64)
+    else:  # a header that claims a huge size
+      f.write((2**62).to_bytes(8, "little") + data[8:])
+  with pytest.raises(CheckpointError, match=f"{shard}: not a readable safetensors file"):
+    hf_checkpoint.load(ckpt)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"model_type": "llama", "x": "\xff"}', "config.json: unreadable"),
+    (b"[1, 2]", "config.json: expected a JSON object, got list"),
+    (b"[" * 100_000, "config.json: unreadable"),
+    (b'{"model_type": "llama", "hidden_size": "big"}', "config.json: ")],
+    ids=["not_utf8", "a_list", "nested_too_deep", "a_bad_value"])
+def test_a_config_json_that_is_not_an_object_or_not_utf8_is_one_line(sharded, tmp_path,
+                                                                     content, message):
+  ckpt = _copy(sharded, tmp_path / "ckpt")
+  with open(os.path.join(ckpt, "config.json"), "wb") as f:
+    f.write(content)
+  with pytest.raises(CheckpointError, match=message):
+    hf_checkpoint.load(ckpt)

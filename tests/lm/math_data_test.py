@@ -77,6 +77,7 @@ def test_read_jsonl(tmp_path):
     ('{"problem": "p", "steps": "one step", "answer": "1"}', "'steps'"),
     ('{"problem": "p", "steps": [1], "answer": "1"}', "'steps'"),
     ('{"problem": "p", "steps": []}', "'answer'"),
+    pytest.param("[" * 100_000, "nested too deeply", id="too_deep"),  # was a RecursionError
 ])
 def test_read_jsonl_names_the_bad_line(tmp_path, line, message):
   path = tmp_path / "bad.jsonl"
@@ -91,3 +92,39 @@ def test_read_jsonl_missing_or_empty(tmp_path):
   (tmp_path / "empty.jsonl").write_text("\n")
   with pytest.raises(ValueError, match="no examples"):
     md.read_jsonl(str(tmp_path / "empty.jsonl"))
+
+
+def test_read_jsonl_names_a_line_that_is_not_utf8(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  path.write_bytes(b'{"problem": "p", "steps": [], "answer": "1"}\n'
+                   b'{"problem": "caf\xe9", "steps": [], "answer": "1"}\n')
+  with pytest.raises(ValueError, match=re.escape(f"{path}:2: not UTF-8")):
+    md.read_jsonl(str(path))
+
+
+class _CountingTokenizer:
+  """WordVocab's ids with a max_token_chars bound; records the length of every text encoded."""
+
+  def __init__(self, vocab: md.WordVocab):
+    self.vocab, self.encoded = vocab, []
+    self.bos_id, self.eos_id, self.pad_id = vocab.bos_id, vocab.eos_id, vocab.pad_id
+    self.vocab_size = vocab.vocab_size
+    self.max_token_chars = max(len(t) for t in vocab.tokens)
+
+  def encode(self, text):
+    self.encoded.append(len(text))
+    return self.vocab.encode(text)
+
+
+def test_a_huge_example_is_left_out_without_being_tokenized():
+  """Memory per input line stays bounded by its characters: an example whose text cannot fit
+  max_len tokens (more than max_len x the longest token's characters) is never encoded."""
+  tok = _CountingTokenizer(md.WordVocab.for_synthetic(10, 9))
+  small = md.MathExample("1 + 2", ("1 + 2 = 3",), "3")
+  huge = md.MathExample(" ".join(["1 + 2"] * 200_000), ("1 + 2 = 3",), "3")
+  kept, dropped = md.tokenize_all(tok, [small, huge, small], 32)
+  assert len(kept) == 2 and dropped == 1
+  assert max(tok.encoded) < 100  # only the small examples' pieces were encoded
+  assert md.may_fit(tok, small, 32) and not md.may_fit(tok, huge, 32)
+  # Up to max_len x max_token_chars characters, an example is still tokenized and measured.
+  assert md.may_fit(tok, md.MathExample("x" * (32 * tok.max_token_chars - 2), (), "1"), 32)

@@ -38,6 +38,7 @@ def test_cli_scores_lines_in_order_and_answers_bad_ones(checkpoints, hf_log_prob
       json.dumps({"ids": good[8]}),
       json.dumps({"ids": [1, True]}),
       json.dumps([1, 2]),
+      "[" * 100_000,  # nested too deep for json: an error line, not a RecursionError
   ]
   stdin = ("\n".join(lines) + "\n").encode() + b'{"ids": [1, 2], "x": "\xff"}\n'
   # batch 4: three groups, the first and second each mixing good and bad lines and
@@ -47,14 +48,15 @@ def test_cli_scores_lines_in_order_and_answers_bad_ones(checkpoints, hf_log_prob
   out = [json.loads(line) for line in proc.stdout.decode().splitlines()]
   assert len(out) == len(lines) + 1
   errors = {i: r["error"] for i, r in enumerate(out) if "error" in r}
-  assert sorted(errors) == [1, 2, 3, 4, 5, 6, 9, 10, 11]
+  assert sorted(errors) == [1, 2, 3, 4, 5, 6, 9, 10, 11, 12]
   assert errors[1].startswith("not JSON")
   assert errors[2] == errors[10] == 'expected an object with an "ids" list'
   assert errors[3] == errors[9] == '"ids" must be a list of ints'
   assert errors[4] == f"id {VOCAB} is out of the vocabulary [0, {VOCAB})"
   assert errors[5] == "need at least 2 ids to score, got 1"
   assert errors[6] == "blank line"
-  assert errors[11].startswith("not UTF-8")
+  assert errors[11] == "not JSON: nested too deeply to read"
+  assert errors[12].startswith("not UTF-8")
   for i, ids in good.items():
     assert set(out[i]) == {"logprobs"}
     want = hf_log_probs(hf, np.asarray([ids]), np.ones((1, len(ids)), bool))[0]
@@ -63,10 +65,41 @@ def test_cli_scores_lines_in_order_and_answers_bad_ones(checkpoints, hf_log_prob
 
 
 def test_cli_refuses_a_bad_checkpoint(tmp_path):
+  """A missing config.json, and a config.json that is not UTF-8: one line each."""
   proc = _run([f"--checkpoint={tmp_path}"], b"")
   assert proc.returncode != 0
   assert "score: " in proc.stderr.decode() and "config.json: no such file" in \
       proc.stderr.decode()
+  (tmp_path / "config.json").write_bytes(b'{"model_type": "\xff"}')
+  proc = _run([f"--checkpoint={tmp_path}"], b"")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr.decode()
+  assert "config.json: unreadable" in proc.stderr.decode()
+
+
+def test_cli_refuses_a_batch_size_below_one(tmp_path):
+  proc = _run([f"--checkpoint={tmp_path}", "--batch_size=0"], b"")
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr.decode()
+  assert "--batch_size=0 must be >= 1" in proc.stderr.decode()
+
+
+def test_nan_weights_give_error_lines_and_a_failing_status(tmp_path):
+  """Output stays strict JSON (no NaN literal): each scored line gets an error naming the
+  broken weights, bad lines keep their own error, and the command exits non-zero."""
+  from flax import nnx
+  from dualformer_jax.lm import hf_checkpoint
+  from dualformer_jax.lm.model import LM, LMConfig
+  model = LM(LMConfig(vocab_size=VOCAB, dim=16, num_layers=1, num_heads=2, num_kv_heads=1,
+                      ffn_dim=32, max_position_embeddings=32), rngs=nnx.Rngs(0))
+  model.norm.set_value(model.norm.get_value().at[0].set(float("nan")))
+  hf_checkpoint.save(model, str(tmp_path))
+  proc = _run([f"--checkpoint={tmp_path}", "--batch_size=2"],
+              b'{"ids": [1, 2, 3]}\n{"ids": [7]}\n{"ids": [4, 5]}\n')
+  assert proc.returncode == 1
+  out = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+         for line in proc.stdout.decode().splitlines()]
+  assert out == [{"error": score.NON_FINITE}, {"error": "need at least 2 ids to score, got 1"},
+                 {"error": score.NON_FINITE}]
+  assert "2 lines got non-finite log-probs" in proc.stderr.decode()
 
 
 @pytest.mark.parametrize("length,want", [(0, 16), (1, 16), (2, 16), (16, 16), (17, 32),

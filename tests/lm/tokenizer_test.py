@@ -86,5 +86,20 @@ def test_math_prompt_gets_exactly_one_bos(tmp_path):
 
 def test_missing_tokenizer_json(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 2}))
-  with pytest.raises(FileNotFoundError, match="tokenizer.json: no such file"):
+  with pytest.raises(ValueError, match="tokenizer.json: no such file"):
     Tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b'{"model": {"type": "Nope"}}',
+                                     b"\xff\xfe"])
+def test_a_garbage_tokenizer_json_is_one_line_naming_it(tmp_path, content):
+  (tmp_path / "tokenizer.json").write_bytes(content)
+  with pytest.raises(ValueError, match=f"{tmp_path}/tokenizer.json: not a tokenizer.json"):
+    Tokenizer(str(tmp_path))
+
+
+def test_max_token_chars_bounds_the_token_count(tmp_path):
+  tok = Tokenizer(_write(tmp_path, {"eos_token_id": 2}))
+  assert tok.max_token_chars == max(len(w) for w in WORDS)
+  text = "Problem : 1 + 2 = 3 so answer is 3 Solution"
+  assert len(tok.encode(text)) >= len(text) / tok.max_token_chars

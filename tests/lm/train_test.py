@@ -2,6 +2,8 @@
 checkpoint with its tokenizer.json), resume, refusals, and the per-sequence loss."""
 
 import json
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ import tokenizers
 from flax import nnx
 
 from configs import math as math_configs
+from dualformer_jax import workdir_lock
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
 from dualformer_jax.lm import train as lm_train
@@ -62,6 +65,45 @@ def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
     lm_train.train(c3, str(tmp_path / "p0"), 0.0, data, lm_train.scratch_config(c3, data.tok))
 
 
+@pytest.mark.parametrize("field,value", [("data.num_train", 150), ("train.batch_size", 16),
+                                         ("train.learning_rate", 1e-3), ("data.num_test", 4),
+                                         ("train.weight_decay", 0.0)])
+def test_a_resume_with_other_data_or_optimisation_is_refused(trained_p0, field, value):
+  """The checkpoint's record covers the data and the optimisation: a resume that would go
+  on with other ones is refused naming the field, before any step."""
+  c = tiny_config(num_steps=8, **{field: value})
+  data = lm_train.load_data(c)
+  want = re.escape(f"other {field} ({field}: ") + r".* \(checkpoint\) vs " + re.escape(
+      f"{value!r} (now)")
+  with pytest.raises(ValueError, match=want):
+    lm_train.train(c, trained_p0, 0.0, data, lm_train.scratch_config(c, data.tok))
+
+
+@pytest.fixture(scope="module")
+def trained_p0(tmp_path_factory):
+  """A run directory with a 4-step checkpoint of tiny_config, p = 0."""
+  run_dir = str(tmp_path_factory.mktemp("p0"))
+  c = tiny_config(num_steps=4)
+  data = lm_train.load_data(c)
+  lm_train.train(c, run_dir, 0.0, data, lm_train.scratch_config(c, data.tok))
+  return run_dir
+
+
+def test_a_second_math_run_on_one_workdir_is_refused(tmp_path):
+  with workdir_lock.hold(str(tmp_path), "another math run"):
+    with pytest.raises(workdir_lock.WorkdirBusy, match="another math run"):
+      lm_train.run(tiny_config(num_steps=4), str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_NAME]  # nothing trained
+
+
+def test_a_mesh_that_does_not_fit_fails_before_any_file(tmp_path):
+  workdir = tmp_path / "run"
+  for overrides in ({"mesh.fsdp": 3}, {"train.batch_size": 12}):
+    with pytest.raises(ValueError, match="config.mesh|batch size 12"):
+      lm_train.run(tiny_config(num_steps=4, **overrides), str(workdir))
+  assert not workdir.exists()
+
+
 def _word_tokenizer(words) -> tokenizers.Tokenizer:
   vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", *dict.fromkeys(words)])}
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
@@ -109,6 +151,11 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
   results = lm_train.run(c, str(tmp_path / "run"))
   assert results["p=0.3"]["slow"]["problems"] == 4
   assert [r["step"] for r in read_metrics(str(tmp_path / "run" / "p0.3"))] == [4]
+  # Another train file (same name, other bytes) is other data: the resume is refused.
+  with open(tmp_path / "train.jsonl", "a") as f:
+    f.write(json.dumps({"problem": "1 + 1", "steps": ["1 + 1 = 2"], "answer": "2"}) + "\n")
+  with pytest.raises(ValueError, match="other data.train_file_sha256"):
+    lm_train.run(c, str(tmp_path / "run"))
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -120,7 +167,9 @@ def test_config_errors_name_the_field(tmp_path):
          ({"lm.param_dtype": "float16"}, "lm.param_dtype"),
          ({"task.source": "jsonl"}, "lm.checkpoint"),
          ({"lm.checkpoint": str(tmp_path)}, "lm.checkpoint"),
-         ({"eval.modes": "slow,quick"}, "eval.modes")]
+         ({"eval.modes": "slow,quick"}, "eval.modes"),
+         ({"mesh.cpu_devices": 0}, "mesh.cpu_devices"),
+         ({"mesh.cpu_devices": -1}, "mesh.cpu_devices")]
   for overrides, field in bad:
     with pytest.raises(ValueError, match=field):
       lm_train.validate(tiny_config(**overrides))

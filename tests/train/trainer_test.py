@@ -248,3 +248,27 @@ def test_a_second_trainer_on_one_workdir_is_refused(tmp_path, data_dir):
     holder.kill()
     holder.wait()
   assert not os.path.exists(os.path.join(w, "checkpoints"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.attention", "flash", "attention='flash'"),
+    ("model.remat", "some", "remat='some'"),
+    ("model.dtype", "float16", "dtype='float16'"),
+    ("model.size", "huge", "config.model.size='huge'"),
+    ("mesh.fsdp", 3, "fsdp\\*tensor=3 does not divide the 8 devices"),
+    ("train.batch_size", 12, "batch size 12|micro-batch size 12"),
+    ("train.warmup_steps", -1, "bad schedule"),
+])
+def test_preflight_names_a_bad_value_before_any_work(tmp_path, monkeypatch, field, value,
+                                                     message):
+  """The values only the mesh, model and schedule builders check are checked before the
+  dataset is generated and before checkpoints/ exists (main.py, compare and sweep call
+  preflight first; train() too, before it takes the lock)."""
+  c = tiny_config()
+  c.update_from_flattened_dict({field: value})
+  with pytest.raises(ValueError, match=message):
+    trainer.preflight(c)
+  monkeypatch.setattr(trainer, "_train", lambda *a: pytest.fail("train went past preflight"))
+  with pytest.raises(ValueError, match=message):
+    trainer.train(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
