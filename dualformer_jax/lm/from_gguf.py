@@ -49,11 +49,10 @@ def smollm2_gguf() -> str:
 
 def convert(gguf_path: str, out_dir: str) -> list[str]:
   """Writes the HF checkpoint of `gguf_path` to out_dir; returns the files written."""
-  import torch  # noqa: PLC0415  test requirements only, see the module docstring
-  import transformers  # noqa: PLC0415
-
   if not os.path.isfile(gguf_path):
     raise FileNotFoundError(f"{gguf_path}: no such file")
+  import torch  # noqa: PLC0415  test requirements only, see the module docstring
+  import transformers  # noqa: PLC0415
   folder, name = os.path.split(os.path.abspath(gguf_path))
   loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name,
                                                              dtype=torch.float32)

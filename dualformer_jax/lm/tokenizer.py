@@ -55,7 +55,9 @@ class Tokenizer:
     if isinstance(pad, list):
       raise ValueError(f"{ckpt_dir}: pad_token_id={pad}: expected one id")
     self.pad_id: int = self.eos_id if pad is None else pad
-    self._special_tokens = {f"{k}_token": tok_cfg[f"{k}_token"] for k in ("bos", "eos", "pad", "unk")
+    # The token strings templates use ({{ bos_token }}, ...), as transformers passes them.
+    self._special_tokens = {f"{k}_token": tok_cfg[f"{k}_token"]
+                            for k in ("bos", "eos", "pad", "unk")
                             if isinstance(tok_cfg.get(f"{k}_token"), str)}
     self.chat_template: str | None = _chat_template(ckpt_dir, tok_cfg)
 

@@ -18,8 +18,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from dualformer_jax.infer import sampler as sampler_lib
-from dualformer_jax.lm import from_gguf, hf_checkpoint
+from dualformer_jax.lm import from_gguf, generate, hf_checkpoint
 from dualformer_jax.lm.model import log_probs
 from dualformer_jax.lm.tokenizer import Tokenizer
 
@@ -47,7 +46,7 @@ CHATS = [
      {"role": "assistant", "content": "2, 3 and 5."},
      {"role": "user", "content": "And the next one?"}],
 ]
-NEW_TOKENS = 24
+NEW_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
@@ -118,26 +117,29 @@ def test_tokenizer_and_chat_template_match_transformers(smollm2):
 
 
 def test_greedy_generation_is_token_identical(smollm2):
-  """Our sampler at top_k = 1 (the evaluation's greedy path) writes transformers' tokens."""
+  """lm/generate.py at top_k = 1 (the sampler call of the evaluation's Greedy@1) writes
+  transformers' greedy tokens, for chat-templated and raw prompts batched together."""
   import torch
   ckpt, hf, _ = smollm2
   tok = Tokenizer(ckpt)
-  prompts = [tok.encode(tok.apply_chat_template(c, add_generation_prompt=True)) for c in CHATS]
-  prompts.append(tok.encode("Problem: 7 + 5 - 3\nSolution:", add_bos=True))
-  prefix, plen = sampler_lib.stack_prefixes(prompts)
-  model = hf_checkpoint.load(ckpt)
-  out = sampler_lib.sample_model(model, None, prefix, plen, jax.random.key(0), num_samples=1,
-                                 max_len=prefix.shape[1] + NEW_TOKENS, top_k=1,
-                                 eos_id=tok.eos_ids, pad_id=None)
-  ids, lengths = np.asarray(out.ids), np.asarray(out.lengths)
-  for r, p in enumerate(prompts):
+  prompts = [generate.prompt_ids(tok, c[-1]["content"], chat=True) for c in CHATS]
+  prompts.append(generate.prompt_ids(tok, "Problem: 7 + 5 - 3\nSolution:", chat=False))
+  assert prompts[0] == tok.encode(tok.apply_chat_template(CHATS[0], add_generation_prompt=True))
+  ours = generate.generate_ids(hf_checkpoint.load(ckpt), tok, prompts, max_new_tokens=NEW_TOKENS)
+  for p, (got,) in zip(prompts, ours):
     with torch.no_grad():
       ref = hf.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                         max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=tok.eos_id,
                         pad_token_id=tok.pad_id)[0, len(p):].tolist()
-    ours = ids[r, len(p):lengths[r]].tolist()[:NEW_TOKENS]
-    assert ours == ref, (tok.decode(ours), tok.decode(ref))
+    if ref[-1] == tok.eos_id:
+      ref = ref[:-1]  # generate_ids leaves eos out
+    assert got == ref, (tok.decode(got), tok.decode(ref))
     assert len(ref) >= 4
+
+
+def test_from_gguf_names_a_missing_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="x.gguf: no such file"):
+    from_gguf.convert(str(tmp_path / "x.gguf"), str(tmp_path / "out"))
 
 
 def test_export_round_trip_is_exact(smollm2, hf_log_probs, tmp_path):
