@@ -11,6 +11,11 @@ pad_id: config.json's pad_token_id, else tokenizer_config.json's pad_token,
 else eos_id. Llama 3 and Mistral checkpoints name no pad, so pad then equals
 eos; that is fine for training and scoring, where a `valid` mask, not the pad
 id, marks the real tokens.
+
+chat_template: the checkpoint's Jinja chat template (chat_template.jinja, as
+transformers 4.43+ saves it, else tokenizer_config.json's "chat_template"),
+rendered as transformers renders it (sandboxed, trim_blocks, lstrip_blocks),
+for prompting an instruct model; the math format does not use it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 from typing import Any, Sequence
 
+import jinja2.sandbox
 import tokenizers
 
 
@@ -55,6 +61,11 @@ class Tokenizer:
     if isinstance(pad, list):
       raise ValueError(f"{ckpt_dir}: pad_token_id={pad}: expected one id")
     self.pad_id: int = self.eos_id if pad is None else pad
+    # The token strings templates use ({{ bos_token }}, ...), as transformers passes them.
+    self._special_tokens = {f"{k}_token": tok_cfg[f"{k}_token"]
+                            for k in ("bos", "eos", "pad", "unk")
+                            if isinstance(tok_cfg.get(f"{k}_token"), str)}
+    self.chat_template: str | None = _chat_template(ckpt_dir, tok_cfg)
 
   def _special(self, what: str, token_id: Any, token: Any) -> int | list[int] | None:
     """The id(s) config.json gives, else the id of tokenizer_config.json's token string."""
@@ -93,6 +104,39 @@ class Tokenizer:
 
   def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
     return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+  def apply_chat_template(self, messages: Sequence[dict[str, str]],
+                          add_generation_prompt: bool = False) -> str:
+    """The chat as text ({"role", "content"} messages); encode it to get its ids."""
+    if self.chat_template is None:
+      raise ValueError("apply_chat_template: the checkpoint has no chat template")
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
+
+    def raise_exception(message):
+      raise ValueError(f"chat template: {message}")
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(self.chat_template).render(
+        messages=list(messages), add_generation_prompt=add_generation_prompt,
+        **self._special_tokens)
+
+
+def _chat_template(ckpt_dir: str, tok_cfg: dict) -> str | None:
+  """chat_template.jinja's text, else tokenizer_config.json's (a string, or the "default" of a
+  list of {"name", "template"}); None if neither."""
+  path = os.path.join(ckpt_dir, "chat_template.jinja")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  t = tok_cfg.get("chat_template")
+  if isinstance(t, list):
+    t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"),
+             None)
+  if t is not None and not isinstance(t, str):
+    raise ValueError(f"{ckpt_dir}/tokenizer_config.json: chat_template must be a string")
+  return t
 
 
 def _read_json(path: str) -> dict:

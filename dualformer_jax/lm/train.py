@@ -70,8 +70,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
       fail("task.max_value", "need max_value >= 3 and max_operand >= 2")
     if c.data.num_train < 1 or c.data.num_test < 1:
       fail("data.num_train", "both splits need >= 1 problem")
-    if c.lm.checkpoint:
-      fail("lm.checkpoint", "a HF checkpoint needs its own tokenizer: use task.source=jsonl")
   else:
     if not c.lm.checkpoint:
       fail("lm.checkpoint", "task.source=jsonl fine-tunes a Hugging Face checkpoint directory "
@@ -80,8 +78,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
       path = c.data[field]
       if not path or not os.path.isfile(path):
         fail(f"data.{field}", "task.source=jsonl needs an existing JSON-lines file")
-  if c.lm.checkpoint and not os.path.isdir(c.lm.checkpoint):
-    fail("lm.checkpoint", "not a directory")
+  if c.lm.checkpoint and not os.path.isfile(os.path.join(c.lm.checkpoint, "config.json")):
+    fail("lm.checkpoint", "no config.json there: not a Hugging Face checkpoint directory")
   if not c.lm.checkpoint and (c.lm.dim % c.lm.num_heads or c.lm.num_heads % c.lm.num_kv_heads):
     fail("lm.num_heads", "num_heads must divide dim and be a multiple of num_kv_heads")
   for field in ("dtype", "param_dtype"):
@@ -124,10 +122,11 @@ def load_data(c: ml_collections.ConfigDict) -> MathData:
     train, test = md.synthetic_splits(c.data.num_train, c.data.num_test, c.data.seed,
                                       c.task.min_ops, c.task.max_ops, c.task.max_value,
                                       c.task.max_operand)
-    tok = md.WordVocab.for_synthetic(c.task.max_value, c.task.max_operand)
   else:
     train, test = md.read_jsonl(c.data.train_file), md.read_jsonl(c.data.test_file)
-    tok = lm_tokenizer.Tokenizer(c.lm.checkpoint)
+  # A checkpoint reads every text (synthetic too) with its own tokenizer.json.
+  tok = (lm_tokenizer.Tokenizer(c.lm.checkpoint) if c.lm.checkpoint
+         else md.WordVocab.for_synthetic(c.task.max_value, c.task.max_operand))
   kept, skipped = md.tokenize_all(tok, train, c.data.max_len)
   # Test problems whose complete reference solution fits, as for training.
   test = [e for e in test if md.may_fit(tok, e, c.data.max_len)
@@ -364,7 +363,7 @@ def _run(c: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
     graphdef, state, signum = train(c, run_dir, p, data, lm_cfg, init_params, num_steps=steps)
     if signum:
       raise KeyboardInterrupt(f"stopped by signal {signum}; rerun the command to resume")
-    if int(state.step) == 0:
+    if int(state.step) == 0 and not c.lm.checkpoint:  # step 0 of a checkpoint: as loaded
       raise ValueError(f"{run_dir} has no checkpoint to evaluate: train first (--mode=all)")
     if mode == "train":
       continue

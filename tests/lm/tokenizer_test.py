@@ -103,3 +103,37 @@ def test_max_token_chars_bounds_the_token_count(tmp_path):
   assert tok.max_token_chars == max(len(w) for w in WORDS)
   text = "Problem : 1 + 2 = 3 so answer is 3 Solution"
   assert len(tok.encode(text)) >= len(text) / tok.max_token_chars
+
+
+def test_chat_template_sources_and_rendering(tmp_path):
+  """chat_template.jinja wins over tokenizer_config.json's (string or named list); the
+  template sees the special tokens and renders with trim_blocks / lstrip_blocks."""
+  chat = [{"role": "user", "content": "1 + 2"}, {"role": "assistant", "content": "3"}]
+  template = ("{{ bos_token }}{% for m in messages %}\n{{ m['role'] }}: {{ m['content'] }}"
+              "{{ eos_token }}\n  {% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+  tok_cfg = {"bos_token": "<s>", "eos_token": "</s>", "chat_template": template}
+  tok = Tokenizer(_write(tmp_path, {"eos_token_id": 2}, tok_cfg))
+  assert tok.apply_chat_template(chat) == "<s>user: 1 + 2</s>\nassistant: 3</s>\n"
+  assert tok.apply_chat_template(chat[:1], add_generation_prompt=True) == (
+      "<s>user: 1 + 2</s>\nassistant:")
+  tok_cfg["chat_template"] = [{"name": "tool_use", "template": "T"},
+                              {"name": "default", "template": "D{{ messages | length }}"}]
+  assert Tokenizer(_write(tmp_path, {"eos_token_id": 2}, tok_cfg)).apply_chat_template(chat) == "D2"
+  (tmp_path / "chat_template.jinja").write_text("J{{ messages[0]['content'] }}")
+  assert Tokenizer(str(tmp_path)).apply_chat_template(chat) == "J1 + 2"
+  (tmp_path / "chat_template.jinja").write_text("{{ raise_exception('no system role') }}")
+  with pytest.raises(ValueError, match="chat template: no system role"):
+    Tokenizer(str(tmp_path)).apply_chat_template(chat)
+  # Sandboxed: a template cannot reach Python internals.
+  (tmp_path / "chat_template.jinja").write_text("{{ messages.__class__.__mro__ }}")
+  with pytest.raises(Exception, match="unsafe|access"):
+    Tokenizer(str(tmp_path)).apply_chat_template(chat)
+
+
+def test_no_chat_template(tmp_path):
+  tok = Tokenizer(_write(tmp_path, {"eos_token_id": 2}))
+  assert tok.chat_template is None
+  with pytest.raises(ValueError, match="has no chat template"):
+    tok.apply_chat_template([{"role": "user", "content": "x"}])
+  with pytest.raises(ValueError, match="chat_template must be a string"):
+    Tokenizer(_write(tmp_path, {"eos_token_id": 2}, {"chat_template": 3}))

@@ -137,6 +137,13 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
   lm_train.validate(c)
   data = lm_train.load_data(c)
   assert data.tok.pad_id == data.tok.eos_id == 2 and len(data.train) == 64
+  # Synthetic problems read with the checkpoint's tokenizer.json, not the word vocabulary.
+  synthetic = tiny_config(**{"lm.checkpoint": str(ckpt)})
+  lm_train.validate(synthetic)
+  assert lm_train.load_data(synthetic).tok.vocab_size == tok.get_vocab_size()
+  # --mode=evaluate before any training scores the checkpoint as loaded.
+  before = lm_train.run(c, str(tmp_path / "before"), mode="evaluate")
+  assert before["p=0.3"]["slow"]["problems"] == 4
   lm_cfg, init_params = lm_train.model_source(c, data.tok)
   assert lm_cfg.num_layers == 2 and lm_cfg.vocab_size == cfg.vocab_size
   graphdef, state, _ = lm_train.train(c, str(tmp_path / "run" / "p0.3"), 0.3, data, lm_cfg,
