@@ -222,6 +222,11 @@ def advice(config: Any, fig: dict, chip: Chip, per_device_batch: int, split: int
             f"eval.prompts_per_batch={config.eval.prompts_per_batch} (rounded up to "
             f"{split}, one prompt per data x fsdp shard) x eval.num_samples="
             f"{config.eval.num_samples}, a shorter eval.max_decode_len, or a chip with more HBM")
+  if fig.get("name") == "lm_sample":
+    return (f"over by {over:.2f} GiB per chip; try fewer rows per sampler call: "
+            f"eval.problems_per_batch={config.eval.problems_per_batch} x eval.num_samples="
+            f"{config.eval.num_samples} (rows split over data x fsdp = {split} when they "
+            "divide), a larger mesh.fsdp, or a chip with more HBM")
   knobs = []
   if per_device_batch > 1:
     knobs.append(f"--per_device_batch={per_device_batch // 2} (with train.grad_accum to keep "
@@ -351,7 +356,7 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
            "lowered": step.lower(abstract, batch_abstract),
            "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}
   # The evaluation's sampler (lm/evaluate.py): eval.problems_per_batch prompts of up to
-  # LM_PROMPT_LEN tokens x eval.num_samples rows, on the params as trained (GSPMD, no mesh).
+  # LM_PROMPT_LEN tokens x eval.num_samples rows, rows over the mesh the params are on.
   from dualformer_jax.infer import sampler
   prompts, n = int(config.eval.problems_per_batch), int(config.eval.num_samples)
   width = min(LM_PROMPT_LEN, seq_len // 2)
@@ -360,7 +365,7 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
       graphdef, abstract.params, jax.ShapeDtypeStruct((prompts, 0), jnp.int32),
       jax.ShapeDtypeStruct((prompts * n, width), jnp.int32),
       jax.ShapeDtypeStruct((prompts * n,), jnp.int32), num_samples=n, max_len=seq_len,
-      top_k=int(config.eval.top_k), eos_id=eos, pad_id=lm_cfg.pad_id)
+      top_k=int(config.eval.top_k), eos_id=eos, pad_id=lm_cfg.pad_id, mesh=mesh)
   sample = {"name": "lm_sample", "attention": "cached", "batch": prompts * n,
             "dec_len": seq_len, "lowered": lowered, "flops": None,
             "tokens": prompts * n * seq_len}
