@@ -25,7 +25,7 @@ train.num_steps would take at it. The last line is one JSON object.
 
 XLA's cost analysis counts a loop body once (layers under `scan`, kernels
 are opaque custom calls), so the FLOPs of train steps come from an analytic
-count (`train_flops`, checked against XLA's on a loop-free program in
+count (`planning_flops`, `lm_flops`, checked against XLA's on a loop-free program in
 tests/compile_test.py); XLA's own figure is printed beside it. The sampler
 is a while loop over positions: its memory is exact, its per-step cost is
 not a step time, so it gets no roofline.
