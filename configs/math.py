@@ -109,6 +109,8 @@ def get_config(preset: str = "default"):
     c.lm.remat = "full"
     c.mesh.data = -1  # params and optimizer state sharded over 8 devices, the rest data-parallel:
     c.mesh.fsdp = 8  # an 8B model's fp32 AdamW state is ~100 GB; set to your devices per host
+    # (compiled: fits v5p-8 with fsdp=4 and v5p-128; a v5e slice needs 16 chips, fsdp=16;
+    # README, "Before you rent a slice")
     c.train.num_steps = 3000
     c.train.batch_size = 32
     c.train.learning_rate = 5e-6  # our choice: full fine-tuning of a 7-8B model

@@ -65,6 +65,9 @@ def get_config(preset: str = "default"):
     c.train.log_every = 100
     c.train.eval_every = 20_000
     c.train.checkpoint_every = 5_000
+    # The sampler holds 64 rows x 8,192 tokens of KV cache per prompt: 21.3 GiB per chip,
+    # over a v5e's 16 (python -m dualformer_jax.compile; README, "Before you rent a
+    # slice"). Train on v5e-8 if you like (6.7 GiB), evaluate on v5p or a GPU >= 32 GB.
     c.eval.num_samples = 64
     c.eval.num_tasks = 1000
     c.eval.prompts_per_batch = 4
