@@ -399,7 +399,7 @@ def per_shard(kernel, q, k, v, kv_valid, causal, window):
     return kernel(q, k, v, kv_valid, causal, window)
   (b, _, h, _), g = q.shape, k.shape[2]
   batch = []
-  for axis in BATCH_AXES:  # the largest prefix of the batch axes that divides B
+  for axis in BATCH_AXES:  # each batch axis, in order, that keeps the product dividing B
     if axis in free and b % math.prod(mesh.shape[a] for a in (*batch, axis)) == 0:
       batch.append(axis)
   heads = None
