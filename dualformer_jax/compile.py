@@ -33,6 +33,7 @@ not a step time, so it gets no roofline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,19 +41,12 @@ import re
 import sys
 from typing import Any
 
-# libtpu probes the host for TPU metadata on first use; these quiet it off a TPU VM
-# (a TPU VM sets its own, which win). Every JAX process of a machine with libtpu loads
-# it and takes its lock file; compiling needs no chip, so it need not wait for the lock.
-os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-8")
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from dualformer_jax.model import sharding as shd  # noqa: E402
+from dualformer_jax.model import sharding as shd
 
 GIB = 2 ** 30
 
@@ -98,12 +92,33 @@ LM_PROMPT_LEN = 256  # prompt tokens the LM sampler program is compiled for (MAT
 
 # ------------------------------------------------------------------ devices
 
+# libtpu probes the host for TPU metadata when it starts; these quiet it off a TPU VM (a
+# TPU VM's own values win). Every JAX process of a machine with libtpu may hold its lock
+# file; compiling needs no chip, so it need not wait for the lock.
+_LIBTPU_ENV = {"TPU_ACCELERATOR_TYPE": "v5litepod-8", "TPU_WORKER_HOSTNAMES": "localhost",
+               "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+
+
+@contextlib.contextmanager
+def _libtpu_env():
+  """_LIBTPU_ENV while libtpu starts, then the environment as it was: a TPU host name left
+  behind would make a later `main` (a subprocess) believe it runs on a TPU pod."""
+  added = {k: v for k, v in _LIBTPU_ENV.items() if k not in os.environ}
+  os.environ.update(added)
+  try:
+    yield
+  finally:
+    for k in added:
+      os.environ.pop(k, None)
+
+
 def topology_devices(topology: str, num_slices: int = 1) -> list:
   """The chips of a TPU topology ("v5e:2x4", "v5p:4x4x4"), deviceless."""
   from jax.experimental import topologies
   try:
-    topo = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                        num_slices=num_slices)
+    with _libtpu_env():
+      topo = topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                          num_slices=num_slices)
   except Exception as e:  # noqa: BLE001 - libtpu missing or a name it does not know
     raise ValueError(f"--topology={topology} (num_slices={num_slices}): JAX could not describe "
                      f"it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

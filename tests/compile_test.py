@@ -93,7 +93,9 @@ def test_an_unknown_topology_is_one_line():
 def test_meshes_over_pods_and_slices():
   """fsdp=8 on a 4x4x4 torus splits physical axes; over two slices `data` spans them."""
   import ml_collections
+  before = dict(os.environ)
   pod = compile_lib.topology_devices("v5p:4x4x4")
+  assert dict(os.environ) == before  # no TPU host names left for a later `main` to see
   mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1)), pod)
   assert dict(mesh.shape) == {"data": 8, "fsdp": 8, "tensor": 1}
   two = compile_lib.topology_devices("v5e:2x2", num_slices=2)

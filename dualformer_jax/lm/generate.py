@@ -26,19 +26,6 @@ from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm.model import LM
 from dualformer_jax.lm.tokenizer import Tokenizer
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Hugging Face checkpoint directory "
-                                  "(config.json, safetensors, tokenizer.json).")
-_PROMPT = flags.DEFINE_multi_string("prompt", None, "A prompt (repeat the flag for more).")
-_CHAT = flags.DEFINE_bool("chat", True, "Wrap each prompt in the checkpoint's chat template.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens generated per row.")
-_TOP_K = flags.DEFINE_integer("top_k", 1, "1: greedy; 0: no top-k filter; k: the k likeliest.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (top_k != 1).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling key.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
-                           "Compute and parameter dtype.")
-
-
 def prompt_ids(tok: Tokenizer, prompt: str, chat: bool) -> list[int]:
   """The chat-templated user turn (the template writes its own specials), or bos + prompt."""
   if chat:
@@ -67,25 +54,42 @@ def generate_ids(model: LM, tok: Tokenizer, prompts: Sequence[Sequence[int]], *,
   return [gen[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _CHECKPOINT.value or not _PROMPT.value:
-    raise app.UsageError("--checkpoint and --prompt are required")
-  try:
-    tok = Tokenizer(_CHECKPOINT.value)
-    model = hf_checkpoint.load(_CHECKPOINT.value, dtype=_DTYPE.value, param_dtype=_DTYPE.value)
-    prompts = [prompt_ids(tok, p, _CHAT.value) for p in _PROMPT.value]
-    out = generate_ids(model, tok, prompts, max_new_tokens=_MAX_NEW.value, top_k=_TOP_K.value,
-                       temperature=_TEMPERATURE.value, num_samples=_NUM_SAMPLES.value,
-                       seed=_SEED.value)
-  except (hf_checkpoint.CheckpointError, OSError, ValueError) as e:
-    sys.exit(f"generate: {e}")
-  for prompt, samples in zip(_PROMPT.value, out):
-    for s, ids in enumerate(samples):
-      print(f"--- {prompt!r}" + (f" (sample {s + 1})" if len(samples) > 1 else ""))
-      print(tok.decode(ids))
+def cli() -> None:
+  """python -m dualformer_jax.lm.generate; its flags exist only in this process (lm.score
+  defines --checkpoint and --dtype too, and tests import both)."""
+  checkpoint = flags.DEFINE_string("checkpoint", None, "Hugging Face checkpoint directory "
+                                   "(config.json, safetensors, tokenizer.json).")
+  prompt = flags.DEFINE_multi_string("prompt", None, "A prompt (repeat the flag for more).")
+  chat = flags.DEFINE_bool("chat", True, "Wrap each prompt in the checkpoint's chat template.")
+  max_new = flags.DEFINE_integer("max_new_tokens", 64, "Most tokens generated per row.")
+  top_k = flags.DEFINE_integer("top_k", 1, "1: greedy; 0: no top-k filter; k: the k likeliest.")
+  temperature = flags.DEFINE_float("temperature", 1.0, "Sampling temperature (top_k != 1).")
+  num_samples = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+  seed = flags.DEFINE_integer("seed", 0, "Sampling key.")
+  dtype = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                            "Compute and parameter dtype.")
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    if not checkpoint.value or not prompt.value:
+      raise app.UsageError("--checkpoint and --prompt are required")
+    try:
+      tok = Tokenizer(checkpoint.value)
+      model = hf_checkpoint.load(checkpoint.value, dtype=dtype.value, param_dtype=dtype.value)
+      prompts = [prompt_ids(tok, p, chat.value) for p in prompt.value]
+      out = generate_ids(model, tok, prompts, max_new_tokens=max_new.value, top_k=top_k.value,
+                         temperature=temperature.value, num_samples=num_samples.value,
+                         seed=seed.value)
+    except (hf_checkpoint.CheckpointError, OSError, ValueError) as e:
+      sys.exit(f"generate: {e}")
+    for text, samples in zip(prompt.value, out):
+      for s, ids in enumerate(samples):
+        print(f"--- {text!r}" + (f" (sample {s + 1})" if len(samples) > 1 else ""))
+        print(tok.decode(ids))
+
+  app.run(main)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli()
