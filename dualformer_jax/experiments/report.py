@@ -275,8 +275,9 @@ def plot_seeds(sweep: dict, path: str) -> None:
     for (model, mode), pts in series.items():
       xs = [x for x, _ in pts]
       mean = np.array([k * m[key]["mean"] for _, m in pts])
-      err = np.array([[k * (m[key]["mean"] - m[key]["min"]), k * (m[key]["max"] - m[key]["mean"])]
-                      for _, m in pts]).T  # [2, points]
+      err = np.maximum(0.0, np.array(  # [2, points]; rounding can put the mean past a bound
+          [[k * (m[key]["mean"] - m[key]["min"]), k * (m[key]["max"] - m[key]["mean"])]
+           for _, m in pts]).T)
       ax.errorbar(xs, mean, yerr=err, fmt=styles.get(mode, "o-"), capsize=3,
                   color=COLORS.get(model, "tab:green"), label=f"{label(model)} {mode}")
     ax.set_xscale("log")

@@ -235,3 +235,49 @@ def test_bootstrapping_needs_the_complete_trace_model():
   c.bootstrap.rounds = 0
   sweep.check_config(c)
   config_lib.validate(c)
+
+
+def _record(modes: dict, last_step=4):
+  """select.score's record of one model: mode -> per-task optimal counts, scored alike at
+  the selected step 2 and the last step."""
+  metrics = {m: {"1_optimal": float(np.mean(np.asarray(o) >= 1)), "swc": 0.1,
+                 "mean_trace_len": 5.0, "mean_trace_len_correct": 4.0} for m, o in modes.items()}
+  per_task = {m: {"optimal": o, "solved": o, "swc": [0.1] * len(o)} for m, o in modes.items()}
+  return {"selected": metrics, "last": metrics, "selected_step": {m: 2 for m in modes},
+          "last_step": last_step, "per_task": {"selected": per_task, "last": per_task},
+          "validation": {}}
+
+
+def test_a_point_reports_spreads_and_an_interval_per_claim(tmp_path):
+  rng = np.random.default_rng(0)
+  seeds = []
+  for k in range(3):
+    base = (rng.random(40) < 0.5).astype(int).tolist()
+    seeds.append({"seed": k, "wall_s": {m: {"train_s": 1.0, "eval_s": 2.0} for m in
+                                        ("solution_only", "complete_trace", "dualformer")},
+                  "models": {"solution_only": _record({"fast": base}),
+                             "complete_trace": _record({"slow": base}),
+                             "dualformer": _record({"fast": [1] * 40, "slow": base,
+                                                    "auto": base})}})
+  point = sweep.aggregate(seeds)
+  assert point["seeds"] == [0, 1, 2]
+  assert point["wall_s"]["dualformer"] == {"train_s": 3.0, "eval_s": 6.0}
+  assert point["selected_step"]["dualformer"] == {"fast": [2, 2, 2], "slow": [2, 2, 2],
+                                                  "auto": [2, 2, 2]}
+  fast = point["models"]["dualformer"]["fast"]["selected"]["1_optimal"]
+  assert (fast["mean"], fast["std"], fast["n"]) == (1.0, 0.0, 3)
+  claims = {(c["mode"], c["baseline"], c["metric"]): c for c in point["intervals"]["selected"]}
+  assert set(claims) == {(m, b, x) for m, b in (("fast", "solution_only"),
+                                                ("slow", "complete_trace"),
+                                                ("auto", "complete_trace"))
+                         for x in ("1_optimal", "swc")}
+  assert claims["fast", "solution_only", "1_optimal"]["excludes_zero"]  # 100% against ~50%
+  same = claims["slow", "complete_trace", "1_optimal"]  # identical per-task scores
+  assert (same["diff"], same["low"], same["high"], same["excludes_zero"]) == (0, 0, 0, False)
+  table = report.seeds_markdown({"seeds": 3, "selection": "a rule", "points": {"40": point}})
+  assert "| 40 | Dualformer | fast | 100.0% ± 0.0 [100.0-100.0] |" in table
+  assert "| 40 | Dualformer fast - Solution-Only fast | selected step | 1_optimal |" in table
+  rows = [r for r in table.splitlines() if "Dualformer slow - Complete-Trace slow | last" in r]
+  assert rows[0].endswith("| no |") and "Selection: a rule" in table
+  paths = report.write_sweep_report(str(tmp_path), {"seeds": 3, "points": {"40": point}})
+  assert all(os.path.getsize(p) > 0 for p in paths)
