@@ -148,7 +148,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict()
   c.sweep.num_train = ()  # training-task counts, increasing, each <= data.num_train
   c.sweep.models = "solution_only,complete_trace,dualformer"  # trained at every point
-  c.sweep.seeds = 1  # trainings per model and point (seed, seed + 1, ...), each its own run
+  c.sweep.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
   # One selection rule for every model and mode: the saved step of highest sampled
   # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
   # (experiments/select.py); 0 = the step of lowest validation loss for all modes.

@@ -244,8 +244,12 @@ def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
 def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
   """Records a model's (mode -> metrics, scored step) and wall times in `summary`."""
   summary["models"][name], summary["selected_step"][name] = scored
-  timing = _timing(os.path.join(workdir, name))
-  summary["wall_s"][name] = {k: v for k, v in timing.items() if k != "unreadable"}
+  summary["wall_s"][name] = wall_times(os.path.join(workdir, name))
+
+
+def wall_times(path: str) -> dict:
+  """The run's wall seconds per stage (timing.json; None: unknown)."""
+  return {k: v for k, v in _timing(path).items() if k != "unreadable"}
 
 
 def write_summary(workdir: str, summary: dict) -> None:
