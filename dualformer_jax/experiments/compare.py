@@ -167,7 +167,8 @@ def _cached(where: str, settings: dict) -> tuple[dict, dict]:
 def evaluate_at(c: ml_collections.ConfigDict, path: str, name: str, step: int,
                 modes: tuple[str, ...]) -> tuple[dict, dict]:
   """(mode -> metrics, mode -> per-task counts) of checkpoint `step` on c's eval split;
-  only modes not saved with the current settings are sampled, and merged with the saved."""
+  only modes not saved with the current settings are sampled, and merged with the saved.
+  Per-task counts are None where evaluate wrote none (a process other than 0)."""
   settings = eval_settings(c)
   where = evaluate.output_dir(c, path, step)
   results, per_task = _cached(where, settings)
@@ -184,7 +185,7 @@ def evaluate_at(c: ml_collections.ConfigDict, path: str, name: str, step: int,
     io_utils.write_json(os.path.join(where, evaluate.PER_TASK), per_task)
     io_utils.write_json(os.path.join(where, EVAL_SETTINGS), settings, indent=1)
     add_time(path, "eval_s", time.perf_counter() - start)
-  return {m: results[m] for m in modes}, {m: per_task[m] for m in modes}
+  return {m: results[m] for m in modes}, {m: per_task.get(m) for m in modes}
 
 
 def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int | None]:
