@@ -19,7 +19,7 @@
       --config.sweep.tuned=runs/tune/tune.json --workdir=runs/sweep_seeds
       tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
       model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
-      and three bootstrapping rounds; RESULTS.md ("Planned") estimates about 12 hours.
+      and three bootstrapping rounds; RESULTS.md ("Planned") estimates 10-12 hours.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
