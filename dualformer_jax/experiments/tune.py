@@ -101,7 +101,8 @@ def tune_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> di
 
 
 def choose(runs: list[dict]) -> dict:
-  """The run of highest mean validation 1-Optimal (ties: mean SWC, then fewer steps)."""
+  """The run of highest mean validation 1-Optimal (ties: mean SWC, then fewer steps, then
+  the first in grid order)."""
   best = max(runs, key=lambda r: (r["score"], r["swc"], -r["num_steps"]))
   return {k: best[k] for k in ("learning_rate", "num_steps", "score", "swc")}
 

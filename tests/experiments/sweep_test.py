@@ -81,6 +81,11 @@ def test_a_point_trains_on_the_first_tasks_only(swept):
     dataset.open_dataset(directory, train_tasks=33)
 
 
+def _json(*path):
+  with open(os.path.join(*path)) as f:
+    return json.load(f)
+
+
 def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(swept):
   workdir, out = swept
   assert out["num_train"] == [16] and list(out["points"]) == ["16"]
@@ -99,8 +104,8 @@ def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(s
       curve = record["validation"]["slow"]
       assert sorted(curve) == [str(s) for s in select.saved_steps(tiny_config(), path)]
       chosen = record["selected_step"]["slow"]
-      assert chosen == select.best({int(s): json.load(open(os.path.join(
-          path, "eval", s, "valid", "results.json")))["slow"] for s in curve})
+      assert chosen == select.best(
+          {int(s): _json(path, "eval", s, "valid", "results.json")["slow"] for s in curve})
       assert point["selected_step"][model]["slow"][k] == chosen
       for which, step in (("selected", chosen), ("last", record["last_step"])):
         with open(os.path.join(path, "eval", str(step), "results.json")) as f:
@@ -108,7 +113,7 @@ def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(s
         assert len(record["per_task"][which]["slow"]["optimal"]) == 3  # eval.num_tasks
       with open(os.path.join(path, "eval", str(chosen), "valid", "results.json")) as f:
         assert json.load(f)["slow"]["num_tasks"] == 2  # sweep.select_tasks
-  ones = [json.load(open(os.path.join(workdir, "16", f"seed{k}", "summary.json")))
+  ones = [_json(workdir, "16", f"seed{k}", "summary.json")
           ["models"]["complete_trace"]["selected"]["slow"]["1_optimal"] for k in range(2)]
   assert point["models"]["complete_trace"]["slow"]["selected"]["1_optimal"]["mean"] == \
       pytest.approx(np.mean(ones))
@@ -281,3 +286,12 @@ def test_a_point_reports_spreads_and_an_interval_per_claim(tmp_path):
   assert rows[0].endswith("| no |") and "Selection: a rule" in table
   paths = report.write_sweep_report(str(tmp_path), {"seeds": 3, "points": {"40": point}})
   assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_the_selected_step_has_the_best_1_optimal_then_swc_then_comes_later():
+  def m(opt, swc):
+    return {"1_optimal": opt, "swc": swc}
+
+  assert select.best({2: m(0.5, 0.1), 4: m(0.5, 0.1), 6: m(0.4, 0.9)}) == 4
+  assert select.best({2: m(0.5, 0.3), 4: m(0.5, 0.1), 6: m(0.4, 0.9)}) == 2
+  assert select.best({2: m(0.1, 0.0), 4: m(0.2, 0.0)}) == 4
