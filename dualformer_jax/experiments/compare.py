@@ -243,7 +243,8 @@ def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
 
 
 def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
-  """Records a model's (mode -> metrics, scored step) and wall times in `summary`."""
+  """Records a model's scoring and wall times in `summary`: (mode -> metrics, scored step)
+  from train_and_evaluate, or (record, selected step) from select.score (the sweep)."""
   summary["models"][name], summary["selected_step"][name] = scored
   summary["wall_s"][name] = wall_times(os.path.join(workdir, name))
 
