@@ -14,6 +14,12 @@
       sweep: the three models at 1,000 / 3,000 / 10,000 / 50,000 6x6 training tasks, each
       scored at its best validation loss, plus one Searchformer bootstrapping round at 1,000
       tasks; about 2.5 hours on a 2-core CPU (README).
+  python -m dualformer_jax.experiments.tune --config=configs/maze.py:tune --workdir=runs/tune
+  python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep_seeds \
+      --config.sweep.tuned=runs/tune/tune.json --workdir=runs/sweep_seeds
+      tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
+      model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
+      and three bootstrapping rounds; RESULTS.md ("Planned") estimates 10-12 hours.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """
@@ -61,6 +67,9 @@ def get_config(preset: str = "default"):
     c.eval.dtype = "float32"
     # lr 3e-3 beat 1e-3, 6e-3 and 1e-2; batch 16 x 3,000 steps matched 32 x 1,500 in
     # quality and runs faster per token; 3 layers lowered the loss but sampled worse.
+    # These choices (and level_probs above, the model width, 5,000 steps) were made on the
+    # TEST split, for Dualformer only: this preset has no valid split. The tuned comparison
+    # is preset `tune` (the same grid for every model, on a valid split; issue 27).
     c.train.num_steps = 5000
     c.train.batch_size = 16
     c.train.learning_rate = 3e-3
@@ -94,7 +103,9 @@ def get_config(preset: str = "default"):
     c.eval.num_samples = 64
     c.eval.num_tasks = 200
   elif preset == "sweep":  # data efficiency (experiments/sweep.py): the default's recipe
+    # The committed results/maze_sweep: one seed, each model at its lowest validation loss.
     c = _as_measured(get_config("default"))
+    c.sweep.seeds = 1
     c.data.num_train = 50_000  # the largest point; smaller ones train on its first N tasks
     c.data.num_valid = 200  # picks each model's checkpoint (lowest validation loss)
     c.data.num_shards = 8
@@ -107,6 +118,31 @@ def get_config(preset: str = "default"):
     c.bootstrap.rounds = 1
     c.bootstrap.num_train = 1000  # 32 x 1,200 rollouts per round: minutes at this point
     c.bootstrap.finetune_steps = 500
+  elif preset == "sweep_seeds":  # issue 27: the sweep with error bars (RESULTS.md, "Planned")
+    # The default's narrowed model (dim 96, SwiGLU 256, bfloat16) and 5,000 steps, three
+    # seeds per model and point, every mode selected by sampled validation 1-Optimal.
+    c = get_config("default")
+    c.data.num_train = 10_000  # the largest point; smaller ones train on its first N tasks
+    c.data.num_valid = 200  # selection only; the test split scores
+    c.data.num_test = 200
+    c.data.num_shards = 8
+    c.train.checkpoint_every = 500  # the selection candidates: 10 steps, all kept
+    c.train.keep_checkpoints = 10
+    c.eval.num_samples = 64
+    c.eval.num_tasks = 200
+    c.sweep.num_train = (1000, 3000, 10_000)
+    c.sweep.seeds = 3
+    c.sweep.select_tasks = 50  # x 8 samples x 10 steps: 4,000 responses per mode and run
+    c.sweep.select_samples = 8
+    c.bootstrap.rounds = 3
+    c.bootstrap.num_train = 1000
+    c.bootstrap.finetune_steps = 500
+  elif preset == "tune":  # issue 27: the same lr x steps grid for all three models, on valid
+    # Run it before sweep_seeds and pass its tune.json as --config.sweep.tuned.
+    c = get_config("sweep_seeds")
+    c.tune.learning_rates = (1e-3, 3e-3, 6e-3)
+    c.tune.num_steps = (3000, 5000)
+    c.tune.num_train = 3000  # the middle point of the sweep
   elif preset.startswith("paper_") and preset[6:].isdigit() and int(preset[6:]) in _PAPER_LENGTHS:
     size = int(preset[6:])
     c.task.size = size
@@ -133,5 +169,6 @@ def get_config(preset: str = "default"):
     c.eval.prompts_per_batch = 16
   else:
     raise ValueError(
-        f"unknown maze preset {preset!r}: use default, long, compare, sweep or paper_15/20/25/30")
+        f"unknown maze preset {preset!r}: use default, long, compare, sweep, sweep_seeds, tune "
+        "or paper_15/20/25/30")
   return c

@@ -3,6 +3,10 @@
   python -m dualformer_jax.main --config=configs/sokoban.py --workdir=/tmp/sokoban
       default: 6x6 levels with one box and 4 interior walls, a narrowed tiny model (dim 96);
       about 16 minutes on a 2-core CPU, solving 86-88% of 50 test levels in every mode.
+  python -m dualformer_jax.experiments.sweep --config=configs/sokoban.py:sweep_seeds \
+      --workdir=runs/sokoban_seeds
+      sweep_seeds: Solution-Only, Complete-Trace and Dualformer at the default's size, three
+      seeds each, with intervals (issue 27; RESULTS.md, "Planned").
   python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=/data/runs/sokoban
       PAPER.md reference settings: 7x7, two boxes, 8e5 steps; accelerators.
 """
@@ -45,6 +49,17 @@ def get_config(preset: str = "default"):
     c.train.checkpoint_every = 1000
     c.eval.num_tasks = 50
     c.eval.num_samples = 16
+  elif preset == "sweep_seeds":  # issue 27: one comparison point, three models x three seeds
+    c = get_config("default")
+    c.data.num_valid = 100  # selection only; the test split scores
+    c.data.num_test = 100
+    c.train.checkpoint_every = 500  # 9 selection candidates, all kept
+    c.train.keep_checkpoints = 9
+    c.eval.num_tasks = 100
+    c.sweep.num_train = (4000,)  # the default's size: every train task
+    c.sweep.seeds = 3
+    c.sweep.select_tasks = 30
+    c.sweep.select_samples = 4
   elif preset == "paper":
     c.data.num_train = 100_000
     c.data.num_test = 1000
@@ -72,5 +87,5 @@ def get_config(preset: str = "default"):
     c.eval.num_tasks = 1000
     c.eval.prompts_per_batch = 4
   else:
-    raise ValueError(f"unknown sokoban preset {preset!r}: use default or paper")
+    raise ValueError(f"unknown sokoban preset {preset!r}: use default, sweep_seeds or paper")
   return c

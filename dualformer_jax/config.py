@@ -141,11 +141,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
   c.eval.max_decode_len = -1  # -1: data.max_decoder_len
   c.eval.num_pictures = 3  # tasks rendered per mode
+  # The split scored: test, or valid (model selection; written to eval/<step>/valid/).
+  c.eval.split = "test"
 
   # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
   c.sweep = ml_collections.ConfigDict()
   c.sweep.num_train = ()  # training-task counts, increasing, each <= data.num_train
   c.sweep.models = "solution_only,complete_trace,dualformer"  # trained at every point
+  c.sweep.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
+  # One selection rule for every model and mode: the saved step of highest sampled
+  # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
+  # (experiments/select.py); 0 = the step of lowest validation loss for all modes.
+  c.sweep.select_tasks = 0
+  c.sweep.select_samples = 8
+  c.sweep.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
+
+  # experiments/tune.py: the same learning-rate x steps grid for every model, chosen by
+  # sampled validation 1-Optimal at the last step (mean over the model's modes).
+  c.tune = ml_collections.ConfigDict()
+  c.tune.models = "solution_only,complete_trace,dualformer"
+  c.tune.learning_rates = ()
+  c.tune.num_steps = ()
+  c.tune.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
 
   # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
   # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
@@ -222,6 +239,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
   if c.eval.top_k < 0:
     _fail("eval.top_k", c.eval.top_k, "must be >= 0")
+  if c.eval.get("split", "test") not in ("test", "valid"):
+    _fail("eval.split", c.eval.split, "expected test or valid")
   if c.eval.dtype not in ("", "float32", "bfloat16"):
     _fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
 

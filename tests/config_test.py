@@ -35,3 +35,13 @@ def test_cpu_devices_must_be_positive():
   c.mesh.cpu_devices = 0
   with pytest.raises(ValueError, match="mesh.cpu_devices"):
     config_lib.validate(c)
+
+
+def test_the_eval_split_is_test_or_valid():
+  c = config_lib.base_config()
+  for split in ("test", "valid"):
+    c.eval.split = split
+    config_lib.validate(c)
+  c.eval.split = "train"
+  with pytest.raises(ValueError, match="config.eval.split='train': expected test or valid"):
+    config_lib.validate(c)

@@ -6,12 +6,12 @@ from configs import math as math_configs
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
-from dualformer_jax.experiments import compare, sweep
+from dualformer_jax.experiments import compare, sweep, tune
 from dualformer_jax.lm import train as lm_train
 
-PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "paper_15",
-                                        "paper_20", "paper_25", "paper_30")]
-           + [(sokoban_configs, p) for p in ("default", "paper")])
+PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "sweep_seeds",
+                                        "tune", "paper_15", "paper_20", "paper_25", "paper_30")]
+           + [(sokoban_configs, p) for p in ("default", "sweep_seeds", "paper")])
 
 
 @pytest.mark.parametrize("module,preset", PRESETS)
@@ -51,6 +51,26 @@ def test_the_sweep_preset_is_a_valid_sweep_with_the_default_recipe():
   assert max(c.sweep.num_train) == c.data.num_train and c.bootstrap.rounds >= 1
   assert (c.train.learning_rate, c.data.level_probs) == (default.train.learning_rate,
                                                          default.data.level_probs)
+
+
+@pytest.mark.parametrize("module", [maze_configs, sokoban_configs])
+def test_the_error_bar_presets_are_valid_sweeps_of_the_default_model(module):
+  """Issue 27: three seeds, sampled validation selection, the default's narrowed model."""
+  c, default = module.get_config("sweep_seeds"), module.get_config("default")
+  sweep.check_config(c)
+  assert c.sweep.seeds == 3 and c.sweep.select_tasks > 0 and c.sweep.models == \
+      "solution_only,complete_trace,dualformer"
+  assert c.model.to_dict() == default.model.to_dict()
+  assert (c.train.learning_rate, c.train.num_steps) == (default.train.learning_rate,
+                                                        default.train.num_steps)
+  assert c.data.num_test >= c.eval.num_tasks >= 100
+
+
+def test_the_tune_preset_grids_every_model_alike():
+  c = maze_configs.get_config("tune")
+  tune.check_config(c)
+  assert tune.models_of(c) == tuple(compare.MODELS) and len(c.tune.learning_rates) >= 2
+  assert c.tune.num_train in maze_configs.get_config("sweep_seeds").sweep.num_train
 
 
 @pytest.mark.parametrize("module", [maze_configs, sokoban_configs])

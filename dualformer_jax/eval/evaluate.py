@@ -2,10 +2,12 @@
 
 Modes differ only in the forced decoder prefix (PAPER.md, "Controlling the
 mode at inference"): fast `bos plan`, slow `bos create`, auto `bos`.
-Writes `<workdir>/eval/<step>/results.json`, `table.md`, pictures, and
-prints the table. The first `eval.num_tasks` test tasks are scored; a tasks
-file (`eval.tasks_file`) is scored whole, into `eval/<step>/tasks-<file name>/`,
-so it never replaces the test split's table.
+Writes `<workdir>/eval/<step>/results.json`, `per_task.json` (each task's
+counts, for intervals paired over tasks), `table.md`, pictures, and prints the
+table. The first `eval.num_tasks` test tasks are scored (valid tasks with
+`eval.split=valid`, into `eval/<step>/valid/`); a tasks file (`eval.tasks_file`)
+is scored whole, into `eval/<step>/tasks-<file name>/`, so neither replaces the
+test split's table.
 
 Each sampling call takes `prompts_per_batch` prompts (rounded up to a multiple
 of the mesh's data x fsdp size) split over the batch axes of the mesh, so with
@@ -40,6 +42,7 @@ from dualformer_jax.tasks.base import CREATE, PLAN, Task, Unsolvable, Verdict
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 
+PER_TASK = "per_task.json"  # beside results.json: mode -> metrics.per_task's lists
 MODE_PREFIX = {"fast": (BOS, PLAN), "slow": (BOS, CREATE), "auto": (BOS,)}
 
 
@@ -51,7 +54,8 @@ class EvalTask:
 
 def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
                vocab: Vocab) -> list[EvalTask]:
-  """The first `eval.num_tasks` tasks of the test split, or every task of `eval.tasks_file`.
+  """The first `eval.num_tasks` tasks of the `eval.split` split (test or valid), or every
+  task of `eval.tasks_file`.
 
   ValueError names the file and line of a bad task, including one whose prompt
   the model would read as another task (a maze prompt does not state its grid
@@ -89,7 +93,8 @@ def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
             f"not state the grid size; give {config.task.size}x{config.task.size} tasks")
       out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
   else:
-    for rec in dataset_lib.open_dataset(data_dir).records("test")[:config.eval.num_tasks]:
+    split = config.eval.get("split", "test")
+    for rec in dataset_lib.open_dataset(data_dir).records(split)[:config.eval.num_tasks]:
       prompt, plan = vocab.decode(rec["prompt"]), vocab.decode(rec["plan"])
       out.append(EvalTask(prompt, task.check(prompt, plan).plan_len))
   if not out:
@@ -151,6 +156,18 @@ def sampling_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return out
 
 
+def output_dir(config: ml_collections.ConfigDict, workdir: str, step: int) -> str:
+  """Where the evaluation of checkpoint `step` is written: eval/<step>, or beside it for a
+  tasks file (tasks-<file name>) or the valid split (valid), never over the test table."""
+  out_dir = os.path.join(workdir, "eval", str(step))
+  if config.eval.tasks_file:
+    stem = os.path.splitext(os.path.basename(config.eval.tasks_file))[0]
+    return os.path.join(out_dir, f"tasks-{stem}")
+  if config.eval.get("split", "test") != "test":
+    return os.path.join(out_dir, config.eval.split)
+  return out_dir
+
+
 def _compact(v: Verdict) -> Verdict:
   """The verdict with its plan replaced by a 128-bit digest: metrics only compare plans
   (diversity), and the digests keep the verdicts gathered from other processes small."""
@@ -182,7 +199,8 @@ def _own_prompts(ids: jax.Array, num_samples: int) -> dict[int, np.ndarray]:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Samples and scores every mode of `eval.modes`; returns mode -> metrics (on every process)."""
+  """Samples and scores every mode of `eval.modes`; returns mode -> metrics (on every process).
+  Process 0 also writes each task's counts (metrics.per_task) to per_task.json."""
   config_lib.validate(config)
   directory = records.data_dir(workdir)
   meta = records.read_meta(directory)
@@ -195,10 +213,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   max_len = (config.eval.max_decode_len if config.eval.max_decode_len > 0
              else config.data.max_decoder_len)
   prompt_len = -(-max(len(t.prompt) + 2 for t in tasks) // 16) * 16  # one compiled shape
-  out_dir = os.path.join(workdir, "eval", str(step))
-  if config.eval.tasks_file:  # beside the test split's table, never over it
-    stem = os.path.splitext(os.path.basename(config.eval.tasks_file))[0]
-    out_dir = os.path.join(out_dir, f"tasks-{stem}")
+  out_dir = output_dir(config, workdir, step)
   writes = jax.process_index() == 0
   if writes:
     os.makedirs(out_dir, exist_ok=True)
@@ -209,7 +224,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spread_rows = jax.jit(lambda x: x, out_shardings=rows_sharding)  # each process: its prompts
   num_pictures = min(config.eval.num_pictures, len(tasks))
   key = jax.random.key(config.seed)
-  results, pictures = {}, {}
+  results, per_task, pictures = {}, {}, {}
   for mode in config_lib.eval_modes(config):
     prefix_ids = vocab.encode(MODE_PREFIX[mode])
     mine = {}  # task index -> (compact verdicts, first response if pictured)
@@ -243,10 +258,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results[mode] = metrics_lib.compute_metrics(
         [t.optimal_len for t in tasks], [gathered[i][0] for i in range(len(tasks))],
         auto=(mode == "auto"))
+    per_task[mode] = metrics_lib.per_task(
+        [t.optimal_len for t in tasks], [gathered[i][0] for i in range(len(tasks))])
     pictures[mode] = [gathered[i][1] for i in range(num_pictures)]
   table = metrics_lib.markdown_table(results)
   if writes:
     io_utils.write_json(os.path.join(out_dir, "results.json"), results, indent=1)
+    io_utils.write_json(os.path.join(out_dir, PER_TASK), per_task)
     source = config.eval.tasks_file or "the test split"
     io_utils.write_text(os.path.join(out_dir, "table.md"),
                         f"checkpoint {step}, {len(tasks)} tasks of {source} x {n} samples\n\n"

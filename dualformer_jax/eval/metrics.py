@@ -96,6 +96,19 @@ def compute_metrics(optimal_lens: Sequence[int],
   }
 
 
+def per_task(optimal_lens: Sequence[int], verdicts: Sequence[Sequence[Verdict]]) -> dict:
+  """Each task's optimal and correct response counts and mean SWC (lists in task order): what
+  an interval paired over tasks resamples (experiments/intervals.py)."""
+  if len(optimal_lens) != len(verdicts):
+    raise ValueError(f"{len(optimal_lens)} optimal lengths for {len(verdicts)} tasks")
+  return {
+      "optimal": [sum(is_optimal(v, c) for v in vs) for c, vs in zip(optimal_lens, verdicts)],
+      "solved": [sum(bool(v.correct) for v in vs) for vs in verdicts],
+      "swc": [sum(success_weighted_cost(v, c) for v in vs) / max(len(vs), 1)
+              for c, vs in zip(optimal_lens, verdicts)],
+  }
+
+
 # (header, key, format) per column of the table.
 _COLUMNS = (
     ("1-Solved", "1_solved", "pct"),

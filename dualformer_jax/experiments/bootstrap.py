@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -215,10 +215,14 @@ def round_config(config: ml_collections.ConfigDict, meta: dict, source: str,
   return c
 
 
-def run(config: ml_collections.ConfigDict, point_dir: str,
-        start_step: int) -> Iterator[tuple[str, tuple[dict, int]]]:
+def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
+        score: Callable[..., tuple[object, int]] = compare.train_and_evaluate
+        ) -> Iterator[tuple[str, tuple[object, int]]]:
   """Rounds 1..bootstrap.rounds at the sweep point in `point_dir`, whose Complete-Trace run
-  is scored at `start_step`; yields (model name, (mode -> metrics, scored step)) per round."""
+  is scored at `start_step`; yields (model name, score's answer) per round. `score(config,
+  path, name, modes)` trains and scores a round and returns (its result, the step the next
+  round starts from): compare.train_and_evaluate's (mode -> metrics, scored step), or
+  select.score's (record, selected step)."""
   if jax.process_count() > 1:
     raise RuntimeError("bootstrapping runs in one process")
   source, step = os.path.join(point_dir, SOURCE_MODEL), start_step
@@ -237,7 +241,6 @@ def run(config: ml_collections.ConfigDict, point_dir: str,
       start = time.perf_counter()
       meta = build_round_dataset(config, source, step, train_tasks, out_dir, record)
       compare.add_time(path, "sample_s", time.perf_counter() - start)
-    scored = compare.train_and_evaluate(round_config(config, meta, source, step), path, name,
-                                        (MODE,))
+    scored = score(round_config(config, meta, source, step), path, name, (MODE,))
     yield name, scored
     source, step, train_tasks = path, scored[1], 0

@@ -16,6 +16,7 @@ Workdir layout (each model's run directory is what `main.py` would write):
   <model>/timing.json            wall seconds spent training and evaluating it (null: unknown,
                                  the file was found damaged)
   <model>/eval/<step>/settings.json  the eval settings its results.json was computed with
+  <model>/eval/<step>/per_task.json  each test task's counts per mode (paired intervals)
   summary.json, results.md, optimal.png, reasoning_length.png, loss.png
 Each stage whose output exists is skipped (an evaluation only when its recorded
 settings, eval_settings, equal the current ones), so an interrupted sweep resumes with
@@ -144,25 +145,47 @@ def eval_settings(c: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(out, default=list))
 
 
-def _results(path: str, step: int, modes: tuple[str, ...], settings: dict) -> dict | None:
-  """The saved evaluation of checkpoint `step` if it covers `modes` and was computed with
-  `settings`; else None (said with the field that changed), so it is redone."""
-  where = os.path.join(path, "eval", str(step))
+def _cached(where: str, settings: dict) -> tuple[dict, dict]:
+  """(mode -> metrics, mode -> per-task counts) saved in `where` when computed with
+  `settings`; ({}, {}) otherwise (said with the field that changed), so it is redone."""
   results = _read_output(os.path.join(where, "results.json"))
   if results is None:
-    return None
-  if not all(isinstance(results.get(m), dict) for m in modes):
-    return None
+    return {}, {}
   saved = _read_output(os.path.join(where, EVAL_SETTINGS))
   if saved is None:
     print(f"note: {where}/results.json has no record of its settings; redoing it", flush=True)
-    return None
+    return {}, {}
   changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
   if changed:
     print(f"note: {where}/results.json was computed with other settings ({'; '.join(changed)}); "
           "redoing it", flush=True)
-    return None
-  return results
+    return {}, {}
+  per_task = _read_output(os.path.join(where, evaluate.PER_TASK)) or {}
+  return results, per_task
+
+
+def evaluate_at(c: ml_collections.ConfigDict, path: str, name: str, step: int,
+                modes: tuple[str, ...]) -> tuple[dict, dict]:
+  """(mode -> metrics, mode -> per-task counts) of checkpoint `step` on c's eval split;
+  only modes not saved with the current settings are sampled, and merged with the saved.
+  Per-task counts are None where evaluate wrote none (a process other than 0)."""
+  settings = eval_settings(c)
+  where = evaluate.output_dir(c, path, step)
+  results, per_task = _cached(where, settings)
+  need = tuple(m for m in modes if not isinstance(results.get(m), dict) or m not in per_task)
+  if need:
+    split = c.eval.get("split", "test")
+    print(f"[{name}] evaluating {', '.join(need)} mode at step {step} ({split})", flush=True)
+    c = ml_collections.ConfigDict(c.to_dict())
+    c.eval.checkpoint_step, c.eval.modes = step, ",".join(need)
+    start = time.perf_counter()
+    results = {**results, **evaluate.evaluate(c, path)}
+    per_task = {**per_task, **(_read_output(os.path.join(where, evaluate.PER_TASK)) or {})}
+    io_utils.write_json(os.path.join(where, "results.json"), results, indent=1)
+    io_utils.write_json(os.path.join(where, evaluate.PER_TASK), per_task)
+    io_utils.write_json(os.path.join(where, EVAL_SETTINGS), settings, indent=1)
+    add_time(path, "eval_s", time.perf_counter() - start)
+  return {m: results[m] for m in modes}, {m: per_task.get(m) for m in modes}
 
 
 def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int | None]:
@@ -175,11 +198,8 @@ def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int
     ckpt.close()
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
-                       modes: tuple[str, ...]) -> tuple[dict, int]:
-  """Trains (or finishes training) the run of config `c` in `path` and evaluates `modes` at
-  its selected step (the best validation loss with a valid split, else the last step);
-  returns (mode -> metrics, that step). Each part is skipped when its output exists."""
+def ensure_trained(c: ml_collections.ConfigDict, path: str, name: str) -> None:
+  """Trains (or finishes training) the run of config `c` in `path`; Interrupted on a signal."""
   steps = c.train.num_steps
   if _checkpoints(c, path)[0] < steps:
     print(f"[{name}] training {steps} steps in {path}", flush=True)
@@ -188,23 +208,24 @@ def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
     add_time(path, "train_s", time.perf_counter() - start)
     if result.interrupted:
       raise Interrupted(name, result.step, result.signal_number)
-  step = steps
-  if c.data.num_valid:
-    step = _checkpoints(c, path)[1]
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {path} has a validation loss: no step to "
-                            "select (was it trained without a valid split?)")
-  settings = eval_settings(c)
-  results = _results(path, step, modes, settings)
-  if results is None:
-    print(f"[{name}] evaluating {', '.join(modes)} mode at step {step}", flush=True)
-    c = ml_collections.ConfigDict(c.to_dict())
-    c.eval.checkpoint_step = step
-    start = time.perf_counter()
-    results = evaluate.evaluate(c, path)
-    io_utils.write_json(os.path.join(path, "eval", str(step), EVAL_SETTINGS), settings, indent=1)
-    add_time(path, "eval_s", time.perf_counter() - start)
-  return {m: results[m] for m in modes}, step
+
+
+def best_valid_loss_step(c: ml_collections.ConfigDict, path: str) -> int:
+  step = _checkpoints(c, path)[1]
+  if step is None:
+    raise CheckpointError(f"no checkpoint in {path} has a validation loss: no step to "
+                          "select (was it trained without a valid split?)")
+  return step
+
+
+def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
+                       modes: tuple[str, ...]) -> tuple[dict, int]:
+  """Trains (or finishes training) the run of config `c` in `path` and evaluates `modes` at
+  its selected step (the best validation loss with a valid split, else the last step);
+  returns (mode -> metrics, that step). Each part is skipped when its output exists."""
+  ensure_trained(c, path, name)
+  step = best_valid_loss_step(c, path) if c.data.num_valid else c.train.num_steps
+  return evaluate_at(c, path, name, step, modes)[0], step
 
 
 def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> tuple[dict, int]:
@@ -222,10 +243,15 @@ def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
 
 
 def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
-  """Records a model's (mode -> metrics, scored step) and wall times in `summary`."""
+  """Records a model's scoring and wall times in `summary`: (mode -> metrics, scored step)
+  from train_and_evaluate, or (record, selected step) from select.score (the sweep)."""
   summary["models"][name], summary["selected_step"][name] = scored
-  timing = _timing(os.path.join(workdir, name))
-  summary["wall_s"][name] = {k: v for k, v in timing.items() if k != "unreadable"}
+  summary["wall_s"][name] = wall_times(os.path.join(workdir, name))
+
+
+def wall_times(path: str) -> dict:
+  """The run's wall seconds per stage (timing.json; None: unknown)."""
+  return {k: v for k, v in _timing(path).items() if k != "unreadable"}
 
 
 def write_summary(workdir: str, summary: dict) -> None:

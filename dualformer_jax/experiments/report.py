@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
 from absl import app, flags
 
 from dualformer_jax import io_utils
+from dualformer_jax.experiments import intervals
 from dualformer_jax.train.logger import read_metrics
 
 LABELS = {"solution_only": "Solution-Only", "complete_trace": "Complete-Trace",
@@ -205,13 +207,100 @@ def plot_sweep(sweep: dict, path: str) -> None:
   plt.close(fig)
 
 
+def _spread(x: dict, pct: bool, fmt: str = ".1f") -> str:
+  """`mean ± sd [min-max]` of intervals.spread; one seed: the value alone."""
+  if not x or x.get("mean") is None:
+    return "-"
+  k = 100 if pct else 1
+  unit = "%" if pct else ""
+  text = f"{k * x['mean']:{fmt}}{unit}"
+  if x["n"] > 1:
+    text += f" ± {k * x['std']:{fmt}} [{k * x['min']:{fmt}}-{k * x['max']:{fmt}}]"
+  return text
+
+
+def seeds_markdown(sweep: dict) -> str:
+  """The sweep with seeds (experiments/sweep.py): a row per (tasks, model, mode) with mean ±
+  sd [min-max] over seeds at the selected and the last step, and each claim's interval."""
+  lines = ["| tasks | model | mode | 1-Optimal (selected) | 1-Optimal (last) | SWC (selected) "
+           "| SWC (last) | trace tokens, all | trace tokens, correct | trace clauses, correct "
+           "| selected steps / last |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for num, point in sweep["points"].items():
+    for model, modes in point["models"].items():
+      for mode, m in modes.items():
+        sel, last = m["selected"], m["last"]
+        steps = ", ".join(str(s) for s in point["selected_step"][model][mode])
+        lines.append(
+            f"| {int(num):,} | {label(model)} | {mode} | {_spread(sel['1_optimal'], True)} "
+            f"| {_spread(last['1_optimal'], True)} | {_spread(sel['swc'], False, '.3f')} "
+            f"| {_spread(last['swc'], False, '.3f')} "
+            f"| {_spread(sel['mean_trace_len'], False)} "
+            f"| {_spread(sel['mean_trace_len_correct'], False)} "
+            f"| {_spread(sel['mean_trace_clauses_correct'], False)} "
+            f"| {steps} / {point['last_step'][model]} |")
+  lines += ["", "| tasks | claim | scored at | metric | difference | 95% interval "
+            "| excludes 0 |", "|---|---|---|---|---|---|---|"]
+  for num, point in sweep["points"].items():
+    for which, claims in point["intervals"].items():
+      for c in claims:
+        k = 100 if c["metric"] == "1_optimal" else 1
+        unit, fmt = ("", ".3f") if k == 1 else (" pts", ".1f")
+        lines.append(
+            f"| {int(num):,} | {label(c['model'])} {c['mode']} - {label(c['baseline'])} "
+            f"{c['baseline_mode']} | {which} step | {c['metric']} "
+            f"| {k * c['diff']:+{fmt}}{unit} | [{k * c['low']:+{fmt}}, {k * c['high']:+{fmt}}] "
+            f"| {'yes' if c['excludes_zero'] else 'no'} |")
+  return "\n".join(lines) + (
+      f"\n\nMean ± standard deviation [min-max] over {sweep.get('seeds', '?')} seeds; "
+      f"1-Optimal counts a test task solved when any of its sampled responses is optimal. "
+      f"Selection: {sweep.get('selection', '?')}; every model is also scored at its last "
+      f"step. Intervals: percentile bootstrap of the difference, resampling test tasks and "
+      f"seeds together (paired), {intervals.RESAMPLES} draws, fixed generator seed; "
+      f"'excludes 0' means the claim holds at 95%.\n")
+
+
+def plot_seeds(sweep: dict, path: str) -> None:
+  """1-Optimal and SWC at the selected step against the number of training tasks: the mean
+  over seeds, bars from min to max."""
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+  series: dict[tuple[str, str], list[tuple[int, dict]]] = {}
+  for num, point in sweep["points"].items():
+    for model, modes in point["models"].items():
+      for mode, m in modes.items():
+        series.setdefault((model, mode), []).append((int(num), m["selected"]))
+  styles = {"fast": "o--", "slow": "s-", "auto": "^:"}
+  for ax, key, title in zip(axes, ("1_optimal", "swc"), ("1-Optimal", "SWC")):
+    k = 100 if key == "1_optimal" else 1
+    for (model, mode), pts in series.items():
+      xs = [x for x, _ in pts]
+      mean = np.array([k * m[key]["mean"] for _, m in pts])
+      err = np.maximum(0.0, np.array(  # [2, points]; rounding can put the mean past a bound
+          [[k * (m[key]["mean"] - m[key]["min"]), k * (m[key]["max"] - m[key]["mean"])]
+           for _, m in pts]).T)
+      ax.errorbar(xs, mean, yerr=err, fmt=styles.get(mode, "o-"), capsize=3,
+                  color=COLORS.get(model, "tab:green"), label=f"{label(model)} {mode}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tasks")
+    ax.set_title(f"{title} at the selected step (mean, min-max over seeds)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("% of test tasks")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def write_sweep_report(workdir: str, sweep: dict) -> list[str]:
-  """Writes sweep.md and sweep.png; returns their paths."""
+  """Writes sweep.md and sweep.png; returns their paths. A sweep.json with seeds (the
+  current format) gets the tables with spreads and intervals; an older one its one row per
+  model and mode."""
   import matplotlib
   matplotlib.use("Agg")
   paths = [os.path.join(workdir, "sweep.md"), os.path.join(workdir, "sweep.png")]
-  io_utils.write_text(paths[0], sweep_markdown(sweep))
-  plot_sweep(sweep, paths[1])
+  with_seeds = "seeds" in sweep
+  io_utils.write_text(paths[0], (seeds_markdown if with_seeds else sweep_markdown)(sweep))
+  (plot_seeds if with_seeds else plot_sweep)(sweep, paths[1])
   return paths
 
 

@@ -1,23 +1,30 @@
-"""The data-efficiency sweep: the comparison at several numbers of training tasks.
+"""The data-efficiency sweep: the comparison at several numbers of training tasks, with seeds.
 
   python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep --workdir=DIR
 
 One dataset holds data.num_train train tasks and a valid and a test split; the
 point with N tasks (each value of sweep.num_train) trains every model of
-sweep.models on the first N train tasks (nested subsets, one test split) for the
-same train.num_steps, so small sets are seen for many epochs. Each model is
-scored at its checkpoint of lowest validation loss (compare.py), and at the point
-bootstrap.num_train the Complete-Trace run is bootstrapped for bootstrap.rounds
-rounds (bootstrap.py; models searchformer_r1, ...).
+sweep.models on the first N train tasks (nested subsets, one test split), once per
+seed (sweep.seeds: seed, seed + 1, ...; the dataset stays), so small sets are seen
+for many epochs. Every mode of every model is scored on the test split at the step
+experiments/select.py selects (one rule for all) and at its last step; at the point
+bootstrap.num_train each seed's Complete-Trace run is bootstrapped for
+bootstrap.rounds rounds (bootstrap.py; models searchformer_r1, ...). With
+sweep.tuned (a tune.json of experiments/tune.py) each model trains with its chosen
+learning rate and steps.
+
+Each point reports every metric's mean and spread over seeds, and a 95% interval for
+each claim's difference (CLAIMS: Dualformer's mode minus a baseline), paired over test
+tasks and seeds (intervals.py).
 
 Workdir layout:
   data/                      the dataset, generated once
-  <N>/                       one comparison per point, in compare.py's layout (data ->
-                             ../data), with its summary.json, results.md and plots
-  sweep.json                 every point's metrics, scored steps and wall times
-  sweep.md, sweep.png        the table, and 1-Optimal / SWC against N per model and mode
+  <N>/seed<k>/               one comparison per point and seed (data -> ../data), each model
+                             in compare.py's layout, with summary.json (every record)
+  sweep.json                 per point: metrics over seeds, steps, intervals, wall times
+  sweep.md, sweep.png        the tables, and 1-Optimal / SWC against N per model and mode
 Each stage whose output exists is skipped, so an interrupted sweep resumes with the
-same command; raising bootstrap.rounds later runs only the new rounds.
+same command; raising sweep.seeds or bootstrap.rounds later runs only the new ones.
 """
 
 from __future__ import annotations
@@ -25,20 +32,47 @@ from __future__ import annotations
 import os
 
 import ml_collections
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
-from dualformer_jax.experiments import bootstrap, compare, report
+from dualformer_jax.experiments import bootstrap, compare, intervals, report, select
 from dualformer_jax.train import trainer
 
 SWEEP = "sweep.json"
+# (model, mode, baseline, its mode): the differences each point gives an interval for.
+CLAIMS = (("dualformer", "fast", "solution_only", "fast"),
+          ("dualformer", "slow", "complete_trace", "slow"),
+          ("dualformer", "auto", "complete_trace", "slow"))
+# metric -> the per-task score it averages (metrics.per_task's counts).
+PAIRED = {"1_optimal": lambda t: np.asarray(t["optimal"]) >= 1,
+          "swc": lambda t: np.asarray(t["swc"])}
+# The metrics whose mean and spread over seeds are reported.
+SPREAD = ("1_solved", "1_optimal", "3_optimal", "swc", "mean_trace_len",
+          "mean_trace_len_correct", "mean_trace_clauses", "mean_trace_clauses_correct",
+          "slow_share", "malformed_share")
 
 
 def models_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(m.strip() for m in config.sweep.models.split(",") if m.strip())
+
+
+def read_tuned(config: ml_collections.ConfigDict) -> dict:
+  """model -> {"learning_rate", "num_steps"} of sweep.tuned's tune.json; {} when unset."""
+  if not config.sweep.tuned:
+    return {}
+  try:
+    chosen = io_utils.read_json(config.sweep.tuned, "tune summary").get("chosen")
+  except (OSError, ValueError, AttributeError) as e:
+    raise ValueError(f"config.sweep.tuned={config.sweep.tuned!r}: {e}") from None
+  if not isinstance(chosen, dict) or not all(
+      isinstance(v, dict) and {"learning_rate", "num_steps"} <= set(v) for v in chosen.values()):
+    raise ValueError(f"config.sweep.tuned={config.sweep.tuned!r}: no 'chosen' object of "
+                     "model -> learning_rate, num_steps (write it with experiments/tune.py)")
+  return chosen
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -59,50 +93,109 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fail("num_train", f"{values[-1]} exceeds data.num_train={config.data.num_train}, the train "
          "tasks generated; raise data.num_train")
   if config.data.num_valid < 1:
-    raise ValueError("config.data.num_valid=0: the sweep scores each model at its checkpoint "
-                     "of lowest validation loss; set data.num_valid > 0")
+    raise ValueError("config.data.num_valid=0: the sweep selects each model's checkpoint on "
+                     "the valid split; set data.num_valid > 0")
+  if config.sweep.seeds < 1:
+    fail("seeds", "must be >= 1")
   models = models_of(config)
   if not models or any(m not in compare.MODELS for m in models) or len(set(models)) < len(models):
     fail("models", f"expected a comma-separated subset of {','.join(compare.MODELS)}")
+  tuned = read_tuned(config)
+  if tuned and set(models) - set(tuned):
+    fail("tuned", f"has no setting for {sorted(set(models) - set(tuned))}")
+  steps = [config.train.num_steps, *(v["num_steps"] for v in tuned.values())]
+  if config.bootstrap.rounds:
+    steps.append(config.bootstrap.finetune_steps)
+  select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
   trainer.preflight(config)  # mesh, model, schedule
 
 
-def point_config(config: ml_collections.ConfigDict, n: int) -> ml_collections.ConfigDict:
-  """`config` training on the first `n` train tasks."""
+def run_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
+               tuned: dict) -> ml_collections.ConfigDict:
+  """Model `name` of `config` on the first `n` train tasks, with seed k (and its tuned
+  learning rate and steps)."""
   c = ml_collections.ConfigDict(config.to_dict())
-  c.data.train_tasks = n
-  return c
+  c.data.train_tasks, c.seed = n, config.seed + k
+  if name in tuned:
+    c.train.learning_rate = float(tuned[name]["learning_rate"])
+    c.train.num_steps = int(tuned[name]["num_steps"])
+  return compare.model_config(c, name)
 
 
-def run_point(config: ml_collections.ConfigDict, workdir: str, n: int, meta: dict) -> dict:
-  """Every model (and bootstrap round) at the point with `n` tasks; returns its summary."""
-  c = point_config(config, n)
+def run_seed(config: ml_collections.ConfigDict, workdir: str, n: int, k: int, meta: dict,
+             tuned: dict) -> dict:
+  """Every model (and bootstrap round) of seed k at the point with `n` tasks; returns the
+  summary written to <n>/seed<k>/summary.json (model -> select.score's record)."""
   point = compare.run_dir(workdir, str(n))
-  summary = compare.new_summary(c, meta)
+  where = compare.run_dir(point, f"seed{k}")
+  summary = compare.new_summary(config, meta)
+  summary["seed"] = config.seed + k
   for name in models_of(config):
-    print(f"[{n} tasks] {name}", flush=True)
-    compare.add_model(summary, point, name, compare.run_model(c, point, name))
+    print(f"[{n} tasks, seed {k}] {name}", flush=True)
+    compare.add_model(summary, where, name, select.score(
+        run_config(config, n, k, name, tuned), compare.run_dir(where, name), name,
+        compare.MODELS[name][1]))
   if config.bootstrap.rounds and n == config.bootstrap.num_train:
+    c = run_config(config, n, k, bootstrap.SOURCE_MODEL, tuned)
     start = summary["selected_step"][bootstrap.SOURCE_MODEL]
-    for name, scored in bootstrap.run(c, point, start):
-      compare.add_model(summary, point, name, scored)
-  compare.write_summary(point, summary)
+    for name, scored in bootstrap.run(c, where, start, select.score):
+      compare.add_model(summary, where, name, scored)
+  io_utils.write_json(os.path.join(where, compare.SUMMARY), summary, indent=1, default=list)
   return summary
 
 
+def aggregate(seeds: list[dict]) -> dict:
+  """One point's entry of sweep.json from its seeds' summaries (run_seed's)."""
+  models: dict = {}
+  for name in seeds[0]["models"]:
+    records = [s["models"][name] for s in seeds if name in s["models"]]
+    models[name] = {
+        mode: {which: {key: intervals.spread([r[which][mode].get(key) for r in records])
+                       for key in SPREAD} for which in ("selected", "last")}
+        for mode in records[0]["selected"]}
+  steps = {name: {mode: [s["models"][name]["selected_step"][mode] for s in seeds]
+                  for mode in models[name]} for name in models}
+  last = {name: seeds[0]["models"][name]["last_step"] for name in models}
+  claims = {"selected": [], "last": []}
+  for model, mode, base, base_mode in CLAIMS:
+    if model not in models or base not in models or mode not in models[model]:
+      continue
+    for which in claims:
+      for metric, per_task in PAIRED.items():
+        a = [per_task(s["models"][model]["per_task"][which][mode]) for s in seeds]
+        b = [per_task(s["models"][base]["per_task"][which][base_mode]) for s in seeds]
+        claims[which].append({"model": model, "mode": mode, "baseline": base,
+                              "baseline_mode": base_mode, "metric": metric,
+                              **intervals.paired_difference(a, b)})
+  wall = {name: {key: (None if any(s["wall_s"][name].get(key) is None for s in seeds)
+                       else round(sum(s["wall_s"][name][key] for s in seeds), 1))
+                 for key in seeds[0]["wall_s"][name]} for name in models}
+  return {"seeds": [s["seed"] for s in seeds], "models": models, "selected_step": steps,
+          "last_step": last, "intervals": claims, "wall_s": wall}
+
+
+RULE = {True: "each mode at the saved step of highest sampled 1-Optimal on {t} valid tasks x "
+              "{s} responses of that mode (ties: SWC, then the later step)",
+        False: "each model at its saved step of lowest validation loss"}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """The whole sweep: data, every point, sweep.json and its report (rewritten after each
-  point, so a sweep stopped part-way has the table and plot of the points it finished)."""
+  """The whole sweep: data, every point and seed, sweep.json and its report (rewritten after
+  each point, so a sweep stopped part-way has the table and plot of the points it finished)."""
   check_config(config)
+  tuned = read_tuned(config)
   os.makedirs(workdir, exist_ok=True)
   meta = generate.generate(config, workdir)
-  out = {"task": config.task.name, "num_train": list(config.sweep.num_train), "points": {},
+  rule = RULE[bool(config.sweep.select_tasks)].format(t=config.sweep.select_tasks,
+                                                     s=config.sweep.select_samples)
+  out = {"task": config.task.name, "num_train": list(config.sweep.num_train),
+         "seeds": config.sweep.seeds, "selection": rule, "tuned": tuned, "points": {},
          "reference": compare.new_summary(config, meta)["reference"],
          "config": config.to_dict()}
   for n in config.sweep.num_train:
-    s = run_point(config, workdir, n, meta)
-    out["points"][str(n)] = {k: s[k] for k in ("models", "selected_step", "wall_s")}
+    seeds = [run_seed(config, workdir, n, k, meta, tuned) for k in range(config.sweep.seeds)]
+    out["points"][str(n)] = aggregate(seeds)
     io_utils.write_json(os.path.join(workdir, SWEEP), out, indent=1, default=list)
     report.write_sweep_report(workdir, out)
   return out

@@ -52,6 +52,18 @@ def test_hand_computed_values():
   assert (m["num_tasks"], m["num_samples"]) == (3, 4)
 
 
+def test_per_task_counts_add_up_to_the_metrics():
+  c_star, verdicts = hand_made()
+  m, t = metrics.compute_metrics(c_star, verdicts), metrics.per_task(c_star, verdicts)
+  assert t["optimal"] == [2, 3, 0] and t["solved"] == [3, 3, 0]
+  assert sum(o >= 1 for o in t["optimal"]) / 3 == pytest.approx(m["1_optimal"])
+  assert sum(o >= 3 for o in t["optimal"]) / 3 == pytest.approx(m["3_optimal"])
+  assert sum(s >= 1 for s in t["solved"]) / 3 == pytest.approx(m["1_solved"])
+  assert sum(t["swc"]) / 3 == pytest.approx(m["swc"])
+  with pytest.raises(ValueError, match="2 optimal lengths for 3 tasks"):
+    metrics.per_task(c_star[:2], verdicts)
+
+
 def test_slow_share_only_for_auto():
   c_star, verdicts = hand_made()
   assert metrics.compute_metrics(c_star, verdicts)["slow_share"] is None

@@ -246,3 +246,33 @@ def test_a_mesh_or_model_error_fails_before_the_dataset(tmp_path):
     with pytest.raises(ValueError, match="config.mesh|attention='flash'"):
       compare.run(config, str(tmp_path / "sweep"))
   assert not (tmp_path / "sweep").exists()
+
+
+def test_only_the_missing_modes_are_sampled_and_merged_with_the_saved(sweep, tmp_path,
+                                                                        monkeypatch):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(sweep[0], workdir, symlinks=True)
+  where = os.path.join(workdir, "dualformer", "eval", "4")
+  for name in ("results.json", evaluate.PER_TASK):
+    with open(os.path.join(where, name)) as f:
+      saved = json.load(f)
+    del saved["auto"]
+    with open(os.path.join(where, name), "w") as f:
+      json.dump(saved, f)
+  asked = []
+
+  def fake_evaluate(config, path):
+    asked.append(config.eval.modes)
+    return {"auto": sweep[1]["models"]["dualformer"]["auto"]}
+
+  monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
+  c = compare.model_config(tiny_config(), "dualformer")
+  metrics, per_task = compare.evaluate_at(c, os.path.join(workdir, "dualformer"), "dualformer",
+                                          4, ("fast", "slow", "auto"))
+  assert asked == ["auto"] and metrics == sweep[1]["models"]["dualformer"]
+  with open(os.path.join(where, "results.json")) as f:
+    assert json.load(f) == sweep[1]["models"]["dualformer"]
+  assert per_task["auto"] is None and len(per_task["fast"]["optimal"]) == 3
+  metrics, _ = compare.evaluate_at(c, os.path.join(workdir, "dualformer"), "dualformer", 4,
+                                   ("fast",))
+  assert asked == ["auto"] and metrics == {"fast": sweep[1]["models"]["dualformer"]["fast"]}

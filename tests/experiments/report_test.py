@@ -94,6 +94,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 @pytest.mark.parametrize("module,flag", [("dualformer_jax.experiments.report", "--workdir"),
                                          ("dualformer_jax.experiments.compare", "--models"),
                                          ("dualformer_jax.experiments.sweep", "--workdir"),
+                                         ("dualformer_jax.experiments.tune", "--workdir"),
                                          ("dualformer_jax.data.show", "--num")])
 def test_entry_points_answer_help(module, flag):
   """One CLI style (absl flags): each entry point lists its flags under --help."""

@@ -18,7 +18,7 @@ from dualformer_jax.data import dataset, dropping, generate, records
 from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import evaluate
-from dualformer_jax.experiments import bootstrap, report, sweep
+from dualformer_jax.experiments import bootstrap, report, select, sweep
 from dualformer_jax.model import sharding
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
@@ -35,9 +35,10 @@ def tiny_config():
   c.data.num_buckets = 1  # one compiled shape keeps the test fast
   c.train.num_steps, c.train.batch_size, c.train.warmup_steps = 2, 8, 1
   c.train.log_every, c.train.eval_every, c.train.eval_batches = 2, 2, 1
-  c.train.checkpoint_every, c.train.keep_checkpoints = 1, 1  # two candidates, one kept
+  c.train.checkpoint_every, c.train.keep_checkpoints = 1, 2  # two candidates, both kept
   c.eval.num_tasks, c.eval.num_samples, c.eval.num_pictures = 3, 2, 1
   c.sweep.num_train, c.sweep.models = (16,), "complete_trace"
+  c.sweep.seeds, c.sweep.select_tasks, c.sweep.select_samples = 2, 2, 1
   c.bootstrap.num_train, c.bootstrap.samples, c.bootstrap.finetune_steps = 16, 2, 1
   c.compilation_cache_dir = ""
   return c
@@ -80,22 +81,44 @@ def test_a_point_trains_on_the_first_tasks_only(swept):
     dataset.open_dataset(directory, train_tasks=33)
 
 
-def test_every_model_is_scored_at_its_lowest_validation_loss(swept):
+def _json(*path):
+  with open(os.path.join(*path)) as f:
+    return json.load(f)
+
+
+def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(swept):
   workdir, out = swept
   assert out["num_train"] == [16] and list(out["points"]) == ["16"]
-  for n, point in out["points"].items():
-    for model, step in point["selected_step"].items():
-      path = os.path.join(workdir, n, model)
-      valid = {r["step"]: r["valid_loss"] for r in read_metrics(path) if "valid_loss" in r}
-      assert min(valid, key=valid.get) == step
-      assert os.path.isdir(os.path.join(path, "checkpoints", str(step)))
-      with open(os.path.join(path, "eval", str(step), "results.json")) as f:
-        assert json.load(f)["slow"] == point["models"][model]["slow"]
-    with open(os.path.join(workdir, n, "summary.json")) as f:
-      assert json.load(f)["models"] == point["models"]
-  assert set(out["points"]["16"]["models"]) == {"complete_trace", "searchformer_r1"}
-  assert "mean_trace_clauses" in out["points"]["16"]["models"]["searchformer_r1"]["slow"]
-  for name in ("sweep.md", "sweep.png", "16/results.md", "16/optimal.png"):
+  point = out["points"]["16"]
+  assert point["seeds"] == [0, 1] and set(point["models"]) == {"complete_trace",
+                                                               "searchformer_r1"}
+  for k in range(2):
+    where = os.path.join(workdir, "16", f"seed{k}")
+    with open(os.path.join(where, "summary.json")) as f:
+      summary = json.load(f)
+    assert summary["seed"] == k
+    for model, record in summary["models"].items():
+      path = os.path.join(where, model)
+      with open(os.path.join(path, "config.json")) as f:
+        assert json.load(f)["seed"] == k
+      curve = record["validation"]["slow"]
+      assert sorted(curve) == [str(s) for s in select.saved_steps(tiny_config(), path)]
+      chosen = record["selected_step"]["slow"]
+      assert chosen == select.best(
+          {int(s): _json(path, "eval", s, "valid", "results.json")["slow"] for s in curve})
+      assert point["selected_step"][model]["slow"][k] == chosen
+      for which, step in (("selected", chosen), ("last", record["last_step"])):
+        with open(os.path.join(path, "eval", str(step), "results.json")) as f:
+          assert json.load(f)["slow"] == record[which]["slow"]
+        assert len(record["per_task"][which]["slow"]["optimal"]) == 3  # eval.num_tasks
+      with open(os.path.join(path, "eval", str(chosen), "valid", "results.json")) as f:
+        assert json.load(f)["slow"]["num_tasks"] == 2  # sweep.select_tasks
+  ones = [_json(workdir, "16", f"seed{k}", "summary.json")
+          ["models"]["complete_trace"]["selected"]["slow"]["1_optimal"] for k in range(2)]
+  assert point["models"]["complete_trace"]["slow"]["selected"]["1_optimal"]["mean"] == \
+      pytest.approx(np.mean(ones))
+  assert "mean_trace_clauses" in point["models"]["searchformer_r1"]["slow"]["selected"]
+  for name in ("sweep.md", "sweep.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
 
@@ -108,11 +131,12 @@ def test_a_finished_sweep_is_not_recomputed(swept, monkeypatch):
     monkeypatch.setattr(module, fn, fail)
   for fn in ("write_report", "write_sweep_report"):  # drawing is not a stage; it is slow
     monkeypatch.setattr(report, fn, lambda *a: [])
-  assert sweep.run(tiny_config(), swept[0])["points"] == swept[1]["points"]
+  again = sweep.run(tiny_config(), swept[0])["points"]
+  assert json.dumps(again, sort_keys=True) == json.dumps(swept[1]["points"], sort_keys=True)
 
 
 def test_the_round_keeps_an_optimal_response_or_the_task_sequence(swept):
-  point = os.path.join(swept[0], "16")
+  point = os.path.join(swept[0], "16", "seed0")
   source = dataset.open_dataset(records.data_dir(os.path.join(point, "complete_trace")), 16)
   ds = dataset.open_dataset(records.data_dir(os.path.join(point, "searchformer_r1")))
   assert ds.meta["counts"] == {"train": 16, "valid": 8, "test": 8}
@@ -136,13 +160,13 @@ def test_the_round_keeps_an_optimal_response_or_the_task_sequence(swept):
   with open(os.path.join(r1, "config.json")) as f:
     train_cfg = json.load(f)["train"]
   assert (train_cfg["num_steps"], train_cfg["init_step"]) == (
-      1, swept[1]["points"]["16"]["selected_step"]["complete_trace"])
+      1, swept[1]["points"]["16"]["selected_step"]["complete_trace"]["slow"][0])
   assert train_cfg["init_from"] == os.path.abspath(os.path.join(point, "complete_trace"))
 
 
 def test_a_finetuning_run_starts_from_the_source_params(swept):
   c = bootstrap.round_config(tiny_config(), {"counts": {"train": 16, "valid": 8}},
-                             os.path.join(swept[0], "16", "complete_trace"), 2)
+                             os.path.join(swept[0], "16", "seed0", "complete_trace"), 2)
   vocab = records.read_meta(records.data_dir(swept[0]))["vocab"]
   mesh = sharding.make_mesh(c.mesh)
   fresh = step_lib.abstract_train_state(c, len(vocab), mesh, c.seed)  # shapes only: cheap
@@ -187,7 +211,12 @@ def test_the_shortest_optimal_response_is_kept():
     ("sweep.num_train", (16, 64), "64 exceeds data.num_train=32"),
     ("sweep.models", "dualformer,searchformer", "subset of solution_only,complete_trace"),
     ("sweep.models", "", "subset of"),
-    ("data.num_valid", 0, "data.num_valid=0: the sweep scores"),
+    ("data.num_valid", 0, "data.num_valid=0: the sweep selects"),
+    ("sweep.seeds", 0, "sweep.seeds=0: must be >= 1"),
+    ("sweep.select_tasks", 9, "select_tasks=9: exceeds data.num_valid=8"),
+    ("sweep.select_samples", 0, "select_samples=0: must be >= 1"),
+    ("train.keep_checkpoints", 1, "keep_checkpoints=1: selection by sampled validation"),
+    ("sweep.tuned", "/nonexistent/tune.json", "sweep.tuned='/nonexistent/tune.json'"),
     ("data.train_tasks", 33, r"data.train_tasks=33: must be in \[0, data.num_train=32\]"),
     ("bootstrap.num_train", 20, r"must be one of sweep.num_train=\(16,\)"),
     ("bootstrap.samples", 0, "bootstrap.samples=0: must be >= 1"),
@@ -211,3 +240,58 @@ def test_bootstrapping_needs_the_complete_trace_model():
   c.bootstrap.rounds = 0
   sweep.check_config(c)
   config_lib.validate(c)
+
+
+def _record(modes: dict, last_step=4):
+  """select.score's record of one model: mode -> per-task optimal counts, scored alike at
+  the selected step 2 and the last step."""
+  metrics = {m: {"1_optimal": float(np.mean(np.asarray(o) >= 1)), "swc": 0.1,
+                 "mean_trace_len": 5.0, "mean_trace_len_correct": 4.0} for m, o in modes.items()}
+  per_task = {m: {"optimal": o, "solved": o, "swc": [0.1] * len(o)} for m, o in modes.items()}
+  return {"selected": metrics, "last": metrics, "selected_step": {m: 2 for m in modes},
+          "last_step": last_step, "per_task": {"selected": per_task, "last": per_task},
+          "validation": {}}
+
+
+def test_a_point_reports_spreads_and_an_interval_per_claim(tmp_path):
+  rng = np.random.default_rng(0)
+  seeds = []
+  for k in range(3):
+    base = (rng.random(40) < 0.5).astype(int).tolist()
+    seeds.append({"seed": k, "wall_s": {m: {"train_s": 1.0, "eval_s": 2.0} for m in
+                                        ("solution_only", "complete_trace", "dualformer")},
+                  "models": {"solution_only": _record({"fast": base}),
+                             "complete_trace": _record({"slow": base}),
+                             "dualformer": _record({"fast": [1] * 40, "slow": base,
+                                                    "auto": base})}})
+  point = sweep.aggregate(seeds)
+  assert point["seeds"] == [0, 1, 2]
+  assert point["wall_s"]["dualformer"] == {"train_s": 3.0, "eval_s": 6.0}
+  assert point["selected_step"]["dualformer"] == {"fast": [2, 2, 2], "slow": [2, 2, 2],
+                                                  "auto": [2, 2, 2]}
+  fast = point["models"]["dualformer"]["fast"]["selected"]["1_optimal"]
+  assert (fast["mean"], fast["std"], fast["n"]) == (1.0, 0.0, 3)
+  claims = {(c["mode"], c["baseline"], c["metric"]): c for c in point["intervals"]["selected"]}
+  assert set(claims) == {(m, b, x) for m, b in (("fast", "solution_only"),
+                                                ("slow", "complete_trace"),
+                                                ("auto", "complete_trace"))
+                         for x in ("1_optimal", "swc")}
+  assert claims["fast", "solution_only", "1_optimal"]["excludes_zero"]  # 100% against ~50%
+  same = claims["slow", "complete_trace", "1_optimal"]  # identical per-task scores
+  assert (same["diff"], same["low"], same["high"], same["excludes_zero"]) == (0, 0, 0, False)
+  table = report.seeds_markdown({"seeds": 3, "selection": "a rule", "points": {"40": point}})
+  assert "| 40 | Dualformer | fast | 100.0% ± 0.0 [100.0-100.0] |" in table
+  assert "| 40 | Dualformer fast - Solution-Only fast | selected step | 1_optimal |" in table
+  rows = [r for r in table.splitlines() if "Dualformer slow - Complete-Trace slow | last" in r]
+  assert rows[0].endswith("| no |") and "Selection: a rule" in table
+  paths = report.write_sweep_report(str(tmp_path), {"seeds": 3, "points": {"40": point}})
+  assert all(os.path.getsize(p) > 0 for p in paths)
+
+
+def test_the_selected_step_has_the_best_1_optimal_then_swc_then_comes_later():
+  def m(opt, swc):
+    return {"1_optimal": opt, "swc": swc}
+
+  assert select.best({2: m(0.5, 0.1), 4: m(0.5, 0.1), 6: m(0.4, 0.9)}) == 4
+  assert select.best({2: m(0.5, 0.3), 4: m(0.5, 0.1), 6: m(0.4, 0.9)}) == 2
+  assert select.best({2: m(0.1, 0.0), 4: m(0.2, 0.0)}) == 4
