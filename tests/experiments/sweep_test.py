@@ -23,7 +23,6 @@ from dualformer_jax.model import sharding
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train import trainer
-from dualformer_jax.train.logger import read_metrics
 
 
 def tiny_config():
