@@ -273,14 +273,20 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def define_flags() -> None:
-  """--config, --workdir, --models. Called under __main__ only: main.py defines --config
-  too, and one process (a test run) may import both modules."""
+def command_flags(example: str, workdir_help: str) -> None:
+  """--config and --workdir of a command of this package (compare, sweep, tune). Called
+  under __main__ only: main.py defines --config too, and one process (a test run) may
+  import several of these modules."""
   config_flags.DEFINE_config_file(
-      "config", None, "config file[:preset], e.g. configs/maze.py:compare", lock_config=True)
-  flags.DEFINE_string("workdir", None, "directory of the sweep")
-  flags.DEFINE_string("models", ",".join(MODELS), f"comma-separated subset of {','.join(MODELS)}")
+      "config", None, f"config file[:preset], e.g. {example}", lock_config=True)
+  flags.DEFINE_string("workdir", None, workdir_help)
   flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+  """--config, --workdir, --models (command_flags)."""
+  command_flags("configs/maze.py:compare", "directory of the sweep")
+  flags.DEFINE_string("models", ",".join(MODELS), f"comma-separated subset of {','.join(MODELS)}")
 
 
 def command(argv, work: Callable[[ml_collections.ConfigDict, str], object], table: str) -> None:

@@ -196,10 +196,21 @@ def plot_sweep(sweep: dict, path: str) -> None:
       ys = [100 * m[key] if key == "1_optimal" else m[key] for _, m in pts]
       ax.plot(xs, ys, styles.get(mode, "o-"), color=COLORS.get(model, "tab:green"),
               label=f"{label(model)} {mode}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training tasks")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    _against_tasks(ax, title)
+  _save(fig, axes, path)
+
+
+def _against_tasks(ax, title: str) -> None:
+  """A panel of a metric against the number of training tasks (log scale)."""
+  ax.set_xscale("log")
+  ax.set_xlabel("training tasks")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+
+
+def _save(fig, axes, path: str) -> None:
+  """Labels, legend, layout; writes the PNG and frees the figure."""
+  import matplotlib.pyplot as plt
   axes[0].set_ylabel("% of test tasks")
   axes[0].legend(fontsize=7)
   fig.tight_layout()
@@ -280,15 +291,8 @@ def plot_seeds(sweep: dict, path: str) -> None:
            for _, m in pts]).T)
       ax.errorbar(xs, mean, yerr=err, fmt=styles.get(mode, "o-"), capsize=3,
                   color=COLORS.get(model, "tab:green"), label=f"{label(model)} {mode}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training tasks")
-    ax.set_title(f"{title} at the selected step (mean, min-max over seeds)")
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("% of test tasks")
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+    _against_tasks(ax, f"{title} at the selected step (mean, min-max over seeds)")
+  _save(fig, axes, path)
 
 
 def write_sweep_report(workdir: str, sweep: dict) -> list[str]:

@@ -34,7 +34,6 @@ import os
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
@@ -202,11 +201,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def define_flags() -> None:
-  """--config, --workdir. Called under __main__ only (main.py defines --config too)."""
-  config_flags.DEFINE_config_file(
-      "config", None, "config file[:preset], e.g. configs/maze.py:sweep", lock_config=True)
-  flags.DEFINE_string("workdir", None, "directory of the sweep")
-  flags.mark_flags_as_required(["config", "workdir"])
+  """--config, --workdir (compare.command_flags)."""
+  compare.command_flags("configs/maze.py:sweep", "directory of the sweep")
+  flags.adopt_module_key_flags(compare)  # --help lists them
 
 
 def main(argv) -> None:
