@@ -36,14 +36,26 @@ import contextlib
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+from jax.experimental import topologies
 from ml_collections import config_flags
 
+from dualformer_jax import config as config_lib
+from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.infer import sampler
+from dualformer_jax.lm import hf_checkpoint, math_data
+from dualformer_jax.lm import train as lm_train
+from dualformer_jax.lm.model import LMConfig
+from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.tasks.base import make_task
+from dualformer_jax.train import step as step_lib
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
                                      roofline, xla_figures)
 
@@ -92,7 +104,6 @@ def _libtpu_env():
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
   """The chips of a TPU topology ("v5e:2x4", "v5p:4x4x4"), deviceless."""
-  from jax.experimental import topologies
   try:
     with _libtpu_env():
       topo = topologies.get_topology_desc(platform="tpu", topology_name=topology,
@@ -147,9 +158,6 @@ def _sds(shape, dtype, sharding):
 def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dict:
   """The planning trainer's own train step (train/step.py), lowered for mesh, at
   per_device_batch examples per data x fsdp shard and dec_len decoder tokens."""
-  from dualformer_jax.model import attention as attn_lib
-  from dualformer_jax.model.model_config import ModelConfig
-  from dualformer_jax.train import step as step_lib
 
   vocab_size = _vocab_size(config)
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
@@ -176,9 +184,6 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
 def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) -> dict:
   """The sampler's program (infer/sampler.py) for prompts x samples rows, as the
   evaluation calls it (params as trained on mesh, eval.dtype), lowered for mesh."""
-  from dualformer_jax.infer import sampler
-  from dualformer_jax.model import attention as attn_lib
-  from dualformer_jax.train import step as step_lib
 
   vocab_size = _vocab_size(config)
   params = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed).params
@@ -201,8 +206,6 @@ def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) 
 
 
 def _vocab_size(config: Any) -> int:
-  from dualformer_jax.data.vocab import Vocab
-  from dualformer_jax.tasks.base import make_task
   return len(Vocab(make_task(config.task).vocabulary()))
 
 
@@ -220,8 +223,6 @@ def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) ->
 def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
                 ) -> list[dict]:
   """The language model's train step (lm/train.py) for the checkpoint's shape, lowered."""
-  from dualformer_jax.lm import hf_checkpoint, train as lm_train
-  from dualformer_jax.lm.model import LMConfig
 
   overrides = dict(dtype=config.lm.dtype, param_dtype=config.lm.param_dtype,
                    attention=config.lm.attention, remat=config.lm.remat)
@@ -232,7 +233,6 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   elif config.lm.checkpoint:
     lm_cfg = hf_checkpoint.read_config(os.path.expanduser(config.lm.checkpoint), **overrides)
   elif config.task.source == "synthetic":  # trained from scratch on its word vocabulary
-    from dualformer_jax.lm import math_data
     lm_cfg = lm_train.scratch_config(config, math_data.WordVocab.for_synthetic(
         config.task.max_value, config.task.max_operand))
   else:
@@ -247,7 +247,6 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
                     "valid": _sds((batch, seq_len), jnp.bool_, rows),
                     "loss_mask": _sds((batch, seq_len), jnp.bool_, rows)}
-  from dualformer_jax.model import attention as attn_lib
   with jax.set_mesh(mesh):
     attention = attn_lib.resolve(lm_cfg.attention, t=seq_len, s=seq_len,
                                  dtype=jnp.dtype(lm_cfg.dtype))
@@ -256,7 +255,6 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
            "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}
   # The evaluation's sampler (lm/evaluate.py): eval.problems_per_batch prompts of up to
   # LM_PROMPT_LEN tokens x eval.num_samples rows, rows over the mesh the params are on.
-  from dualformer_jax.infer import sampler
   prompts, n = int(config.eval.problems_per_batch), int(config.eval.num_samples)
   width = min(LM_PROMPT_LEN, seq_len // 2)
   eos = lm_cfg.eos_id if lm_cfg.eos_id is not None else 0
@@ -274,10 +272,7 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
 def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec_len: int = 0,
                    lm_shape: str = "", log=print) -> dict:
   """Lowers and compiles the preset's programs for `devices`; the report as a dict."""
-  import time
 
-  from dualformer_jax import config as config_lib
-  from dualformer_jax.lm import train as lm_train
 
   is_lm = config.task.name == "math"
   if is_lm and lm_shape:  # the shape stands in for the checkpoint; no data is read
