@@ -273,20 +273,23 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return summary
 
 
-def command_flags(example: str, workdir_help: str) -> None:
-  """--config and --workdir of a command of this package (compare, sweep, tune). Called
-  under __main__ only: main.py defines --config too, and one process (a test run) may
-  import several of these modules."""
+def cli(work: Callable[[ml_collections.ConfigDict, str], object], table: str, example: str,
+        workdir_help: str) -> None:
+  """Runs a command of this package (compare, sweep, tune) with --config and --workdir.
+
+  The flags are defined here, under __main__ only: main.py defines --config too, and one
+  process (a test run) may import several of these modules. They are the main module's
+  key flags, so --help lists them.
+  """
   config_flags.DEFINE_config_file(
       "config", None, f"config file[:preset], e.g. {example}", lock_config=True)
   flags.DEFINE_string("workdir", None, workdir_help)
   flags.mark_flags_as_required(["config", "workdir"])
+  for name in ("config", "workdir"):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(lambda argv: command(argv, work, table))
 
 
-def define_flags() -> None:
-  """--config, --workdir, --models (command_flags)."""
-  command_flags("configs/maze.py:compare", "directory of the sweep")
-  flags.DEFINE_string("models", ",".join(MODELS), f"comma-separated subset of {','.join(MODELS)}")
 
 
 def command(argv, work: Callable[[ml_collections.ConfigDict, str], object], table: str) -> None:
@@ -311,11 +314,11 @@ def command(argv, work: Callable[[ml_collections.ConfigDict, str], object], tabl
     print(f"\n{out.read()}")
 
 
-def main(argv) -> None:
+def _run_models(config: ml_collections.ConfigDict, workdir: str) -> dict:
   models = tuple(m.strip() for m in flags.FLAGS.models.split(",") if m.strip())
-  command(argv, lambda config, workdir: run(config, workdir, models), "results.md")
+  return run(config, workdir, models)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  flags.DEFINE_string("models", ",".join(MODELS), f"comma-separated subset of {','.join(MODELS)}")
+  cli(_run_models, "results.md", "configs/maze.py:compare", "directory of the sweep")

@@ -33,7 +33,6 @@ import os
 
 import ml_collections
 import numpy as np
-from absl import app, flags
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
@@ -200,16 +199,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return out
 
 
-def define_flags() -> None:
-  """--config, --workdir (compare.command_flags)."""
-  compare.command_flags("configs/maze.py:sweep", "directory of the sweep")
-  flags.adopt_module_key_flags(compare)  # --help lists them
-
-
-def main(argv) -> None:
-  compare.command(argv, run, "sweep.md")
-
-
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  compare.cli(run, "sweep.md", "configs/maze.py:sweep", "directory of the sweep")
