@@ -196,7 +196,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, trai
     f.write('{"step": 5, "lo')  # a write cut short
   result = trainer.train(tiny_config(num_steps=6), w)
   out = capsys.readouterr().out
-  assert "checkpoint 4" in out and "fails its checksum" in out
+  # Damaged compressed bytes fail either in the decoder (orbax: "cannot restore") or,
+  # decoded, in the checksum; which one depends on the trained bytes (seen once in six
+  # suite runs). Either way checkpoint 4 is named and skipped.
+  assert "checkpoint 4" in out
+  assert "fails its checksum" in out or "cannot restore checkpoint 4" in out
   assert "resumed from checkpoint 2" in out
   assert result.step == 6 and steps_on_disk(w) == [4, 6]
   assert os.listdir(os.path.join(w, "checkpoints.damaged")) == ["4"]
