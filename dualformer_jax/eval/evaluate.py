@@ -51,50 +51,57 @@ class EvalTask:
 def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
                vocab: Vocab) -> list[EvalTask]:
   """The first `eval.num_tasks` tasks of the `eval.split` split (test or valid), or every
-  task of `eval.tasks_file`.
-
-  ValueError names the file and line of a bad task, including one whose prompt
-  the model would read as another task (a maze prompt does not state its grid
-  size: a 3x3 maze would be read, and scored, as a size x size one).
-  """
-  out = []
+  task of `eval.tasks_file` (_file_tasks). ValueError when there are none."""
   if config.eval.tasks_file:
-    known = set(vocab.tokens)
-    try:
-      with open(config.eval.tasks_file, errors="replace") as f:
-        lines = list(f)
-    except OSError as e:
-      raise ValueError(f"config.eval.tasks_file={config.eval.tasks_file!r}: {e.strerror}") from None
-    for lineno, line in enumerate(lines, 1):
-      if not line.strip():
-        continue
-      where = f"{config.eval.tasks_file}:{lineno}"
-      try:
-        spec = task.spec_from_json(json.loads(line))
-        toks = task.solve_tokens(spec, None)
-      except (ValueError, RecursionError, Unsolvable) as e:  # json errors are ValueErrors
-        raise ValueError(f"{where}: {e}") from None
-      unknown = [t for t in toks.prompt if t not in known]
-      if unknown:
-        raise ValueError(f"{where}: tokens {sorted(set(unknown))} are outside the model's "
-                         "vocabulary (a larger grid than it was trained on?)")
-      try:
-        as_read = task.spec_from_prompt(toks.prompt)
-      except ValueError as e:
-        as_read = e
-      if as_read != spec:
-        raise ValueError(
-            f"{where}: a {spec.width}x{spec.height} {task.name} task, which the model "
-            f"(task.size={config.task.size}) would read as another one, since the prompt does "
-            f"not state the grid size; give {config.task.size}x{config.task.size} tasks")
-      out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
+    out = _file_tasks(config.eval.tasks_file, task, vocab, config.task.size)
   else:
     split = config.eval.get("split", "test")
+    out = []
     for rec in dataset_lib.open_dataset(data_dir).records(split)[:config.eval.num_tasks]:
       prompt, plan = vocab.decode(rec["prompt"]), vocab.decode(rec["plan"])
       out.append(EvalTask(prompt, task.check(prompt, plan).plan_len))
   if not out:
     raise ValueError("no tasks to evaluate")
+  return out
+
+
+def _file_tasks(path: str, task: Task, vocab: Vocab, size: int) -> list[EvalTask]:
+  """Every task of a JSON-lines file of task specs.
+
+  ValueError names the file and line of a bad task, including one whose prompt
+  the model would read as another task (a maze prompt does not state its grid
+  size: a 3x3 maze would be read, and scored, as a size x size one).
+  """
+  known = set(vocab.tokens)
+  try:
+    with open(path, errors="replace") as f:
+      lines = list(f)
+  except OSError as e:
+    raise ValueError(f"config.eval.tasks_file={path!r}: {e.strerror}") from None
+  out = []
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    where = f"{path}:{lineno}"
+    try:
+      spec = task.spec_from_json(json.loads(line))
+      toks = task.solve_tokens(spec, None)
+    except (ValueError, RecursionError, Unsolvable) as e:  # json errors are ValueErrors
+      raise ValueError(f"{where}: {e}") from None
+    unknown = [t for t in toks.prompt if t not in known]
+    if unknown:
+      raise ValueError(f"{where}: tokens {sorted(set(unknown))} are outside the model's "
+                       "vocabulary (a larger grid than it was trained on?)")
+    try:
+      as_read = task.spec_from_prompt(toks.prompt)
+    except ValueError as e:
+      as_read = e
+    if as_read != spec:
+      raise ValueError(
+          f"{where}: a {spec.width}x{spec.height} {task.name} task, which the model "
+          f"(task.size={size}) would read as another one, since the prompt does "
+          f"not state the grid size; give {size}x{size} tasks")
+    out.append(EvalTask(toks.prompt, task.check(toks.prompt, toks.plan).plan_len))
   return out
 
 
