@@ -31,15 +31,13 @@ from typing import Callable, Iterator, Sequence
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import dropping, generate, records
-from dualformer_jax.data.vocab import EOS, Vocab
-from dualformer_jax.eval import evaluate
+from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval.metrics import is_optimal
 from dualformer_jax.experiments import compare
-from dualformer_jax.infer import sampler as sampler_lib
+from dualformer_jax.infer import modes, restore
 from dualformer_jax.model import sharding
 from dualformer_jax.tasks import make_task
 from dualformer_jax.tasks.base import Task
@@ -106,31 +104,16 @@ def sample_responses(config: ml_collections.ConfigDict, path: str, step: int,
   checkpoint `step` of the run in `path`, at bootstrap.temperature."""
   vocab = Vocab.from_list(records.read_meta(records.data_dir(path))["vocab"])
   mesh = sharding.make_mesh(config.mesh)
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.eval.checkpoint_step = step
-  graphdef, params, _ = evaluate.restore_params(c, path, vocab, mesh)
-  k = config.bootstrap.samples
-  max_len = config.eval.max_decode_len if config.eval.max_decode_len > 0 else \
-      config.data.max_decoder_len
-  prompt_len = -(-max(len(p) + 2 for p in prompts) // 16) * 16  # one compiled shape
-  split = sharding.batch_divisor(mesh)  # every device samples whole prompts
-  per_batch = -(-config.eval.prompts_per_batch // split) * split
-  prefix_ids = vocab.encode(evaluate.MODE_PREFIX[MODE])
-  prefix = np.tile(prefix_ids, (per_batch * k, 1)).astype(np.int32)  # [R, K]
-  prefix_len = np.full((per_batch * k,), len(prefix_ids), np.int32)
-  out = []
-  for start in tqdm(range(0, len(prompts), per_batch), desc="bootstrap samples", disable=None):
-    chunk = list(prompts[start:start + per_batch])
-    # [Np, P]; filler rows repeat the last prompt (fixed shape)
-    enc = evaluate.encode_prompts(chunk + [chunk[-1]] * (per_batch - len(chunk)), vocab,
-                                  prompt_len)
-    ids = sampler_lib.sample(
-        graphdef, params, enc, prefix, prefix_len, jax.random.fold_in(key, start),
-        num_samples=k, max_len=max_len, temperature=config.bootstrap.temperature,
-        top_k=config.eval.top_k, eos_id=vocab.id(EOS), mesh=mesh).ids
-    rows = np.asarray(jax.device_get(ids))  # [Np * k, L]
-    for i in range(len(chunk)):
-      out.append([evaluate.response_tokens(r, vocab) for r in rows[i * k:(i + 1) * k]])
+  graphdef, params, _ = restore.restore_params(config, path, vocab, mesh, step)
+  settings = modes.Settings(
+      num_samples=config.bootstrap.samples,
+      max_len=modes.decode_len(config.eval.max_decode_len, config.data.max_decoder_len),
+      temperature=config.bootstrap.temperature, top_k=config.eval.top_k,
+      prompts_per_batch=modes.prompts_per_batch(config.eval.prompts_per_batch, mesh))
+  out = [None] * len(prompts)
+  for i, rows_SxL in modes.sample_prompts(graphdef, params, vocab, mesh, prompts, MODE, key,
+                                          settings, desc="bootstrap samples"):
+    out[i] = [modes.response_tokens(r, vocab) for r in rows_SxL]
   return out
 
 

@@ -6,12 +6,13 @@ to start with (PAPER.md, "Controlling the mode at inference"): `bos plan`
 nothing about tasks: it gets encoder ids, a prefix per row, and a key.
 
 Rows are prompts x samples, prompt-major: row r belongs to prompt
-r // num_samples. Decoding is jitted `lax.while_loop`s over positions through
-the models' one cached-decoding API, `init_cache(enc_ids, samples, max_len,
-block_len)` and `decode_step(tok, pos, cache, num_blocks=...)`, built for
-many rows per prompt. The planning Transformer encodes `enc_ids`; a
-decoder-only LM (lm/model.py) gets no enc_ids (None: [Np, 0]) and its prompt
-as the forced prefix, fed through the same cache one position per step:
+r // num_samples. Decoding is jitted `lax.while_loop`s over positions (their
+carry a `_LoopState`) through the models' one cached-decoding API,
+`init_cache(enc_ids, samples, max_len, block_len)` and `decode_step(tok, pos,
+cache, num_blocks=...)` (the DecodeModel protocol), built for many rows per
+prompt. The planning Transformer encodes `enc_ids`; a decoder-only LM
+(lm/model.py) gets no enc_ids (None: [Np, 0]) and its prompt as the forced
+prefix, fed through the same cache one position per step:
   * cross-attention K/V are computed once per prompt, not per row;
   * the self-attention cache is split into blocks of positions, and the
     sampler runs one loop per block, attending only to the blocks reached.
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec as P
 
 from dualformer_jax.data.vocab import EOS_ID, PAD_ID
+from dualformer_jax.infer.decode_model import DecodeModel
 
 # Cache blocks: compile time grows with their square, and past 4 blocks the
 # extra ops ate the saved bytes (preset s, 385 positions, 2-core CPU).
@@ -59,11 +61,26 @@ class Samples(NamedTuple):
   finished: jax.Array  # [R] bool: the row emitted eos
 
 
-def stack_prefixes(prefixes: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged per-row prefixes -> (ids [R, K] zero-padded, lengths [R])."""
+class _LoopState(NamedTuple):
+  """The carry of the decoding loops."""
+  t: jax.Array  # [] int32: the position fed next
+  out_RxL: jax.Array  # [R, L] int32: forced prefix, then the tokens picked so far, then fill
+  cache: Any  # the model's decode cache (init_cache)
+  done_R: jax.Array  # [R] bool: the row emitted eos
+  len_R: jax.Array  # [R] int32: tokens up to and including eos (L until then)
+
+
+def stack_prefixes(prefixes: Sequence[Sequence[int]], width: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-row prefixes -> (ids [R, K] zero-padded, lengths [R]); K = width, or the
+  longest prefix (a fixed width keeps the shapes, and the compiled sampler, of every batch)."""
   if not prefixes or min(len(p) for p in prefixes) < 1:
     raise ValueError("every row needs a prefix of at least one token (bos)")
   k = max(len(p) for p in prefixes)
+  if width is not None:
+    if width < k:
+      raise ValueError(f"width={width} is narrower than the longest prefix ({k} tokens)")
+    k = width
   ids_RxK = np.zeros((len(prefixes), k), np.int32)
   for r, p in enumerate(prefixes):
     ids_RxK[r, :len(p)] = p
@@ -111,7 +128,7 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
             eos_id: int | tuple[int, ...], block_len: int, pad_id: int | None,
             rows: tuple[jax.Array | int, int] = (0, 0)) -> Samples:
   """The decoding loops for these rows (rows: their place among all rows, see _pick)."""
-  model = nnx.merge(graphdef, params)
+  model: DecodeModel = nnx.merge(graphdef, params)
   r, k = prefix_RxK.shape
   # Positions 0 .. max_len - 2 are fed (each yields the token after it).
   num_blocks = -(-(max_len - 1) // block_len)
@@ -122,33 +139,32 @@ def _decode(graphdef: nnx.GraphDef, params: nnx.State, enc_ids_NpxP: jax.Array,
   in_prefix_RxK = jnp.arange(k)[None, :] < prefix_len_R[:, None]
   out_RxL = jnp.full((r, max_len), fill, jnp.int32)  # what is never written stays `fill`
   out_RxL = out_RxL.at[:, :k].set(jnp.where(in_prefix_RxK, prefix_RxK, fill).astype(jnp.int32))
-  carry = (jnp.int32(0), out_RxL, cache, jnp.zeros((r,), bool), jnp.full((r,), max_len, jnp.int32))
+  state = _LoopState(jnp.int32(0), out_RxL, cache, jnp.zeros((r,), bool),
+                     jnp.full((r,), max_len, jnp.int32))
 
   # Stage b feeds the positions of cache block b.
   for b in range(num_blocks):
     end = min((b + 1) * block_len, max_len - 1)
 
-    def cond(carry, end=end):
-      t, _, _, done_R, _ = carry
-      return (t < end) & ~jnp.all(done_R)
+    def cond(s: _LoopState, end=end):
+      return (s.t < end) & ~jnp.all(s.done_R)
 
-    def body(carry, b=b):
-      t, out_RxL, cache, done_R, len_R = carry
-      tok_R = jax.lax.dynamic_index_in_dim(out_RxL, t, axis=1, keepdims=False)
-      logits_RxV, cache = model.decode_step(tok_R, t, cache, num_blocks=b + 1)
+    def body(s: _LoopState, b=b) -> _LoopState:
+      t = s.t
+      tok_R = jax.lax.dynamic_index_in_dim(s.out_RxL, t, axis=1, keepdims=False)
+      logits_RxV, cache = model.decode_step(tok_R, t, s.cache, num_blocks=b + 1)
       sampled_R = _pick(logits_RxV, jax.random.fold_in(key, t), temperature, top_k, pad_id,
                         rows)
       forced_R = t + 1 < prefix_len_R
-      given_R = jax.lax.dynamic_index_in_dim(out_RxL, t + 1, axis=1, keepdims=False)
-      nxt_R = jnp.where(forced_R, given_R, jnp.where(done_R, fill, sampled_R))
-      out_RxL = jax.lax.dynamic_update_slice(out_RxL, nxt_R[:, None], (0, t + 1))
-      stop_R = ~done_R & ~forced_R & jnp.isin(nxt_R, eos_E)
-      len_R = jnp.where(stop_R, t + 2, len_R)
-      return t + 1, out_RxL, cache, done_R | stop_R, len_R
+      given_R = jax.lax.dynamic_index_in_dim(s.out_RxL, t + 1, axis=1, keepdims=False)
+      nxt_R = jnp.where(forced_R, given_R, jnp.where(s.done_R, fill, sampled_R))
+      out_RxL = jax.lax.dynamic_update_slice(s.out_RxL, nxt_R[:, None], (0, t + 1))
+      stop_R = ~s.done_R & ~forced_R & jnp.isin(nxt_R, eos_E)
+      return _LoopState(t + 1, out_RxL, cache, s.done_R | stop_R,
+                        jnp.where(stop_R, t + 2, s.len_R))
 
-    carry = jax.lax.while_loop(cond, body, carry)
-  _, out_RxL, _, done_R, len_R = carry
-  return Samples(out_RxL, len_R, done_R)
+    state = jax.lax.while_loop(cond, body, state)
+  return Samples(state.out_RxL, state.len_R, state.done_R)
 
 
 _STATIC = ("graphdef", "num_samples", "max_len", "top_k", "eos_id", "block_len", "pad_id")
@@ -272,7 +288,7 @@ def lower(graphdef: nnx.GraphDef, params: nnx.State, enc_ids: jax.ShapeDtypeStru
                   pad_id=pad_id)
 
 
-def sample_model(model: nnx.Module, enc_ids, prefix, prefix_len, key: jax.Array,
+def sample_model(model: DecodeModel, enc_ids, prefix, prefix_len, key: jax.Array,
                  **kwargs) -> Samples:
   """`sample` for a live model object (splits it first)."""
   graphdef, params = nnx.split(model)

@@ -8,7 +8,7 @@
 checkpoint's chat template with the assistant's turn opened, as an instruct
 model expects; --chat=false: bos + the raw text (a base model, or the math
 format "Problem: ...\\nSolution:"). Every prompt and sample is one row of one
-`sampler.sample` call, the call `lm/evaluate.py` makes, so what this prints is
+`sampler.sample` call, the call `lm/math_eval.py` makes, so what this prints is
 what Greedy@1 (top_k = 1) and Pass@k (top_k 0, a temperature) score.
 """
 

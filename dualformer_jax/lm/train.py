@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from dualformer_jax import workdir_lock
 from dualformer_jax.lm import checkpoint as lm_checkpoint
-from dualformer_jax.lm import evaluate as eval_lib
+from dualformer_jax.lm import math_eval as eval_lib
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
 from dualformer_jax.lm import model as lm_model

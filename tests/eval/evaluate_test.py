@@ -17,6 +17,7 @@ from dualformer_jax import config as config_lib
 from dualformer_jax.data import generate, records
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import evaluate
+from dualformer_jax.infer import restore
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import CheckpointError, Checkpointer
@@ -135,11 +136,13 @@ def test_eval_dtype_sets_the_sampling_compute_dtype_only(run):
   dtypes = {}
   for dtype in ("", "float32"):
     c.eval.dtype = dtype
-    graphdef, params, step = evaluate.restore_params(c, run, Vocab(vocab), mesh)
+    graphdef, params, step = restore.restore_params(c, run, Vocab(vocab), mesh,
+                                                    c.eval.checkpoint_step)
     dtypes[dtype] = nnx.merge(graphdef, params).cfg.dtype
     assert step in (2, 4)  # 4 if no other test has damaged it
   assert dtypes == {"": "bfloat16", "float32": "float32"}
-  assert evaluate.sampling_config(c).model.dtype == "float32" and c.model.dtype == "bfloat16"
+  assert restore.sampling_model_config(c, len(vocab)).dtype == "float32"
+  assert c.model.dtype == "bfloat16"
   c.eval.dtype = "float16"
   with pytest.raises(ValueError, match="eval.dtype='float16'"):
     config_lib.validate(c)

@@ -19,6 +19,7 @@ from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import evaluate
 from dualformer_jax.experiments import bootstrap, report, select, sweep
+from dualformer_jax.infer import restore
 from dualformer_jax.model import sharding
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
@@ -170,8 +171,7 @@ def test_a_finetuning_run_starts_from_the_source_params(swept):
   mesh = sharding.make_mesh(c.mesh)
   fresh = step_lib.abstract_train_state(c, len(vocab), mesh, c.seed)  # shapes only: cheap
   started = trainer._init_params(c, vocab, mesh, fresh)
-  c.eval.checkpoint_step = 2
-  _, source, _ = evaluate.restore_params(c, c.train.init_from, Vocab.from_list(vocab), mesh)
+  _, source, _ = restore.restore_params(c, c.train.init_from, Vocab.from_list(vocab), mesh, 2)
   same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), started.params, source)
   assert all(jax.tree.leaves(same)) and started.step is fresh.step  # the step stays fresh
 

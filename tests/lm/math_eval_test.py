@@ -1,11 +1,11 @@
-"""lm/evaluate.py: Pass@k, step counting, modes and the table."""
+"""lm/math_eval.py: Pass@k, step counting, modes and the table."""
 
 import math
 
 import numpy as np
 import pytest
 
-from dualformer_jax.lm import evaluate as ev
+from dualformer_jax.lm import math_eval as ev
 
 
 def test_pass_at_k_is_the_unbiased_estimate():

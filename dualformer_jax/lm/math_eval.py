@@ -1,4 +1,5 @@
-"""Greedy@1, Pass@k and solution lengths of a math LM, per mode, through the one sampler.
+"""Greedy@1, Pass@k and solution lengths of a math LM, per mode, through the sampling front
+(infer/modes.py: fixed-size batches, fillers, keys, prefixes as the planning evaluation).
 
 Modes differ only in the tokens forced after the prompt (math_data's format),
 as the planning modes do with `create` / `plan`:
@@ -27,9 +28,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from dualformer_jax import io_utils
+from dualformer_jax.infer import modes
 from dualformer_jax.infer import sampler as sampler_lib
 from dualformer_jax.lm import answers
 from dualformer_jax.lm import math_data as md
@@ -101,33 +102,25 @@ def _run_mode(graphdef: nnx.GraphDef, params: Any, tok: md.Tokenizer,
               examples: Sequence[md.MathExample], eval_cfg: Any, max_len: int, key: jax.Array,
               *, mode: str, num_samples: int, top_k: int) -> dict[str, np.ndarray]:
   """Samples num_samples responses per problem; per-row results, [problems, num_samples]."""
-  desc = f"{mode} {'greedy' if top_k == 1 else 'sampled'}"
   prefixes, prompt_lens = _prefixes(tok, examples, mode)
-  width = max(len(p) for p in prefixes)  # one width for every batch: one compilation
+  width = max(len(p) for p in prefixes)
   if width >= max_len:
     raise ValueError(f"a prompt of {width} tokens leaves no room in data.max_len={max_len}")
   step_mark = md.marker_ids(tok, md.STEP_MARK)
-  per = int(eval_cfg.problems_per_batch)
+  settings = modes.Settings(num_samples=num_samples, max_len=max_len,
+                            temperature=float(eval_cfg.temperature), top_k=top_k,
+                            prompts_per_batch=int(eval_cfg.problems_per_batch))
   out: dict[str, list] = {}
-  for start in tqdm(range(0, len(examples), per), desc=desc, unit="batch", disable=None,
-                    leave=False):
-    idx = list(range(start, min(start + per, len(examples))))
-    idx += [idx[-1]] * (per - len(idx))  # a full last batch keeps the shapes static
+  for _, idx, samples in modes.sample_batches(
+      graphdef, params, prefixes, key, settings, eos_id=tok.eos_id,
+      # A HF vocabulary without a pad token pads with eos, which must stay sampleable.
+      pad_id=None if tok.pad_id == tok.eos_id else tok.pad_id, mesh=_mesh_of(params),
+      desc=f"{mode} {'greedy' if top_k == 1 else 'sampled'}"):
     rows = [i for i in idx for _ in range(num_samples)]
-    prefix_RxK = np.zeros((len(rows), width), np.int32)
-    for r, i in enumerate(rows):
-      prefix_RxK[r, :len(prefixes[i])] = prefixes[i]
-    plen_R = np.asarray([len(prefixes[i]) for i in rows], np.int32)
-    samples = sampler_lib.sample(
-        graphdef, params, None, prefix_RxK, plen_R, jax.random.fold_in(key, start),
-        num_samples=num_samples, max_len=max_len, temperature=float(eval_cfg.temperature),
-        top_k=top_k, eos_id=tok.eos_id,
-        # A HF vocabulary without a pad token pads with eos, which must stay sampleable.
-        pad_id=None if tok.pad_id == tok.eos_id else tok.pad_id, mesh=_mesh_of(params))
     # Lengths count from the end of the prompt proper: a forced marker is solution.
     scored = _score(tok, samples, prompt_lens[rows], [examples[i].answer for i in rows],
                     step_mark)
-    keep = len(set(idx)) * num_samples  # drop the padding rows
+    keep = len(set(idx)) * num_samples  # drop the filler rows
     for k, v in scored.items():
       out.setdefault(k, []).append(v[:keep])
   return {k: np.concatenate(v).reshape(len(examples), num_samples) for k, v in out.items()}
@@ -169,8 +162,8 @@ def table(results: dict[str, dict[str, dict]], ks: Sequence[int]) -> str:
   ks = sorted({int(k) for k in ks})
   head = ["run", "mode", "Greedy@1"] + [f"Pass@{k}" for k in ks] + ["tokens", "steps"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for run, modes in results.items():
-    for mode, r in modes.items():
+  for run, by_mode in results.items():
+    for mode, r in by_mode.items():
       cells = [run, mode, f"{100 * r['greedy_at_1']:.1f}"]
       cells += [f"{100 * r[f'pass_at_{k}']:.1f}" for k in ks]
       cells += [f"{r['mean_tokens']:.1f}", f"{r['mean_steps']:.2f}"]
