@@ -275,8 +275,9 @@ class DataConfig:
     if not 0 <= self.train_tasks <= self.num_train:
       _fail("data.train_tasks", self.train_tasks,
             f"must be in [0, data.num_train={self.num_train}] (0: every train task)")
-    if self.num_buckets < 1:
-      _fail("data.num_buckets", self.num_buckets, "must be >= 1")
+    for field in ("num_buckets", "bucket_pool"):
+      if getattr(self, field) < 1:
+        _fail(f"data.{field}", getattr(self, field), "must be >= 1")
 
   @classmethod
   def from_config(cls, c: ml_collections.ConfigDict) -> "DataConfig":

@@ -68,7 +68,7 @@ def make_config(**data):
   c.data.num_workers = 0
   c.data.seed = 7
   c.data.update(data)
-  return c
+  return config_lib.DataConfig.from_config(c)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_level_frequencies_through_the_random_map():
   ds = grain.MapDataset.source([(0, raw)] * 20_000).seed(11).random_map(
       examples.DrawExample(config, GRAMMAR))
   counts = np.bincount([ds[i]["level"] for i in range(len(ds))], minlength=5)
-  expected = 20_000 * np.array(config.data.level_probs)
+  expected = 20_000 * np.array(config.level_probs)
   chi2 = np.sum((counts - expected) ** 2 / expected)
   assert chi2 < 18.47, (chi2, counts)  # chi-square(4 dof) at p = 0.001; fixed seed
 
