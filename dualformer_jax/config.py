@@ -292,9 +292,10 @@ def data_config(c: DataConfig | ml_collections.ConfigDict) -> DataConfig:
   return c if isinstance(c, DataConfig) else DataConfig.from_config(c)
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad field."""
-  DataConfig.from_config(c)  # the task.* and data.* rules
+def validate(c: ml_collections.ConfigDict) -> DataConfig:
+  """Raises ValueError naming the first bad field; returns the DataConfig it built (the
+  task.* and data.* rules), for the entry point to hand the data layer."""
+  data = DataConfig.from_config(c)
   if c.mesh.cpu_devices < 1:
     _fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
   for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
@@ -306,6 +307,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   if c.train.loss_norm not in LOSS_NORMS:
     _fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
   _validate_eval(c)
+  return data
 
 
 def _validate_eval(c: ml_collections.ConfigDict) -> None:

@@ -60,8 +60,9 @@ def test_the_valid_split_holds_layouts_in_neither_train_nor_test(swept):
   task = make_task(tiny_config().task)
   train, valid, test = (_layouts(task, ds, s) for s in ("train", "valid", "test"))
   assert valid and not valid & train and not valid & test and not train & test
-  old = tiny_config()
-  old.data.num_valid = 0  # datasets made before the valid split keep their fingerprint
+  c = tiny_config()
+  c.data.num_valid = 0  # datasets made before the valid split keep their fingerprint
+  old = config_lib.DataConfig.from_config(c)
   assert "num_valid" not in generate.generator_fingerprint(old)
   assert generate.split_counts(old) == {"train": 32, "test": 8}
 
@@ -70,7 +71,8 @@ def test_a_point_trains_on_the_first_tasks_only(swept):
   directory = records.data_dir(swept[0])
   seen = {}
   for n in (16, 0):  # 0: every task
-    it = train_iterator(tiny_config(), dataset.open_dataset(directory, train_tasks=n), 8, 0, 1,
+    it = train_iterator(config_lib.DataConfig.from_config(tiny_config()),
+                        dataset.open_dataset(directory, train_tasks=n), 8, 0, 1,
                         include_index=True)
     seen[n] = np.concatenate([next(it)["index"] for _ in range(8)])  # 4 epochs of 16
     it.close()
