@@ -31,82 +31,82 @@ def with_baseline(*probs: float) -> tuple[float, ...]:
 
 
 def _task() -> ml_collections.ConfigDict:
-  t = ml_collections.ConfigDict()
-  t.name = "math"  # main.py sends this config to lm/train.py
-  t.source = "synthetic"  # synthetic | jsonl
-  t.min_ops = 2  # synthetic: operations per problem (= steps)
-  t.max_ops = 4
-  t.max_value = 20  # synthetic: every intermediate value is in [0, max_value)
-  t.max_operand = 9  # synthetic: operands are 1..max_operand
-  return t
+  g = ml_collections.ConfigDict()
+  g.name = "math"  # main.py sends this config to lm/train.py
+  g.source = "synthetic"  # synthetic | jsonl
+  g.min_ops = 2  # synthetic: operations per problem (= steps)
+  g.max_ops = 4
+  g.max_value = 20  # synthetic: every intermediate value is in [0, max_value)
+  g.max_operand = 9  # synthetic: operands are 1..max_operand
+  return g
 
 
 def _data() -> ml_collections.ConfigDict:
-  d = ml_collections.ConfigDict()
+  g = ml_collections.ConfigDict()
   # One training per p, each step dropped with probability p; p = 0 is the baseline.
-  d.drop_probs = with_baseline(0.2)
-  d.seed = 1234  # synthetic generation, shuffling, step dropping
-  d.num_train = 20_000  # synthetic problems (test problems are never in train)
-  d.num_test = 200
-  d.train_file = ""  # jsonl: training examples
-  d.test_file = ""  # jsonl: evaluation problems
-  d.max_len = 48  # tokens of prompt + complete solution; longer examples are left out
-  return d
+  g.drop_probs = with_baseline(0.2)
+  g.seed = 1234  # synthetic generation, shuffling, step dropping
+  g.num_train = 20_000  # synthetic problems (test problems are never in train)
+  g.num_test = 200
+  g.train_file = ""  # jsonl: training examples
+  g.test_file = ""  # jsonl: evaluation problems
+  g.max_len = 48  # tokens of prompt + complete solution; longer examples are left out
+  return g
 
 
 def _lm() -> ml_collections.ConfigDict:
-  lm = ml_collections.ConfigDict()
-  lm.checkpoint = ""  # HF checkpoint directory to fine-tune; "" = train from scratch
+  g = ml_collections.ConfigDict()
+  g.checkpoint = ""  # HF checkpoint directory to fine-tune; "" = train from scratch
   # From-scratch architecture (a checkpoint brings its own, from its config.json).
-  lm.dim = 128
-  lm.num_layers = 3
-  lm.num_heads = 4
-  lm.num_kv_heads = 2  # grouped-query attention, as Llama-3 / Mistral
-  lm.ffn_dim = 384
-  lm.rope_theta = 10_000.0
-  lm.dtype = "float32"  # compute dtype
-  lm.param_dtype = "float32"  # storage of params and optimizer state (float32: mixed precision)
-  lm.attention = "auto"  # model/attention.py implementations
-  lm.remat = "none"  # none | dots | full
-  return lm
+  g.dim = 128
+  g.num_layers = 3
+  g.num_heads = 4
+  g.num_kv_heads = 2  # grouped-query attention, as Llama-3 / Mistral
+  g.ffn_dim = 384
+  g.rope_theta = 10_000.0
+  g.dtype = "float32"  # compute dtype
+  g.param_dtype = "float32"  # storage of params and optimizer state (float32: mixed precision)
+  g.attention = "auto"  # model/attention.py implementations
+  g.remat = "none"  # none | dots | full
+  return g
 
 
 def _mesh() -> ml_collections.ConfigDict:
-  m = ml_collections.ConfigDict()
-  m.data = -1  # -1: all devices not used by the other axes
-  m.fsdp = 1
-  m.tensor = 1
-  m.cpu_devices = 1  # CPU devices of the host (config.py); 2 is measured for planning only
-  return m
+  g = ml_collections.ConfigDict()
+  g.data = -1  # -1: all devices not used by the other axes
+  g.fsdp = 1
+  g.tensor = 1
+  g.cpu_devices = 1  # CPU devices of the host (config.py); 2 is measured for planning only
+  return g
 
 
 def _train() -> ml_collections.ConfigDict:
-  t = ml_collections.ConfigDict()
-  t.num_steps = 800  # p = 0 reaches token accuracy 1.0 by step 500 on 2 cores
-  t.batch_size = 64
-  t.learning_rate = 2e-3  # peak
-  t.warmup_steps = 50
-  t.final_lr_frac = 0.1
-  t.weight_decay = 0.1
-  t.b1 = 0.9
-  t.b2 = 0.99
-  t.grad_clip = 1.0
-  t.log_every = 100
-  t.checkpoint_every = 400
-  t.keep_checkpoints = 2
-  return t
+  g = ml_collections.ConfigDict()
+  g.num_steps = 800  # p = 0 reaches token accuracy 1.0 by step 500 on 2 cores
+  g.batch_size = 64
+  g.learning_rate = 2e-3  # peak
+  g.warmup_steps = 50
+  g.final_lr_frac = 0.1
+  g.weight_decay = 0.1
+  g.b1 = 0.9
+  g.b2 = 0.99
+  g.grad_clip = 1.0
+  g.log_every = 100
+  g.checkpoint_every = 400
+  g.keep_checkpoints = 2
+  return g
 
 
 def _eval() -> ml_collections.ConfigDict:
-  e = ml_collections.ConfigDict()
-  e.modes = "slow,fast"  # comma-separated subset of slow,fast,auto (lm/evaluate.py)
-  e.num_problems = 200  # first test problems scored
-  e.num_samples = 20  # samples per problem for Pass@k (paper: Pass@20)
-  e.pass_ks = (1, 5, 20)
-  e.temperature = 0.7
-  e.top_k = 0  # 0: no top-k filter for the samples (greedy uses top_k = 1)
-  e.problems_per_batch = 50  # problems per sampler call (x num_samples rows)
-  return e
+  g = ml_collections.ConfigDict()
+  g.modes = "slow,fast"  # comma-separated subset of slow,fast,auto (lm/evaluate.py)
+  g.num_problems = 200  # first test problems scored
+  g.num_samples = 20  # samples per problem for Pass@k (paper: Pass@20)
+  g.pass_ks = (1, 5, 20)
+  g.temperature = 0.7
+  g.top_k = 0  # 0: no top-k filter for the samples (greedy uses top_k = 1)
+  g.problems_per_batch = 50  # problems per sampler call (x num_samples rows)
+  return g
 
 
 def _default():

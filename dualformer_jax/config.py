@@ -40,144 +40,180 @@ ASTAR_MODES = ("deterministic", "nondeterministic")
 LOSS_NORMS = ("sequence", "token")
 
 
+def _task() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.name = "maze"  # maze | sokoban
+  g.size = 10  # maze: N of the N x N grid; sokoban: grid side
+  # Maze generator.
+  g.min_wall_frac = 0.3  # share of cells that are walls, drawn uniformly
+  g.max_wall_frac = 0.5
+  g.pairs_per_layout = 4  # start/goal pairs drawn per wall layout
+  g.min_plan_len = -1  # keep tasks whose optimal plan has >= this many steps; -1: size
+  # Sokoban generator.
+  g.num_boxes = 2
+  g.num_docks = 2
+  g.num_interior_walls = 2
+  g.box_border_margin = 2  # boxes at least this many cells from the border (1 = inner ring)
+  g.max_cost = 400  # largest cost token c<k> in the vocabulary (sokoban)
+  g.max_expansions = 20000  # give up on a level whose A* closes more nodes than this
+  return g
+
+
+def _data() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.num_train = 2000
+  g.num_test = 200
+  # Held-out tasks of the training distribution (layouts in neither train nor test): the
+  # trainer measures their loss at every checkpoint and keeps the best checkpoint; 0 = none.
+  g.num_valid = 0
+  g.train_tasks = 0  # train on the first N tasks of the train split only; 0 = all of them
+  g.seed = 1234  # generation and pipeline shuffling
+  g.num_shards = 4  # ArrayRecord shards per split
+  g.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
+  g.gen_workers = 0  # processes for generation; 0 = all cores
+  # Trace dropping (PAPER.md, "Structured trace dropping").
+  g.trace_mode = "dualformer"  # dualformer | complete | solution_only | fixed_level
+  g.level_probs = (0.45, 1 / 6, 1 / 6, 1 / 6, 0.05)  # p0..p4 for dualformer
+  g.create_drop_rate = 0.3  # level 3: share of create clauses dropped
+  g.fixed_level = 0  # the level used by trace_mode=fixed_level
+  # Shapes: examples longer than these are dropped and counted, never truncated.
+  g.max_prompt_len = 256  # encoder tokens incl. bos/eos
+  g.max_decoder_len = 1024  # decoder tokens incl. bos/eos
+  g.num_buckets = 4  # at most num_buckets**2 (prompt, decoder) shapes are compiled
+  g.bucket_pool = 32  # batches read ahead to fill buckets
+  g.num_workers = 0  # grain worker processes for the train pipeline
+  return g
+
+
+def _model() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
+  # Shape overrides of the size's (dim, layers, heads) and the SwiGLU width; 0 = the size's.
+  g.dim = 0
+  g.layers = 0
+  g.heads = 0
+  g.ffn = 0  # 0: 8/3 x dim rounded up to a multiple of 256
+  g.dtype = "float32"  # compute dtype; params stay float32
+  g.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
+  # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.
+  # Like remat, an execution setting: a checkpoint restores under any of them.
+  g.attention = "auto"
+  g.rope_base = 10000.0
+  return g
+
+
+def _mesh() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.data = -1  # -1: all devices not used by the other axes
+  g.fsdp = 1
+  g.tensor = 1
+  # On a CPU backend, the host is split into this many XLA devices (data parallel). Each
+  # runs its own program, so one device's serial ops overlap another's: on 2 cores the
+  # sampler ran ~1.6x faster with 2 than with 1 (benchmarks/sample_bench.py). Applied at
+  # start-up by configure_jax; XLA_FLAGS=--xla_force_host_platform_device_count wins.
+  g.cpu_devices = 2
+  return g
+
+
+def _train() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.num_steps = 2000
+  g.batch_size = 32  # global batch, split over the data and fsdp axes
+  g.learning_rate = 1e-3  # peak
+  g.warmup_steps = 100
+  g.final_lr_frac = 0.1  # cosine decays to this share of the peak
+  g.weight_decay = 0.1
+  g.b1 = 0.9
+  g.b2 = 0.99
+  g.grad_clip = 1.0  # global norm
+  g.grad_accum = 1  # micro-batches per optimizer step
+  # sequence: mean over each example's tokens, then over the batch (Searchformer's);
+  # token: mean over all loss tokens of the batch (long traces weigh more).
+  g.loss_norm = "sequence"
+  g.log_every = 50
+  g.eval_every = 500
+  g.eval_batches = 4  # test-split batches per eval-loss measurement
+  g.checkpoint_every = 500
+  g.keep_checkpoints = 2  # the latest K; the best-validation one is kept besides
+  # Fine-tuning: a run directory whose checkpoint gives the initial params (the optimizer
+  # and schedule start afresh); "" = a fresh init. init_step: its step, -1 = its latest.
+  g.init_from = ""
+  g.init_step = -1
+  return g
+
+
+def _eval() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
+  g.num_samples = 16  # responses per task and mode (paper: 64)
+  g.num_tasks = 50  # test tasks evaluated (paper: 1000)
+  g.tasks_file = ""  # JSON lines of task specs to evaluate instead of the test split
+  g.checkpoint_step = -1  # -1: latest
+  g.temperature = 1.0
+  g.top_k = 0  # 0: no top-k filter
+  # Compute dtype of sampling; "" = model.dtype. On a CPU, one-token decode steps run
+  # faster in float32 even where training runs faster in bfloat16 (README, Results).
+  g.dtype = ""
+  g.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
+  g.max_decode_len = -1  # -1: data.max_decoder_len
+  g.num_pictures = 3  # tasks rendered per mode
+  # The split scored: test, or valid (model selection; written to eval/<step>/valid/).
+  g.split = "test"
+  return g
+
+
+def _sweep() -> ml_collections.ConfigDict:
+  # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
+  g = ml_collections.ConfigDict()
+  g.num_train = ()  # training-task counts, increasing, each <= data.num_train
+  g.models = "solution_only,complete_trace,dualformer"  # trained at every point
+  g.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
+  # One selection rule for every model and mode: the saved step of highest sampled
+  # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
+  # (experiments/select.py); 0 = the step of lowest validation loss for all modes.
+  g.select_tasks = 0
+  g.select_samples = 8
+  g.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
+  return g
+
+
+def _tune() -> ml_collections.ConfigDict:
+  # experiments/tune.py: the same learning-rate x steps grid for every model, chosen by
+  # sampled validation 1-Optimal at the last step (mean over the model's modes).
+  g = ml_collections.ConfigDict()
+  g.models = "solution_only,complete_trace,dualformer"
+  g.learning_rates = ()
+  g.num_steps = ()
+  g.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
+  return g
+
+
+def _bootstrap() -> ml_collections.ConfigDict:
+  # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
+  # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
+  g = ml_collections.ConfigDict()
+  g.rounds = 0  # fine-tuning rounds; 0 = no bootstrapping
+  g.num_train = 0  # the sweep point (a value of sweep.num_train) it starts from
+  g.samples = 32  # responses sampled per training task (paper: 32)
+  g.temperature = 1.0
+  g.finetune_steps = 500  # per round (paper: 1e4, 1/80 of the 8e5 training steps)
+  return g
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every task; presets override fields."""
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init and sampling keys
   c.compilation_cache_dir = "~/.cache/dualformer_jax/xla"  # persistent XLA cache; "" = off
-
-  c.task = ml_collections.ConfigDict()
-  c.task.name = "maze"  # maze | sokoban
-  c.task.size = 10  # maze: N of the N x N grid; sokoban: grid side
-  # Maze generator.
-  c.task.min_wall_frac = 0.3  # share of cells that are walls, drawn uniformly
-  c.task.max_wall_frac = 0.5
-  c.task.pairs_per_layout = 4  # start/goal pairs drawn per wall layout
-  c.task.min_plan_len = -1  # keep tasks whose optimal plan has >= this many steps; -1: size
-  # Sokoban generator.
-  c.task.num_boxes = 2
-  c.task.num_docks = 2
-  c.task.num_interior_walls = 2
-  c.task.box_border_margin = 2  # boxes at least this many cells from the border (1 = inner ring)
-  c.task.max_cost = 400  # largest cost token c<k> in the vocabulary (sokoban)
-  c.task.max_expansions = 20000  # give up on a level whose A* closes more nodes than this
-
-  c.data = ml_collections.ConfigDict()
-  c.data.num_train = 2000
-  c.data.num_test = 200
-  # Held-out tasks of the training distribution (layouts in neither train nor test): the
-  # trainer measures their loss at every checkpoint and keeps the best checkpoint; 0 = none.
-  c.data.num_valid = 0
-  c.data.train_tasks = 0  # train on the first N tasks of the train split only; 0 = all of them
-  c.data.seed = 1234  # generation and pipeline shuffling
-  c.data.num_shards = 4  # ArrayRecord shards per split
-  c.data.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
-  c.data.gen_workers = 0  # processes for generation; 0 = all cores
-  # Trace dropping (PAPER.md, "Structured trace dropping").
-  c.data.trace_mode = "dualformer"  # dualformer | complete | solution_only | fixed_level
-  c.data.level_probs = (0.45, 1 / 6, 1 / 6, 1 / 6, 0.05)  # p0..p4 for dualformer
-  c.data.create_drop_rate = 0.3  # level 3: share of create clauses dropped
-  c.data.fixed_level = 0  # the level used by trace_mode=fixed_level
-  # Shapes: examples longer than these are dropped and counted, never truncated.
-  c.data.max_prompt_len = 256  # encoder tokens incl. bos/eos
-  c.data.max_decoder_len = 1024  # decoder tokens incl. bos/eos
-  c.data.num_buckets = 4  # at most num_buckets**2 (prompt, decoder) shapes are compiled
-  c.data.bucket_pool = 32  # batches read ahead to fill buckets
-  c.data.num_workers = 0  # grain worker processes for the train pipeline
-
-  c.model = ml_collections.ConfigDict()
-  c.model.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
-  # Shape overrides of the size's (dim, layers, heads) and the SwiGLU width; 0 = the size's.
-  c.model.dim = 0
-  c.model.layers = 0
-  c.model.heads = 0
-  c.model.ffn = 0  # 0: 8/3 x dim rounded up to a multiple of 256
-  c.model.dtype = "float32"  # compute dtype; params stay float32
-  c.model.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
-  # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.
-  # Like remat, an execution setting: a checkpoint restores under any of them.
-  c.model.attention = "auto"
-  c.model.rope_base = 10000.0
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1: all devices not used by the other axes
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  # On a CPU backend, the host is split into this many XLA devices (data parallel). Each
-  # runs its own program, so one device's serial ops overlap another's: on 2 cores the
-  # sampler ran ~1.6x faster with 2 than with 1 (benchmarks/sample_bench.py). Applied at
-  # start-up by configure_jax; XLA_FLAGS=--xla_force_host_platform_device_count wins.
-  c.mesh.cpu_devices = 2
-
-  c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 2000
-  c.train.batch_size = 32  # global batch, split over the data and fsdp axes
-  c.train.learning_rate = 1e-3  # peak
-  c.train.warmup_steps = 100
-  c.train.final_lr_frac = 0.1  # cosine decays to this share of the peak
-  c.train.weight_decay = 0.1
-  c.train.b1 = 0.9
-  c.train.b2 = 0.99
-  c.train.grad_clip = 1.0  # global norm
-  c.train.grad_accum = 1  # micro-batches per optimizer step
-  # sequence: mean over each example's tokens, then over the batch (Searchformer's);
-  # token: mean over all loss tokens of the batch (long traces weigh more).
-  c.train.loss_norm = "sequence"
-  c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.eval_batches = 4  # test-split batches per eval-loss measurement
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 2  # the latest K; the best-validation one is kept besides
-  # Fine-tuning: a run directory whose checkpoint gives the initial params (the optimizer
-  # and schedule start afresh); "" = a fresh init. init_step: its step, -1 = its latest.
-  c.train.init_from = ""
-  c.train.init_step = -1
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
-  c.eval.num_samples = 16  # responses per task and mode (paper: 64)
-  c.eval.num_tasks = 50  # test tasks evaluated (paper: 1000)
-  c.eval.tasks_file = ""  # JSON lines of task specs to evaluate instead of the test split
-  c.eval.checkpoint_step = -1  # -1: latest
-  c.eval.temperature = 1.0
-  c.eval.top_k = 0  # 0: no top-k filter
-  # Compute dtype of sampling; "" = model.dtype. On a CPU, one-token decode steps run
-  # faster in float32 even where training runs faster in bfloat16 (README, Results).
-  c.eval.dtype = ""
-  c.eval.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
-  c.eval.max_decode_len = -1  # -1: data.max_decoder_len
-  c.eval.num_pictures = 3  # tasks rendered per mode
-  # The split scored: test, or valid (model selection; written to eval/<step>/valid/).
-  c.eval.split = "test"
-
-  # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.num_train = ()  # training-task counts, increasing, each <= data.num_train
-  c.sweep.models = "solution_only,complete_trace,dualformer"  # trained at every point
-  c.sweep.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
-  # One selection rule for every model and mode: the saved step of highest sampled
-  # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
-  # (experiments/select.py); 0 = the step of lowest validation loss for all modes.
-  c.sweep.select_tasks = 0
-  c.sweep.select_samples = 8
-  c.sweep.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
-
-  # experiments/tune.py: the same learning-rate x steps grid for every model, chosen by
-  # sampled validation 1-Optimal at the last step (mean over the model's modes).
-  c.tune = ml_collections.ConfigDict()
-  c.tune.models = "solution_only,complete_trace,dualformer"
-  c.tune.learning_rates = ()
-  c.tune.num_steps = ()
-  c.tune.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
-
-  # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
-  # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
-  c.bootstrap = ml_collections.ConfigDict()
-  c.bootstrap.rounds = 0  # fine-tuning rounds; 0 = no bootstrapping
-  c.bootstrap.num_train = 0  # the sweep point (a value of sweep.num_train) it starts from
-  c.bootstrap.samples = 32  # responses sampled per training task (paper: 32)
-  c.bootstrap.temperature = 1.0
-  c.bootstrap.finetune_steps = 500  # per round (paper: 1e4, 1/80 of the 8e5 training steps)
+  c.task = _task()
+  c.data = _data()
+  c.model = _model()
+  c.mesh = _mesh()
+  c.train = _train()
+  c.eval = _eval()
+  c.sweep = _sweep()
+  c.tune = _tune()
+  c.bootstrap = _bootstrap()
   return c
 
 
@@ -225,7 +261,7 @@ class TaskConfig:
               f"must leave a free interior in a {self.size}x{self.size} grid")
 
   @classmethod
-  def from_config(cls, task_cfg: ml_collections.ConfigDict) -> "TaskConfig":
+  def from_config(cls, task_cfg: ml_collections.ConfigDict) -> TaskConfig:
     return _pick(cls, task_cfg)
 
 
@@ -280,7 +316,7 @@ class DataConfig:
         _fail(f"data.{field}", getattr(self, field), "must be >= 1")
 
   @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> "DataConfig":
+  def from_config(cls, c: ml_collections.ConfigDict) -> DataConfig:
     """From a whole planning config: its task and data groups."""
     return _pick(cls, c.data, task=TaskConfig.from_config(c.task))
 
