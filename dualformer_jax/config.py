@@ -1,42 +1,36 @@
-"""Every knob of a run, in one ConfigDict; its typed pieces and their validation.
+"""Every knob of a run, in one ConfigDict, and its validation.
 
 `configs/maze.py` and `configs/sokoban.py` start from `base_config()` and set
-their presets; `validate()` runs before any work so a bad value fails at
-once with a message that names the field.
+their presets; `validate()` runs once at each entry point, before any work, so
+a bad value fails at once with a message that names the field. It returns the
+typed piece the data layer takes (data/data_config.DataConfig, with its
+TaskConfig), so library code never needs the whole ConfigDict for data.
 
-Typed pieces, as model/model_config.ModelConfig: `TaskConfig` (config.task)
-and `DataConfig` (the task and config.data: all the data layer reads) are
-frozen dataclasses that check their own fields when built, so an entry point
-builds them once and the library code it calls takes them, never the whole
-ConfigDict.
-
-Each rule has one home. The typed pieces and validate() hold the rules no
-other code owns; the rest live where the value is used and are checked there,
-from raw arguments: level probabilities (data/dropping.check_level_probs,
-which DataConfig calls), mesh sizes (model/sharding.mesh_shape), grad
-accumulation (model/sharding.check_batch_size), model size, dtype, remat and
-attention (model/model_config.ModelConfig), the learning-rate schedule
+Each rule has one home. validate() holds the rules no other code owns; the
+rest live where the value is used and are checked there, from raw arguments:
+task and data fields (data/data_config, which calls dropping.check_level_probs),
+mesh sizes (model/sharding.mesh_shape), grad accumulation
+(model/sharding.check_batch_size), model size, dtype, remat and attention
+(model/model_config.ModelConfig), the learning-rate schedule
 (train/schedule.warmup_cosine). train/trainer.preflight calls those owners
 with the config's raw values before any work (main.py, compare and sweep:
 before the dataset is generated), so they too fail before a file is written.
 
-Who validates: the entry points (main.py, the CLIs, compare / sweep / tune's
-run); the library code they call takes typed pieces and does not re-validate.
+Who validates: the entry points (main.py, compare / sweep / tune's run; the
+CLIs build the typed pieces they read); the library code they call does not
+re-validate.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 import ml_collections
 
-from dualformer_jax.data.dropping import TRACE_MODES, check_level_probs
-from dualformer_jax.tasks import TASKS
+from dualformer_jax.data.data_config import DataConfig, fail
 
 EVAL_MODES = ("fast", "slow", "auto")
-ASTAR_MODES = ("deterministic", "nondeterministic")
 LOSS_NORMS = ("sequence", "token")
 
 
@@ -217,131 +211,20 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _fail(field: str, value, why: str):
-  raise ValueError(f"config.{field}={value!r}: {why}")
-
-
-def _pick(cls, group: ml_collections.ConfigDict, **given):
-  """`cls` from the fields of a ConfigDict group (KeyError names a missing one)."""
-  names = [f.name for f in dataclasses.fields(cls) if f.name not in given]
-  return cls(**{n: group[n] for n in names}, **given)
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskConfig:
-  """`config.task`, typed and checked: what tasks.make_task builds a task from."""
-  name: str  # a key of tasks.TASKS
-  size: int
-  min_wall_frac: float
-  max_wall_frac: float
-  pairs_per_layout: int
-  min_plan_len: int
-  num_boxes: int
-  num_docks: int
-  num_interior_walls: int
-  box_border_margin: int
-  max_cost: int
-  max_expansions: int
-
-  def __post_init__(self):
-    if self.name not in TASKS:
-      _fail("task.name", self.name, f"expected one of {tuple(TASKS)}")
-    if self.size < 3:
-      _fail("task.size", self.size, "must be >= 3")
-    if not 0.0 <= self.min_wall_frac <= self.max_wall_frac < 1.0:
-      _fail("task.min_wall_frac", (self.min_wall_frac, self.max_wall_frac),
-            "need 0 <= min_wall_frac <= max_wall_frac < 1")
-    if self.pairs_per_layout < 1:
-      _fail("task.pairs_per_layout", self.pairs_per_layout, "must be >= 1")
-    if self.name == "sokoban":
-      if self.num_boxes < 1 or self.num_docks < self.num_boxes:
-        _fail("task.num_docks", self.num_docks, "need num_boxes >= 1 and num_docks >= num_boxes")
-      if self.box_border_margin < 1 or 2 * self.box_border_margin >= self.size:
-        _fail("task.box_border_margin", self.box_border_margin,
-              f"must leave a free interior in a {self.size}x{self.size} grid")
-
-  @classmethod
-  def from_config(cls, task_cfg: ml_collections.ConfigDict) -> TaskConfig:
-    return _pick(cls, task_cfg)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """The dataset, typed and checked: its task (`config.task`), how it is generated and how
-  the pipeline feeds it (`config.data`). All the data layer reads."""
-  task: TaskConfig
-  num_train: int
-  num_test: int
-  num_valid: int
-  train_tasks: int
-  seed: int
-  num_shards: int
-  astar: str  # ASTAR_MODES
-  gen_workers: int
-  trace_mode: str  # dropping.TRACE_MODES
-  level_probs: tuple[float, ...]
-  create_drop_rate: float
-  fixed_level: int
-  max_prompt_len: int
-  max_decoder_len: int
-  num_buckets: int
-  bucket_pool: int
-  num_workers: int
-
-  def __post_init__(self):
-    object.__setattr__(self, "level_probs", tuple(self.level_probs))
-    if self.num_train < 1 or self.num_test < 1:
-      _fail("data.num_train", (self.num_train, self.num_test), "both splits need >= 1 task")
-    if self.num_shards < 1:
-      _fail("data.num_shards", self.num_shards, "must be >= 1")
-    if self.astar not in ASTAR_MODES:
-      _fail("data.astar", self.astar, f"expected one of {ASTAR_MODES}")
-    if self.trace_mode not in TRACE_MODES:
-      _fail("data.trace_mode", self.trace_mode, f"expected one of {TRACE_MODES}")
-    try:
-      check_level_probs(self.level_probs)
-    except ValueError as e:  # "level_probs=(...): why", the rule's own words
-      raise ValueError(f"config.data.{e}") from None
-    if not 0.0 <= self.create_drop_rate <= 1.0:
-      _fail("data.create_drop_rate", self.create_drop_rate, "must be in [0, 1]")
-    if self.fixed_level not in range(5):
-      _fail("data.fixed_level", self.fixed_level, "must be 0..4")
-    if self.num_valid < 0:
-      _fail("data.num_valid", self.num_valid, "must be >= 0 (0: no validation split)")
-    if not 0 <= self.train_tasks <= self.num_train:
-      _fail("data.train_tasks", self.train_tasks,
-            f"must be in [0, data.num_train={self.num_train}] (0: every train task)")
-    for field in ("num_buckets", "bucket_pool"):
-      if getattr(self, field) < 1:
-        _fail(f"data.{field}", getattr(self, field), "must be >= 1")
-
-  @classmethod
-  def from_config(cls, c: ml_collections.ConfigDict) -> DataConfig:
-    """From a whole planning config: its task and data groups."""
-    return _pick(cls, c.data, task=TaskConfig.from_config(c.task))
-
-
-def data_config(c: DataConfig | ml_collections.ConfigDict) -> DataConfig:
-  """`c` itself, or the DataConfig of a whole ConfigDict: main.py, train/trainer.py and
-  eval/evaluate.py still hand the data layer the ConfigDict (issue 28: to be built once at
-  their entry, then this is DataConfig.from_config)."""
-  return c if isinstance(c, DataConfig) else DataConfig.from_config(c)
-
-
 def validate(c: ml_collections.ConfigDict) -> DataConfig:
   """Raises ValueError naming the first bad field; returns the DataConfig it built (the
   task.* and data.* rules), for the entry point to hand the data layer."""
   data = DataConfig.from_config(c)
   if c.mesh.cpu_devices < 1:
-    _fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
+    fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
   for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints"):
     if c.train[field] < 1:
-      _fail(f"train.{field}", c.train[field], "must be >= 1")
+      fail(f"train.{field}", c.train[field], "must be >= 1")
   if c.train.init_step < -1:
-    _fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
+    fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
   if c.train.loss_norm not in LOSS_NORMS:
-    _fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
+    fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
   _validate_eval(c)
   return data
 
@@ -349,18 +232,18 @@ def validate(c: ml_collections.ConfigDict) -> DataConfig:
 def _validate_eval(c: ml_collections.ConfigDict) -> None:
   modes = eval_modes(c)
   if not modes or any(m not in EVAL_MODES for m in modes):
-    _fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
+    fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
   if c.eval.num_samples < 1 or c.eval.num_tasks < 1 or c.eval.prompts_per_batch < 1:
-    _fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
+    fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
           "num_samples, num_tasks and prompts_per_batch must be >= 1")
   if c.eval.temperature <= 0:
-    _fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
+    fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
   if c.eval.top_k < 0:
-    _fail("eval.top_k", c.eval.top_k, "must be >= 0")
+    fail("eval.top_k", c.eval.top_k, "must be >= 0")
   if c.eval.get("split", "test") not in ("test", "valid"):
-    _fail("eval.split", c.eval.split, "expected test or valid")
+    fail("eval.split", c.eval.split, "expected test or valid")
   if c.eval.dtype not in ("", "float32", "bfloat16"):
-    _fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
+    fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
 
 
 def configure_jax(c: ml_collections.ConfigDict) -> None:

@@ -23,6 +23,7 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.generate import generate
 from dualformer_jax.data.train_stream import train_iterator
 
@@ -39,7 +40,7 @@ def _needs_generate(data_dir: str) -> bool:
   return "generator" in meta or not dataset_lib.is_complete(meta)
 
 
-def draw_examples(data: config_lib.DataConfig, batch_size: int, workdir: str,
+def draw_examples(data: DataConfig, batch_size: int, workdir: str,
                   num: int) -> list[dict]:
   """The first `num` training examples of the pipeline (batches of `batch_size`), as string
   tokens."""
@@ -82,7 +83,7 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    data = config_lib.DataConfig.from_config(f.config)  # all it reads but the batch size
+    data = config_lib.validate(f.config)  # the entry point: checked once, here
     examples = draw_examples(data, f.config.train.batch_size, f.workdir, f.num)
   except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line

@@ -16,8 +16,8 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from dualformer_jax import config as config_lib
 from dualformer_jax.data import dropping, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID
 
 OK, LONG_PROMPT, LONG_DECODER = 0, 1, 2  # the "overlong" field of an encoded example
@@ -76,7 +76,7 @@ def pad_examples(examples: list[dict], rows: int, enc_width: int, dec_width: int
 class DrawExample(grain.transforms.RandomMap):
   """(record index, record bytes) -> a freshly dropped, encoded example (grain random map)."""
 
-  def __init__(self, data: config_lib.DataConfig, grammar: dropping.TraceGrammar):
+  def __init__(self, data: DataConfig, grammar: dropping.TraceGrammar):
     self._levels = dropping.LevelSampler(data.trace_mode, data.level_probs, data.fixed_level)
     self._grammar, self._rate = grammar, data.create_drop_rate
     self._max = (data.max_prompt_len, data.max_decoder_len)

@@ -26,9 +26,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import records
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import make_task
 from dualformer_jax.tasks.base import Unsolvable
@@ -39,7 +39,7 @@ _HASH_BUCKETS = 1_000_000
 _MAX_BARREN_DRAWS = 200_000
 
 
-def generator_fingerprint(data: config_lib.DataConfig) -> dict:
+def generator_fingerprint(data: DataConfig) -> dict:
   """Everything that determines the dataset's content: a dataset is reused only if this matches."""
   fingerprint = {
       "task": dataclasses.asdict(data.task),
@@ -54,7 +54,7 @@ def generator_fingerprint(data: config_lib.DataConfig) -> dict:
   return fingerprint
 
 
-def split_counts(data: config_lib.DataConfig) -> dict[str, int]:
+def split_counts(data: DataConfig) -> dict[str, int]:
   """Tasks per split: train, test, and valid when data.num_valid > 0."""
   counts = {"train": data.num_train, "test": data.num_test}
   if data.num_valid:
@@ -62,7 +62,7 @@ def split_counts(data: config_lib.DataConfig) -> dict[str, int]:
   return counts
 
 
-def split_shards(data: config_lib.DataConfig) -> dict[str, int]:
+def split_shards(data: DataConfig) -> dict[str, int]:
   return {s: min(data.num_shards, n) for s, n in split_counts(data).items()}
 
 
@@ -166,10 +166,10 @@ def length_stats(paths: list[str]) -> dict:
   return stats
 
 
-def check_dataset_config(meta: dict, data: config_lib.DataConfig, directory: str) -> None:
+def check_dataset_config(meta: dict, data: DataConfig, directory: str) -> None:
   """DatasetError when the dataset of `meta` was generated from another task or data config:
   a run must not train or score on data of another grid size, seed or split."""
-  data = config_lib.data_config(data)  # trainer.py and evaluate.py still pass the ConfigDict
+  data = data_config(data)  # trainer.py and evaluate.py still pass the ConfigDict
   if "generator" in meta:  # a hand-made dataset has no record to compare
     _check_compatible(meta, generator_fingerprint(data), directory, "another --workdir, or "
                       "the config it was generated with")
@@ -203,17 +203,17 @@ def _any_shard(directory: str, meta: dict) -> bool:
              for p in records.shard_paths(directory, split, n))
 
 
-def generate(data: config_lib.DataConfig, workdir: str, workers: int | None = None) -> dict:
+def generate(data: DataConfig, workdir: str, workers: int | None = None) -> dict:
   """Writes (or completes) the dataset of `data` under <workdir>/data; returns meta.json's content.
 
   Holds the workdir's lock (workdir_lock.WorkdirBusy when another run has it).
   """
-  data = config_lib.data_config(data)  # main.py still passes the ConfigDict
+  data = data_config(data)  # main.py still passes the ConfigDict
   with workdir_lock.hold(workdir, "generation"):
     return _generate(data, workdir, workers)
 
 
-def _generate(data: config_lib.DataConfig, workdir: str, workers: int | None) -> dict:
+def _generate(data: DataConfig, workdir: str, workers: int | None) -> dict:
   directory = records.data_dir(workdir)
   os.makedirs(directory, exist_ok=True)
   fingerprint = generator_fingerprint(data)

@@ -22,10 +22,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from dualformer_jax import config as config_lib
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, examples
 from dualformer_jax.data.bucket_design import design_buckets
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.dataset import StoredDataset
 from dualformer_jax.data.stats import PipelineStats
 
@@ -195,7 +195,7 @@ class TrainIterator(grain.DatasetIterator):
     self.stats = PipelineStats.from_state(state["stats"])
 
 
-def train_dataset(data: config_lib.DataConfig, ds: StoredDataset, batch_size: int,
+def train_dataset(data: DataConfig, ds: StoredDataset, batch_size: int,
                   process_index: int | None = None, process_count: int | None = None, *,
                   buckets: buckets_lib.Buckets | None = None,
                   include_index: bool = False) -> grain.IterDataset:
@@ -226,12 +226,12 @@ def train_dataset(data: config_lib.DataConfig, ds: StoredDataset, batch_size: in
   return _StatsIterDataset(it, buckets, include_index)
 
 
-def train_iterator(data: config_lib.DataConfig, ds: StoredDataset, batch_size: int,
+def train_iterator(data: DataConfig, ds: StoredDataset, batch_size: int,
                    process_index: int | None = None, process_count: int | None = None, *,
                    buckets: buckets_lib.Buckets | None = None,
                    include_index: bool = False) -> TrainIterator:
   """iter(train_dataset(...)): has .stats, .batch_tokens, .buckets, get_state/set_state;
   close() when done."""
-  data = config_lib.data_config(data)  # trainer.py still passes the ConfigDict
+  data = data_config(data)  # trainer.py still passes the ConfigDict
   return iter(train_dataset(data, ds, batch_size, process_index, process_count,
                             buckets=buckets, include_index=include_index))

@@ -37,6 +37,7 @@ import numpy as np
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.experiments import bootstrap, compare, intervals, report, select
 from dualformer_jax.train import trainer
 
@@ -73,7 +74,7 @@ def read_tuned(config: ml_collections.ConfigDict) -> dict:
   return chosen
 
 
-def check_config(config: ml_collections.ConfigDict) -> config_lib.DataConfig:
+def check_config(config: ml_collections.ConfigDict) -> DataConfig:
   """ValueError naming the first bad sweep.* / bootstrap.* field, before any work; returns
   the checked DataConfig."""
   data = config_lib.validate(config)

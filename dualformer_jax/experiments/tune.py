@@ -28,6 +28,7 @@ import numpy as np
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.experiments import compare, report, select
 from dualformer_jax.train import trainer
 
@@ -40,7 +41,7 @@ def models_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(m.strip() for m in config.tune.models.split(",") if m.strip())
 
 
-def check_config(config: ml_collections.ConfigDict) -> config_lib.DataConfig:
+def check_config(config: ml_collections.ConfigDict) -> DataConfig:
   """ValueError naming the first bad tune.* field, before any work; returns the checked
   DataConfig."""
   data = config_lib.validate(config)

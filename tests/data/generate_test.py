@@ -7,8 +7,8 @@ import pytest
 
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
-from dualformer_jax.config import DataConfig
 from dualformer_jax.data import generate, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import make_task
 
@@ -191,8 +191,8 @@ _GENERATE_FOREVER = """
 import sys
 sys.path.insert(0, {repo!r})
 from configs import maze
-from dualformer_jax.config import DataConfig
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 c = maze.get_config("default")
 c.task.size = 10
 c.data.num_train, c.data.num_test, c.data.num_shards, c.data.gen_workers = 200000, 2, 2, 2

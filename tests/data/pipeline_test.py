@@ -11,6 +11,7 @@ import pytest
 from dualformer_jax import config as config_lib
 from dualformer_jax.data import bucket_design, dataset, dropping, examples, records, train_stream
 from dualformer_jax.data import eval_batches as eval_batches_lib
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, Vocab
 
 VOCAB = Vocab(["create", "close", "plan", "start", "goal", "wall",
@@ -68,7 +69,7 @@ def make_config(**data):
   c.data.num_workers = 0
   c.data.seed = 7
   c.data.update(data)
-  return config_lib.DataConfig.from_config(c)
+  return DataConfig.from_config(c)
 
 
 @pytest.fixture(scope="module")
