@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maze as maze_configs  # noqa: E402
 from configs import sokoban as sokoban_configs  # noqa: E402
-from dualformer_jax.tasks.base import Unsolvable, make_task  # noqa: E402
+from dualformer_jax.tasks import make_task  # noqa: E402
+from dualformer_jax.tasks.base import Unsolvable  # noqa: E402
 
 
 def draw(task, count: int, seed: int) -> list:

@@ -54,7 +54,7 @@ from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.tasks.base import make_task
+from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
                                      roofline, xla_figures)

@@ -1,12 +1,14 @@
 """Every knob of a run, in one ConfigDict, and its validation.
 
 `configs/maze.py` and `configs/sokoban.py` start from `base_config()` and set
-their presets; `validate()` runs before any work so a bad value fails at
-once with a message that names the field.
+their presets; `validate()` runs once at each entry point, before any work, so
+a bad value fails at once with a message that names the field. It returns the
+typed piece the data layer takes (data/data_config.DataConfig, with its
+TaskConfig), so library code never needs the whole ConfigDict for data.
 
 Each rule has one home. validate() holds the rules no other code owns; the
 rest live where the value is used and are checked there, from raw arguments:
-level probabilities (data/dropping.check_level_probs, which validate() calls),
+task and data fields (data/data_config, which calls dropping.check_level_probs),
 mesh sizes (model/sharding.mesh_shape), grad accumulation
 (model/sharding.check_batch_size), model size, dtype, remat and attention
 (model/model_config.ModelConfig), the learning-rate schedule
@@ -14,9 +16,9 @@ mesh sizes (model/sharding.mesh_shape), grad accumulation
 with the config's raw values before any work (main.py, compare and sweep:
 before the dataset is generated), so they too fail before a file is written.
 
-Who validates: the CLI (main.py, data/show.py) and the public entry points
-that are also called on their own (generate, train, evaluate, draw_examples);
-the pipelines and builders they call do not re-validate.
+Who validates: the entry points (main.py, compare / sweep / tune's run; the
+CLIs build the typed pieces they read); the library code they call does not
+re-validate.
 """
 
 from __future__ import annotations
@@ -26,12 +28,170 @@ import sys
 
 import ml_collections
 
-from dualformer_jax.data.dropping import TRACE_MODES, check_level_probs
+from dualformer_jax.data.data_config import DataConfig, fail
 
-TASKS = ("maze", "sokoban")
 EVAL_MODES = ("fast", "slow", "auto")
-ASTAR_MODES = ("deterministic", "nondeterministic")
 LOSS_NORMS = ("sequence", "token")
+
+
+def _task() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.name = "maze"  # maze | sokoban
+  g.size = 10  # maze: N of the N x N grid; sokoban: grid side
+  # Maze generator.
+  g.min_wall_frac = 0.3  # share of cells that are walls, drawn uniformly
+  g.max_wall_frac = 0.5
+  g.pairs_per_layout = 4  # start/goal pairs drawn per wall layout
+  g.min_plan_len = -1  # keep tasks whose optimal plan has >= this many steps; -1: size
+  # Sokoban generator.
+  g.num_boxes = 2
+  g.num_docks = 2
+  g.num_interior_walls = 2
+  g.box_border_margin = 2  # boxes at least this many cells from the border (1 = inner ring)
+  g.max_cost = 400  # largest cost token c<k> in the vocabulary (sokoban)
+  g.max_expansions = 20000  # give up on a level whose A* closes more nodes than this
+  return g
+
+
+def _data() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.num_train = 2000
+  g.num_test = 200
+  # Held-out tasks of the training distribution (layouts in neither train nor test): the
+  # trainer measures their loss at every checkpoint and keeps the best checkpoint; 0 = none.
+  g.num_valid = 0
+  g.train_tasks = 0  # train on the first N tasks of the train split only; 0 = all of them
+  g.seed = 1234  # generation and pipeline shuffling
+  g.num_shards = 4  # ArrayRecord shards per split
+  g.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
+  g.gen_workers = 0  # processes for generation; 0 = all cores
+  # Trace dropping (PAPER.md, "Structured trace dropping").
+  g.trace_mode = "dualformer"  # dualformer | complete | solution_only | fixed_level
+  g.level_probs = (0.45, 1 / 6, 1 / 6, 1 / 6, 0.05)  # p0..p4 for dualformer
+  g.create_drop_rate = 0.3  # level 3: share of create clauses dropped
+  g.fixed_level = 0  # the level used by trace_mode=fixed_level
+  # Shapes: examples longer than these are dropped and counted, never truncated.
+  g.max_prompt_len = 256  # encoder tokens incl. bos/eos
+  g.max_decoder_len = 1024  # decoder tokens incl. bos/eos
+  g.num_buckets = 4  # at most num_buckets**2 (prompt, decoder) shapes are compiled
+  g.bucket_pool = 32  # batches read ahead to fill buckets
+  g.num_workers = 0  # grain worker processes for the train pipeline
+  return g
+
+
+def _model() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
+  # Shape overrides of the size's (dim, layers, heads) and the SwiGLU width; 0 = the size's.
+  g.dim = 0
+  g.layers = 0
+  g.heads = 0
+  g.ffn = 0  # 0: 8/3 x dim rounded up to a multiple of 256
+  g.dtype = "float32"  # compute dtype; params stay float32
+  g.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
+  # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.
+  # Like remat, an execution setting: a checkpoint restores under any of them.
+  g.attention = "auto"
+  g.rope_base = 10000.0
+  return g
+
+
+def _mesh() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.data = -1  # -1: all devices not used by the other axes
+  g.fsdp = 1
+  g.tensor = 1
+  # On a CPU backend, the host is split into this many XLA devices (data parallel). Each
+  # runs its own program, so one device's serial ops overlap another's: on 2 cores the
+  # sampler ran ~1.6x faster with 2 than with 1 (benchmarks/sample_bench.py). Applied at
+  # start-up by configure_jax; XLA_FLAGS=--xla_force_host_platform_device_count wins.
+  g.cpu_devices = 2
+  return g
+
+
+def _train() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.num_steps = 2000
+  g.batch_size = 32  # global batch, split over the data and fsdp axes
+  g.learning_rate = 1e-3  # peak
+  g.warmup_steps = 100
+  g.final_lr_frac = 0.1  # cosine decays to this share of the peak
+  g.weight_decay = 0.1
+  g.b1 = 0.9
+  g.b2 = 0.99
+  g.grad_clip = 1.0  # global norm
+  g.grad_accum = 1  # micro-batches per optimizer step
+  # sequence: mean over each example's tokens, then over the batch (Searchformer's);
+  # token: mean over all loss tokens of the batch (long traces weigh more).
+  g.loss_norm = "sequence"
+  g.log_every = 50
+  g.eval_every = 500
+  g.eval_batches = 4  # test-split batches per eval-loss measurement
+  g.checkpoint_every = 500
+  g.keep_checkpoints = 2  # the latest K; the best-validation one is kept besides
+  # Fine-tuning: a run directory whose checkpoint gives the initial params (the optimizer
+  # and schedule start afresh); "" = a fresh init. init_step: its step, -1 = its latest.
+  g.init_from = ""
+  g.init_step = -1
+  return g
+
+
+def _eval() -> ml_collections.ConfigDict:
+  g = ml_collections.ConfigDict()
+  g.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
+  g.num_samples = 16  # responses per task and mode (paper: 64)
+  g.num_tasks = 50  # test tasks evaluated (paper: 1000)
+  g.tasks_file = ""  # JSON lines of task specs to evaluate instead of the test split
+  g.checkpoint_step = -1  # -1: latest
+  g.temperature = 1.0
+  g.top_k = 0  # 0: no top-k filter
+  # Compute dtype of sampling; "" = model.dtype. On a CPU, one-token decode steps run
+  # faster in float32 even where training runs faster in bfloat16 (README, Results).
+  g.dtype = ""
+  g.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
+  g.max_decode_len = -1  # -1: data.max_decoder_len
+  g.num_pictures = 3  # tasks rendered per mode
+  # The split scored: test, or valid (model selection; written to eval/<step>/valid/).
+  g.split = "test"
+  return g
+
+
+def _sweep() -> ml_collections.ConfigDict:
+  # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
+  g = ml_collections.ConfigDict()
+  g.num_train = ()  # training-task counts, increasing, each <= data.num_train
+  g.models = "solution_only,complete_trace,dualformer"  # trained at every point
+  g.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
+  # One selection rule for every model and mode: the saved step of highest sampled
+  # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
+  # (experiments/select.py); 0 = the step of lowest validation loss for all modes.
+  g.select_tasks = 0
+  g.select_samples = 8
+  g.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
+  return g
+
+
+def _tune() -> ml_collections.ConfigDict:
+  # experiments/tune.py: the same learning-rate x steps grid for every model, chosen by
+  # sampled validation 1-Optimal at the last step (mean over the model's modes).
+  g = ml_collections.ConfigDict()
+  g.models = "solution_only,complete_trace,dualformer"
+  g.learning_rates = ()
+  g.num_steps = ()
+  g.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
+  return g
+
+
+def _bootstrap() -> ml_collections.ConfigDict:
+  # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
+  # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
+  g = ml_collections.ConfigDict()
+  g.rounds = 0  # fine-tuning rounds; 0 = no bootstrapping
+  g.num_train = 0  # the sweep point (a value of sweep.num_train) it starts from
+  g.samples = 32  # responses sampled per training task (paper: 32)
+  g.temperature = 1.0
+  g.finetune_steps = 500  # per round (paper: 1e4, 1/80 of the 8e5 training steps)
+  return g
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -39,210 +199,51 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # model init and sampling keys
   c.compilation_cache_dir = "~/.cache/dualformer_jax/xla"  # persistent XLA cache; "" = off
-
-  c.task = ml_collections.ConfigDict()
-  c.task.name = "maze"  # maze | sokoban
-  c.task.size = 10  # maze: N of the N x N grid; sokoban: grid side
-  # Maze generator.
-  c.task.min_wall_frac = 0.3  # share of cells that are walls, drawn uniformly
-  c.task.max_wall_frac = 0.5
-  c.task.pairs_per_layout = 4  # start/goal pairs drawn per wall layout
-  c.task.min_plan_len = -1  # keep tasks whose optimal plan has >= this many steps; -1: size
-  # Sokoban generator.
-  c.task.num_boxes = 2
-  c.task.num_docks = 2
-  c.task.num_interior_walls = 2
-  c.task.box_border_margin = 2  # boxes at least this many cells from the border (1 = inner ring)
-  c.task.max_cost = 400  # largest cost token c<k> in the vocabulary (sokoban)
-  c.task.max_expansions = 20000  # give up on a level whose A* closes more nodes than this
-
-  c.data = ml_collections.ConfigDict()
-  c.data.num_train = 2000
-  c.data.num_test = 200
-  # Held-out tasks of the training distribution (layouts in neither train nor test): the
-  # trainer measures their loss at every checkpoint and keeps the best checkpoint; 0 = none.
-  c.data.num_valid = 0
-  c.data.train_tasks = 0  # train on the first N tasks of the train split only; 0 = all of them
-  c.data.seed = 1234  # generation and pipeline shuffling
-  c.data.num_shards = 4  # ArrayRecord shards per split
-  c.data.astar = "nondeterministic"  # tie-breaking of the A* that writes the traces
-  c.data.gen_workers = 0  # processes for generation; 0 = all cores
-  # Trace dropping (PAPER.md, "Structured trace dropping").
-  c.data.trace_mode = "dualformer"  # dualformer | complete | solution_only | fixed_level
-  c.data.level_probs = (0.45, 1 / 6, 1 / 6, 1 / 6, 0.05)  # p0..p4 for dualformer
-  c.data.create_drop_rate = 0.3  # level 3: share of create clauses dropped
-  c.data.fixed_level = 0  # the level used by trace_mode=fixed_level
-  # Shapes: examples longer than these are dropped and counted, never truncated.
-  c.data.max_prompt_len = 256  # encoder tokens incl. bos/eos
-  c.data.max_decoder_len = 1024  # decoder tokens incl. bos/eos
-  c.data.num_buckets = 4  # at most num_buckets**2 (prompt, decoder) shapes are compiled
-  c.data.bucket_pool = 32  # batches read ahead to fill buckets
-  c.data.num_workers = 0  # grain worker processes for the train pipeline
-
-  c.model = ml_collections.ConfigDict()
-  c.model.size = "tiny"  # tiny | s | m-s | l | xl-2 (PAPER.md reference sizes)
-  # Shape overrides of the size's (dim, layers, heads) and the SwiGLU width; 0 = the size's.
-  c.model.dim = 0
-  c.model.layers = 0
-  c.model.heads = 0
-  c.model.ffn = 0  # 0: 8/3 x dim rounded up to a multiple of 256
-  c.model.dtype = "float32"  # compute dtype; params stay float32
-  c.model.remat = "none"  # backward-pass recompute per block: none | dots (keep matmul outputs) | full
-  # auto | xla | blockwise | cudnn | splash (model/attention.py); auto: by backend and length.
-  # Like remat, an execution setting: a checkpoint restores under any of them.
-  c.model.attention = "auto"
-  c.model.rope_base = 10000.0
-
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = -1  # -1: all devices not used by the other axes
-  c.mesh.fsdp = 1
-  c.mesh.tensor = 1
-  # On a CPU backend, the host is split into this many XLA devices (data parallel). Each
-  # runs its own program, so one device's serial ops overlap another's: on 2 cores the
-  # sampler ran ~1.6x faster with 2 than with 1 (benchmarks/sample_bench.py). Applied at
-  # start-up by configure_jax; XLA_FLAGS=--xla_force_host_platform_device_count wins.
-  c.mesh.cpu_devices = 2
-
-  c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 2000
-  c.train.batch_size = 32  # global batch, split over the data and fsdp axes
-  c.train.learning_rate = 1e-3  # peak
-  c.train.warmup_steps = 100
-  c.train.final_lr_frac = 0.1  # cosine decays to this share of the peak
-  c.train.weight_decay = 0.1
-  c.train.b1 = 0.9
-  c.train.b2 = 0.99
-  c.train.grad_clip = 1.0  # global norm
-  c.train.grad_accum = 1  # micro-batches per optimizer step
-  # sequence: mean over each example's tokens, then over the batch (Searchformer's);
-  # token: mean over all loss tokens of the batch (long traces weigh more).
-  c.train.loss_norm = "sequence"
-  c.train.log_every = 50
-  c.train.eval_every = 500
-  c.train.eval_batches = 4  # test-split batches per eval-loss measurement
-  c.train.checkpoint_every = 500
-  c.train.keep_checkpoints = 2  # the latest K; the best-validation one is kept besides
-  # Fine-tuning: a run directory whose checkpoint gives the initial params (the optimizer
-  # and schedule start afresh); "" = a fresh init. init_step: its step, -1 = its latest.
-  c.train.init_from = ""
-  c.train.init_step = -1
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.modes = "fast,slow,auto"  # comma-separated subset of fast,slow,auto
-  c.eval.num_samples = 16  # responses per task and mode (paper: 64)
-  c.eval.num_tasks = 50  # test tasks evaluated (paper: 1000)
-  c.eval.tasks_file = ""  # JSON lines of task specs to evaluate instead of the test split
-  c.eval.checkpoint_step = -1  # -1: latest
-  c.eval.temperature = 1.0
-  c.eval.top_k = 0  # 0: no top-k filter
-  # Compute dtype of sampling; "" = model.dtype. On a CPU, one-token decode steps run
-  # faster in float32 even where training runs faster in bfloat16 (README, Results).
-  c.eval.dtype = ""
-  c.eval.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
-  c.eval.max_decode_len = -1  # -1: data.max_decoder_len
-  c.eval.num_pictures = 3  # tasks rendered per mode
-  # The split scored: test, or valid (model selection; written to eval/<step>/valid/).
-  c.eval.split = "test"
-
-  # experiments/sweep.py: the data-efficiency sweep (checked by sweep.check_config).
-  c.sweep = ml_collections.ConfigDict()
-  c.sweep.num_train = ()  # training-task counts, increasing, each <= data.num_train
-  c.sweep.models = "solution_only,complete_trace,dualformer"  # trained at every point
-  c.sweep.seeds = 3  # trainings per model and point (seed, seed + 1, ...), each its own run
-  # One selection rule for every model and mode: the saved step of highest sampled
-  # 1-Optimal on the first select_tasks valid tasks x select_samples responses of that mode
-  # (experiments/select.py); 0 = the step of lowest validation loss for all modes.
-  c.sweep.select_tasks = 0
-  c.sweep.select_samples = 8
-  c.sweep.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
-
-  # experiments/tune.py: the same learning-rate x steps grid for every model, chosen by
-  # sampled validation 1-Optimal at the last step (mean over the model's modes).
-  c.tune = ml_collections.ConfigDict()
-  c.tune.models = "solution_only,complete_trace,dualformer"
-  c.tune.learning_rates = ()
-  c.tune.num_steps = ()
-  c.tune.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
-
-  # experiments/bootstrap.py: Searchformer's search-dynamics bootstrapping (PAPER.md,
-  # "Baselines"), from the Complete-Trace run of one sweep point (bootstrap.check_config).
-  c.bootstrap = ml_collections.ConfigDict()
-  c.bootstrap.rounds = 0  # fine-tuning rounds; 0 = no bootstrapping
-  c.bootstrap.num_train = 0  # the sweep point (a value of sweep.num_train) it starts from
-  c.bootstrap.samples = 32  # responses sampled per training task (paper: 32)
-  c.bootstrap.temperature = 1.0
-  c.bootstrap.finetune_steps = 500  # per round (paper: 1e4, 1/80 of the 8e5 training steps)
+  c.task = _task()
+  c.data = _data()
+  c.model = _model()
+  c.mesh = _mesh()
+  c.train = _train()
+  c.eval = _eval()
+  c.sweep = _sweep()
+  c.tune = _tune()
+  c.bootstrap = _bootstrap()
   return c
 
 
-def _fail(field: str, value, why: str):
-  raise ValueError(f"config.{field}={value!r}: {why}")
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first bad field."""
-  if c.task.name not in TASKS:
-    _fail("task.name", c.task.name, f"expected one of {TASKS}")
-  if c.task.size < 3:
-    _fail("task.size", c.task.size, "must be >= 3")
-  if not 0.0 <= c.task.min_wall_frac <= c.task.max_wall_frac < 1.0:
-    _fail("task.min_wall_frac", (c.task.min_wall_frac, c.task.max_wall_frac),
-          "need 0 <= min_wall_frac <= max_wall_frac < 1")
-  if c.task.pairs_per_layout < 1:
-    _fail("task.pairs_per_layout", c.task.pairs_per_layout, "must be >= 1")
-  if c.task.name == "sokoban":
-    if c.task.num_boxes < 1 or c.task.num_docks < c.task.num_boxes:
-      _fail("task.num_docks", c.task.num_docks, "need num_boxes >= 1 and num_docks >= num_boxes")
-    if c.task.box_border_margin < 1 or 2 * c.task.box_border_margin >= c.task.size:
-      _fail("task.box_border_margin", c.task.box_border_margin,
-            f"must leave a free interior in a {c.task.size}x{c.task.size} grid")
-  if c.data.num_train < 1 or c.data.num_test < 1:
-    _fail("data.num_train", (c.data.num_train, c.data.num_test), "both splits need >= 1 task")
-  if c.data.num_shards < 1:
-    _fail("data.num_shards", c.data.num_shards, "must be >= 1")
+def validate(c: ml_collections.ConfigDict) -> DataConfig:
+  """Raises ValueError naming the first bad field; returns the DataConfig it built (the
+  task.* and data.* rules), for the entry point to hand the data layer."""
+  data = DataConfig.from_config(c)
   if c.mesh.cpu_devices < 1:
-    _fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
-  if c.data.astar not in ASTAR_MODES:
-    _fail("data.astar", c.data.astar, f"expected one of {ASTAR_MODES}")
-  if c.data.trace_mode not in TRACE_MODES:
-    _fail("data.trace_mode", c.data.trace_mode, f"expected one of {TRACE_MODES}")
-  try:
-    check_level_probs(c.data.level_probs)
-  except ValueError as e:  # "level_probs=(...): why", the rule's own words
-    raise ValueError(f"config.data.{e}") from None
-  if not 0.0 <= c.data.create_drop_rate <= 1.0:
-    _fail("data.create_drop_rate", c.data.create_drop_rate, "must be in [0, 1]")
-  if c.data.fixed_level not in range(5):
-    _fail("data.fixed_level", c.data.fixed_level, "must be 0..4")
-  if c.data.num_valid < 0:
-    _fail("data.num_valid", c.data.num_valid, "must be >= 0 (0: no validation split)")
-  if not 0 <= c.data.train_tasks <= c.data.num_train:
-    _fail("data.train_tasks", c.data.train_tasks,
-          f"must be in [0, data.num_train={c.data.num_train}] (0: every train task)")
-  if c.data.num_buckets < 1:
-    _fail("data.num_buckets", c.data.num_buckets, "must be >= 1")
+    fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
   for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
                 "keep_checkpoints"):
     if c.train[field] < 1:
-      _fail(f"train.{field}", c.train[field], "must be >= 1")
+      fail(f"train.{field}", c.train[field], "must be >= 1")
   if c.train.init_step < -1:
-    _fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
+    fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
   if c.train.loss_norm not in LOSS_NORMS:
-    _fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
+    fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
+  _validate_eval(c)
+  return data
+
+
+def _validate_eval(c: ml_collections.ConfigDict) -> None:
   modes = eval_modes(c)
   if not modes or any(m not in EVAL_MODES for m in modes):
-    _fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
+    fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
   if c.eval.num_samples < 1 or c.eval.num_tasks < 1 or c.eval.prompts_per_batch < 1:
-    _fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
+    fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
           "num_samples, num_tasks and prompts_per_batch must be >= 1")
   if c.eval.temperature <= 0:
-    _fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
+    fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
   if c.eval.top_k < 0:
-    _fail("eval.top_k", c.eval.top_k, "must be >= 0")
+    fail("eval.top_k", c.eval.top_k, "must be >= 0")
   if c.eval.get("split", "test") not in ("test", "valid"):
-    _fail("eval.split", c.eval.split, "expected test or valid")
+    fail("eval.split", c.eval.split, "expected test or valid")
   if c.eval.dtype not in ("", "float32", "bfloat16"):
-    _fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
+    fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
 
 
 def configure_jax(c: ml_collections.ConfigDict) -> None:

@@ -1,12 +1,18 @@
-"""config.configure_jax: the process-wide settings a run applies before touching a device."""
+"""config: the typed pieces and validation, and configure_jax (the process-wide settings a run
+applies before touching a device)."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
 
+from configs import maze as maze_configs
+from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
+from dualformer_jax.data import data_config
+from dualformer_jax.data.data_config import DataConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = ("import sys; from dualformer_jax import config as c; cfg = c.base_config(); "
@@ -44,4 +50,31 @@ def test_the_eval_split_is_test_or_valid():
     config_lib.validate(c)
   c.eval.split = "train"
   with pytest.raises(ValueError, match="config.eval.split='train': expected test or valid"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("get_config", [maze_configs.get_config, sokoban_configs.get_config])
+def test_the_data_config_holds_every_task_and_data_field(get_config):
+  c = get_config("default")
+  data = DataConfig.from_config(c)
+  assert dataclasses.asdict(data.task) == c.task.to_dict()  # the dataset fingerprint's "task"
+  fields = {f.name for f in dataclasses.fields(data)} - {"task"}
+  assert fields == set(c.data) and all(getattr(data, k) == c.data[k] for k in fields)
+  assert config_lib.validate(c) == data and data_config.data_config(c) == data
+  assert data_config.data_config(data) is data
+
+
+def test_the_typed_pieces_are_frozen_and_checked_when_built():
+  c = config_lib.base_config()
+  data = DataConfig.from_config(c)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    data.seed = 1
+  with pytest.raises(ValueError, match="config.task.size=2: must be >= 3"):
+    dataclasses.replace(data.task, size=2)
+  with pytest.raises(ValueError, match="config.task.name='chess': expected one of"):
+    dataclasses.replace(data.task, name="chess")
+  with pytest.raises(ValueError, match="config.data.bucket_pool=0: must be >= 1"):
+    dataclasses.replace(data, bucket_pool=0)
+  c.data.level_probs = (0.5, 0.5, 0.5, 0.0, 0.0)
+  with pytest.raises(ValueError, match="config.data.level_probs="):
     config_lib.validate(c)

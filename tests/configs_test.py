@@ -19,7 +19,7 @@ def test_preset_validates_for_every_model_of_the_sweep(module, preset):
   config = module.get_config(preset)
   config_lib.validate(config)
   for name in compare.MODELS:
-    compare.model_config(config, name)
+    config_lib.validate(compare.model_config(config, name))
 
 
 @pytest.mark.parametrize("module,preset", PRESETS)

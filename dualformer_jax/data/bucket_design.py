@@ -6,23 +6,23 @@ design the same widths without talking to each other.
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, records
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.dataset import StoredDataset
 
 SAMPLE = 2048  # train records read to design the buckets
 
 
-def design_buckets(config: ml_collections.ConfigDict, ds: StoredDataset) -> buckets_lib.Buckets:
-  """Bucket widths from a seeded sample of train records under the config's trace mode.
+def design_buckets(data: DataConfig, ds: StoredDataset) -> buckets_lib.Buckets:
+  """Bucket widths from a seeded sample of train records under data.trace_mode.
 
   See buckets.choose_buckets for the shape budget. Decoder lengths are weighted
   by the level probabilities (level 3 drawn once).
   """
-  d = config.data
+  d = data_config(data)  # trainer.py still passes the ConfigDict
   src = ds.source("train")
   rng = np.random.default_rng([d.seed, 0xB0C4])
   idx = np.sort(rng.choice(len(src), min(len(src), SAMPLE), replace=False))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import ml_collections
 import numpy as np
 
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, examples
 from dualformer_jax.data.bucket_design import design_buckets
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.dataset import StoredDataset
 from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import process_share
@@ -33,15 +33,15 @@ class EvalBatches:
   buckets: the run's (bucket_design.design_buckets), designed here when not given.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, ds: StoredDataset, batch_size: int,
+  def __init__(self, data: DataConfig, ds: StoredDataset, batch_size: int,
                process_index: int | None = None, process_count: int | None = None, *,
                buckets: buckets_lib.Buckets | None = None, split: str = "test"):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     self._p, self._n = process_share(process_index, process_count)
     self._batch_size = batch_size
-    self.buckets = design_buckets(config, ds) if buckets is None else buckets
-    d = config.data
+    d = data_config(data)  # trainer.py still passes the ConfigDict
+    self.buckets = design_buckets(d, ds) if buckets is None else buckets
     self._examples, self.stats = [], PipelineStats()
     level = dropping.eval_level(d.trace_mode, d.fixed_level)
     rng = np.random.default_rng([d.seed, level])  # level 3 only

@@ -14,10 +14,10 @@ after dropping) are never truncated: encode_example marks them overlong.
 from __future__ import annotations
 
 import grain
-import ml_collections
 import numpy as np
 
 from dualformer_jax.data import dropping, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID
 
 OK, LONG_PROMPT, LONG_DECODER = 0, 1, 2  # the "overlong" field of an encoded example
@@ -76,11 +76,10 @@ def pad_examples(examples: list[dict], rows: int, enc_width: int, dec_width: int
 class DrawExample(grain.transforms.RandomMap):
   """(record index, record bytes) -> a freshly dropped, encoded example (grain random map)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, grammar: dropping.TraceGrammar):
-    d = config.data
-    self._levels = dropping.LevelSampler(d.trace_mode, d.level_probs, d.fixed_level)
-    self._grammar, self._rate = grammar, d.create_drop_rate
-    self._max = (d.max_prompt_len, d.max_decoder_len)
+  def __init__(self, data: DataConfig, grammar: dropping.TraceGrammar):
+    self._levels = dropping.LevelSampler(data.trace_mode, data.level_probs, data.fixed_level)
+    self._grammar, self._rate = grammar, data.create_drop_rate
+    self._max = (data.max_prompt_len, data.max_decoder_len)
 
   def random_map(self, item: tuple[int, bytes], rng: np.random.Generator) -> dict:
     index, raw = item

@@ -13,6 +13,7 @@ test splits are those of a dataset generated before valid existed.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -22,13 +23,12 @@ import sys
 import threading
 import time
 
-import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import records
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import make_task
 from dualformer_jax.tasks.base import Unsolvable
@@ -39,31 +39,31 @@ _HASH_BUCKETS = 1_000_000
 _MAX_BARREN_DRAWS = 200_000
 
 
-def generator_fingerprint(config: ml_collections.ConfigDict) -> dict:
+def generator_fingerprint(data: DataConfig) -> dict:
   """Everything that determines the dataset's content: a dataset is reused only if this matches."""
   fingerprint = {
-      "task": config.task.to_dict(),
-      "num_train": config.data.num_train,
-      "num_test": config.data.num_test,
-      "seed": config.data.seed,
-      "num_shards": config.data.num_shards,
-      "astar": config.data.astar,
+      "task": dataclasses.asdict(data.task),
+      "num_train": data.num_train,
+      "num_test": data.num_test,
+      "seed": data.seed,
+      "num_shards": data.num_shards,
+      "astar": data.astar,
   }
-  if config.data.num_valid:  # absent when 0: datasets made before valid existed still match
-    fingerprint["num_valid"] = config.data.num_valid
+  if data.num_valid:  # absent when 0: datasets made before valid existed still match
+    fingerprint["num_valid"] = data.num_valid
   return fingerprint
 
 
-def split_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
+def split_counts(data: DataConfig) -> dict[str, int]:
   """Tasks per split: train, test, and valid when data.num_valid > 0."""
-  counts = {"train": config.data.num_train, "test": config.data.num_test}
-  if config.data.num_valid:
-    counts[records.VALID] = config.data.num_valid
+  counts = {"train": data.num_train, "test": data.num_test}
+  if data.num_valid:
+    counts[records.VALID] = data.num_valid
   return counts
 
 
-def split_shards(config: ml_collections.ConfigDict) -> dict[str, int]:
-  return {s: min(config.data.num_shards, n) for s, n in split_counts(config).items()}
+def split_shards(data: DataConfig) -> dict[str, int]:
+  return {s: min(data.num_shards, n) for s, n in split_counts(data).items()}
 
 
 def _owner(layout_key: str, fracs: dict[str, float], shards: dict[str, int]) -> tuple[str, int]:
@@ -106,15 +106,15 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _make_shard(job: dict) -> tuple[str, int]:
   """Worker: generates and writes one shard. Top-level so spawned workers can import it."""
-  config = ml_collections.ConfigDict(job["config"])
-  task = make_task(config.task)
+  data = job["data"]
+  task = make_task(data.task)
   vocab = Vocab(task.vocabulary())
   split, index, quota = job["split"], job["index"], job["quota"]
-  shards = split_shards(config)
-  counts = split_counts(config)
+  shards = split_shards(data)
+  counts = split_counts(data)
   fracs = {s: n / sum(counts.values()) for s, n in counts.items() if s != "train"}
-  rng = np.random.default_rng([config.data.seed, records.ALL_SPLITS.index(split), index])
-  nondeterministic = config.data.astar == "nondeterministic"
+  rng = np.random.default_rng([data.seed, records.ALL_SPLITS.index(split), index])
+  nondeterministic = data.astar == "nondeterministic"
   seen: set[str] = set()
   out: list[bytes] = []
 
@@ -166,11 +166,12 @@ def length_stats(paths: list[str]) -> dict:
   return stats
 
 
-def check_dataset_config(meta: dict, config: ml_collections.ConfigDict, directory: str) -> None:
+def check_dataset_config(meta: dict, data: DataConfig, directory: str) -> None:
   """DatasetError when the dataset of `meta` was generated from another task or data config:
   a run must not train or score on data of another grid size, seed or split."""
+  data = data_config(data)  # trainer.py and evaluate.py still pass the ConfigDict
   if "generator" in meta:  # a hand-made dataset has no record to compare
-    _check_compatible(meta, generator_fingerprint(config), directory, "another --workdir, or "
+    _check_compatible(meta, generator_fingerprint(data), directory, "another --workdir, or "
                       "the config it was generated with")
 
 
@@ -202,26 +203,26 @@ def _any_shard(directory: str, meta: dict) -> bool:
              for p in records.shard_paths(directory, split, n))
 
 
-def generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None = None) -> dict:
-  """Writes (or completes) the dataset of `config` under <workdir>/data; returns meta.json's content.
+def generate(data: DataConfig, workdir: str, workers: int | None = None) -> dict:
+  """Writes (or completes) the dataset of `data` under <workdir>/data; returns meta.json's content.
 
   Holds the workdir's lock (workdir_lock.WorkdirBusy when another run has it).
   """
-  config_lib.validate(config)
+  data = data_config(data)  # main.py still passes the ConfigDict
   with workdir_lock.hold(workdir, "generation"):
-    return _generate(config, workdir, workers)
+    return _generate(data, workdir, workers)
 
 
-def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | None) -> dict:
+def _generate(data: DataConfig, workdir: str, workers: int | None) -> dict:
   directory = records.data_dir(workdir)
   os.makedirs(directory, exist_ok=True)
-  fingerprint = generator_fingerprint(config)
+  fingerprint = generator_fingerprint(data)
   meta_path = os.path.join(directory, records.META)
-  task = make_task(config.task)
+  task = make_task(data.task)
   try:  # a trial draw: a task config that cannot draw fails before the directory is claimed
     task.sample_group(np.random.default_rng(0))
   except ValueError as e:
-    raise ValueError(f"config.task: {config.task.name} tasks cannot be generated "
+    raise ValueError(f"config.task: {data.task.name} tasks cannot be generated "
                      f"({e})") from None
   if os.path.exists(meta_path):
     meta = records.read_meta(directory)
@@ -235,11 +236,11 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
         for p in records.shard_paths(directory, split, n)):
       return meta
   vocab = Vocab(task.vocabulary())
-  shards = split_shards(config)
+  shards = split_shards(data)
   # Claim the directory first, so a second run with another config is refused.
   records.write_meta(directory, {"generator": fingerprint, "status": "incomplete",
                                  "vocab": vocab.to_list(), "num_shards": shards})
-  counts = split_counts(config)
+  counts = split_counts(data)
   jobs, done = [], 0
   for split, n in counts.items():
     for i, path in enumerate(records.shard_paths(directory, split, shards[split])):
@@ -247,9 +248,9 @@ def _generate(config: ml_collections.ConfigDict, workdir: str, workers: int | No
       if os.path.exists(path):
         done += quota
         continue
-      jobs.append({"config": config.to_dict(), "split": split, "index": i,
+      jobs.append({"data": data, "split": split, "index": i,
                    "quota": quota, "path": path})
-  workers = workers or config.data.gen_workers or os.cpu_count() or 1
+  workers = workers or data.gen_workers or os.cpu_count() or 1
   with tqdm(total=sum(counts.values()), initial=done, desc="generate", unit="task",
             disable=None) as bar:
     if workers == 1 or len(jobs) <= 1:

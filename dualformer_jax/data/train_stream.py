@@ -6,11 +6,11 @@
   -> this process's rows [p * B, (p + 1) * B) of each global batch.
 The drop is keyed by the example's position in the global stream, so every draw
 of a task (every epoch) gets a fresh level and fresh create drops, and the
-whole stream is a function of config.data.seed. Every process draws the whole
+whole stream is a function of data.seed. Every process draws the whole
 global stream and keeps its own rows: the widths of a step come from the global
 batch, so all processes agree on them without a collective (the price: each
 process decodes and drops every example of the global batch; add
-config.data.num_workers when that is the bottleneck). The iterator's state is
+data.num_workers when that is the bottleneck). The iterator's state is
 a small JSON dict (grain.checkpoint.CheckpointSave/CheckpointRestore): a
 resumed iterator yields exactly the batches the uninterrupted one would have.
 """
@@ -20,18 +20,18 @@ from __future__ import annotations
 from typing import Any
 
 import grain
-import ml_collections
 import numpy as np
 
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, examples
 from dualformer_jax.data.bucket_design import design_buckets
+from dualformer_jax.data.data_config import DataConfig, data_config
 from dualformer_jax.data.dataset import StoredDataset
 from dualformer_jax.data.stats import PipelineStats
 
 # Per-example work is Python (json + numpy) under the GIL: reader threads only add
 # hand-off overhead (measured ~25% slower with 1-2 threads). Parallelism comes from
-# grain worker processes (config.data.num_workers).
+# grain worker processes (data.num_workers).
 _READ_OPTIONS = dict(num_threads=0, prefetch_buffer_size=0)
 _WORKER_BUFFER = 8  # batches each worker may hold ready (a pool is emitted in a burst)
 
@@ -195,7 +195,7 @@ class TrainIterator(grain.DatasetIterator):
     self.stats = PipelineStats.from_state(state["stats"])
 
 
-def train_dataset(config: ml_collections.ConfigDict, ds: StoredDataset, batch_size: int,
+def train_dataset(data: DataConfig, ds: StoredDataset, batch_size: int,
                   process_index: int | None = None, process_count: int | None = None, *,
                   buckets: buckets_lib.Buckets | None = None,
                   include_index: bool = False) -> grain.IterDataset:
@@ -207,33 +207,31 @@ def train_dataset(config: ml_collections.ConfigDict, ds: StoredDataset, batch_si
   """
   if batch_size < 1:
     raise ValueError(f"batch_size={batch_size!r} must be >= 1")
-  d = config.data
-  if d.bucket_pool < 1:
-    raise ValueError(f"config.data.bucket_pool={d.bucket_pool!r} must be >= 1")
   share = process_share(process_index, process_count)
-  buckets = design_buckets(config, ds) if buckets is None else buckets
+  buckets = design_buckets(data, ds) if buckets is None else buckets
   src = ds.source("train")
   stream = (grain.MapDataset.source(src)
             .map_with_index(_TagRecord(len(src)))  # keep the record index through the shuffle
-            .seed(d.seed)
+            .seed(data.seed)
             .shuffle()  # global, reseeded per epoch by repeat
             .repeat(None)
-            .random_map(examples.DrawExample(config, ds.grammar))  # keyed by stream position
+            .random_map(examples.DrawExample(data, ds.grammar))  # keyed by stream position
             .map_with_index(_tag_position))
   it = stream.to_iter_dataset(grain.ReadOptions(**_READ_OPTIONS))
-  it = _PoolBatchIterDataset(it, batch_size, share, d.bucket_pool, buckets, d.seed,
+  it = _PoolBatchIterDataset(it, batch_size, share, data.bucket_pool, buckets, data.seed,
                              max(len(src), 1))
-  if d.num_workers > 0:
+  if data.num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=d.num_workers, per_worker_buffer_size=_WORKER_BUFFER))
+        num_workers=data.num_workers, per_worker_buffer_size=_WORKER_BUFFER))
   return _StatsIterDataset(it, buckets, include_index)
 
 
-def train_iterator(config: ml_collections.ConfigDict, ds: StoredDataset, batch_size: int,
+def train_iterator(data: DataConfig, ds: StoredDataset, batch_size: int,
                    process_index: int | None = None, process_count: int | None = None, *,
                    buckets: buckets_lib.Buckets | None = None,
                    include_index: bool = False) -> TrainIterator:
   """iter(train_dataset(...)): has .stats, .batch_tokens, .buckets, get_state/set_state;
   close() when done."""
-  return iter(train_dataset(config, ds, batch_size, process_index, process_count,
+  data = data_config(data)  # trainer.py still passes the ConfigDict
+  return iter(train_dataset(data, ds, batch_size, process_index, process_count,
                             buckets=buckets, include_index=include_index))

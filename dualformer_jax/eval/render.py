@@ -247,13 +247,14 @@ def render_sokoban(prompt: Sequence[str], response: Sequence[str], path: str,
 def render_response(task_name: str, prompt_tokens: Sequence[str],
                     response_tokens: Sequence[str], path: str, title: str = "",
                     size: int | None = None) -> None:
-  """Dispatches on the task name ('maze' or 'sokoban') and writes a PNG at `path`.
+  """Dispatches on the task name (the task classes' `name`) and writes a PNG at `path`.
 
   `size` is the maze side (the prompt does not state it; default: inferred).
   """
-  if task_name == "maze":
+  if task_name == maze.MazeTask.name:
     render_maze(prompt_tokens, response_tokens, path, title, size)
-  elif task_name == "sokoban":
+  elif task_name == sokoban.SokobanTask.name:
     render_sokoban(prompt_tokens, response_tokens, path, title)
   else:
-    raise ValueError(f"no renderer for task {task_name!r} (expected maze or sokoban)")
+    raise ValueError(f"no renderer for task {task_name!r} (expected "
+                     f"{maze.MazeTask.name} or {sokoban.SokobanTask.name})")

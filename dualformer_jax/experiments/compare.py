@@ -62,13 +62,13 @@ class Interrupted(Exception):
 
 
 def model_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """`config` with the trace format and evaluation modes of model `name`."""
+  """`config` with the trace format and evaluation modes of model `name` (both valid
+  values: a valid `config` stays valid)."""
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}: expected one of {tuple(MODELS)}")
   c = ml_collections.ConfigDict(config.to_dict())
   c.data.trace_mode, modes = MODELS[name]
   c.eval.modes = ",".join(modes)
-  config_lib.validate(c)
   return c
 
 
@@ -262,11 +262,11 @@ def write_summary(workdir: str, summary: dict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str,
         models: tuple[str, ...] = tuple(MODELS)) -> dict:
   """The whole comparison: data, each model's training and evaluation, summary and report."""
-  config_lib.validate(config)
+  data = config_lib.validate(config)
   for name in models:
     trainer.preflight(model_config(config, name))  # a bad name or mesh: before any work
   os.makedirs(workdir, exist_ok=True)
-  summary = new_summary(config, generate.generate(config, workdir))
+  summary = new_summary(config, generate.generate(data, workdir))
   for name in models:
     add_model(summary, workdir, name, run_model(config, workdir, name))
   write_summary(workdir, summary)

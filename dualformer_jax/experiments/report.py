@@ -309,7 +309,7 @@ def write_sweep_report(workdir: str, sweep: dict) -> list[str]:
 
 
 def define_flags() -> None:
-  """--workdir (the sweep's). Called under __main__ only, as in compare.py and data/show.py."""
+  """--workdir (the sweep's). Called under __main__ only, as in compare.py and show_data.py."""
   flags.DEFINE_string("workdir", None, "the sweep's workdir (holds summary.json)")
   flags.mark_flags_as_required(["workdir"])
 

@@ -37,6 +37,7 @@ import numpy as np
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.experiments import bootstrap, compare, intervals, report, select
 from dualformer_jax.train import trainer
 
@@ -73,9 +74,10 @@ def read_tuned(config: ml_collections.ConfigDict) -> dict:
   return chosen
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """ValueError naming the first bad sweep.* / bootstrap.* field, before any work."""
-  config_lib.validate(config)
+def check_config(config: ml_collections.ConfigDict) -> DataConfig:
+  """ValueError naming the first bad sweep.* / bootstrap.* field, before any work; returns
+  the checked DataConfig."""
+  data = config_lib.validate(config)
   values = tuple(config.sweep.num_train)
 
   def fail(field: str, why: str):
@@ -107,6 +109,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
   trainer.preflight(config)  # mesh, model, schedule
+  return data
 
 
 def run_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
@@ -181,10 +184,10 @@ RULE = {True: "each mode at the saved step of highest sampled 1-Optimal on {t} v
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole sweep: data, every point and seed, sweep.json and its report (rewritten after
   each point, so a sweep stopped part-way has the table and plot of the points it finished)."""
-  check_config(config)
+  data = check_config(config)
   tuned = read_tuned(config)
   os.makedirs(workdir, exist_ok=True)
-  meta = generate.generate(config, workdir)
+  meta = generate.generate(data, workdir)
   rule = RULE[bool(config.sweep.select_tasks)].format(t=config.sweep.select_tasks,
                                                      s=config.sweep.select_samples)
   out = {"task": config.task.name, "num_train": list(config.sweep.num_train),

@@ -28,6 +28,7 @@ import numpy as np
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.experiments import compare, report, select
 from dualformer_jax.train import trainer
 
@@ -40,9 +41,10 @@ def models_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(m.strip() for m in config.tune.models.split(",") if m.strip())
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """ValueError naming the first bad tune.* field, before any work."""
-  config_lib.validate(config)
+def check_config(config: ml_collections.ConfigDict) -> DataConfig:
+  """ValueError naming the first bad tune.* field, before any work; returns the checked
+  DataConfig."""
+  data = config_lib.validate(config)
   t = config.tune
 
   def fail(field: str, why: str):
@@ -65,6 +67,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   select.check_config(config, 1)  # select_samples
   for name in models:
     trainer.preflight(model_config(config, name, max(t.learning_rates), max(t.num_steps)))
+  return data
 
 
 def model_config(config: ml_collections.ConfigDict, name: str, lr: float,
@@ -122,9 +125,9 @@ def markdown(out: dict) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The tuning: data, every model's grid, tune.json and tune.md (rewritten after each model)."""
-  check_config(config)
+  data = check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  generate.generate(config, workdir)
+  generate.generate(data, workdir)
   out = {"task": config.task.name, "rule": RULE,
          "num_train": config.tune.num_train or config.data.num_train,
          "grid": {"learning_rates": list(config.tune.learning_rates),

@@ -74,12 +74,3 @@ class Task(Protocol):
 
 class Unsolvable(ValueError):
   """The goal cannot be reached from the start."""
-
-
-def __getattr__(name: str):
-  """`base.make_task`, for the benchmarks that still import it from here (the registry is
-  tasks/__init__.py; importing it at the top would be the import cycle it left)."""
-  if name == "make_task":
-    from dualformer_jax.tasks import make_task  # noqa: PLC0415 (the cycle above)
-    return make_task
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

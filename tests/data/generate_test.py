@@ -8,17 +8,18 @@ import pytest
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax.data import generate, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import make_task
 
 
-def small_maze_config(**data):
+def small_maze_config(size=5, **data):
   c = maze_configs.get_config("default")
-  c.task.size = 5
+  c.task.size = size
   c.data.num_train, c.data.num_test, c.data.num_shards = 40, 12, 3
   for k, v in data.items():
     c.data[k] = v
-  return c
+  return DataConfig.from_config(c)
 
 
 def read_split(workdir, split, meta):
@@ -103,8 +104,7 @@ def test_refuses_a_dataset_from_another_config(tmp_path):
 
 def test_too_small_task_space_fails_clearly(tmp_path, monkeypatch):
   monkeypatch.setattr(generate, "_MAX_BARREN_DRAWS", 300)
-  c = small_maze_config(num_train=500)
-  c.task.size = 3  # few distinct 3x3 tasks with plans of >= 3 steps
+  c = small_maze_config(size=3, num_train=500)  # few distinct 3x3 tasks with plans of >= 3 steps
   with pytest.raises(records.DatasetError, match="too small"):
     generate.generate(c, str(tmp_path), workers=1)
 
@@ -112,7 +112,7 @@ def test_too_small_task_space_fails_clearly(tmp_path, monkeypatch):
 def test_sokoban_dataset(tmp_path):
   c = sokoban_configs.get_config("default")
   c.data.num_train, c.data.num_test, c.data.num_shards = 6, 3, 2
-  meta = generate.generate(c, str(tmp_path), workers=1)
+  meta = generate.generate(DataConfig.from_config(c), str(tmp_path), workers=1)
   vocab = Vocab.from_list(meta["vocab"])
   task = make_task(c.task)
   for r in read_split(str(tmp_path), "test", meta):
@@ -132,9 +132,10 @@ def test_a_refused_sokoban_size_leaves_the_directory_reusable(tmp_path, size, me
                                                                        "num_shards")}})
   with pytest.raises(ValueError, match=f"config.task: sokoban tasks cannot be generated .*"
                      f"{message}"):
-    generate.generate(bad, str(tmp_path), workers=1)
+    generate.generate(DataConfig.from_config(bad), str(tmp_path), workers=1)
   assert not os.path.exists(os.path.join(records.data_dir(str(tmp_path)), records.META))
-  assert generate.generate(c, str(tmp_path), workers=1)["status"] == "complete"
+  assert generate.generate(DataConfig.from_config(c), str(tmp_path),
+                           workers=1)["status"] == "complete"
 
 
 def test_an_unfinished_dataset_with_no_shard_is_claimed_by_another_config(tmp_path, capsys):
@@ -191,10 +192,11 @@ import sys
 sys.path.insert(0, {repo!r})
 from configs import maze
 from dualformer_jax.data import generate
+from dualformer_jax.data.data_config import DataConfig
 c = maze.get_config("default")
 c.task.size = 10
 c.data.num_train, c.data.num_test, c.data.num_shards, c.data.gen_workers = 200000, 2, 2, 2
-generate.generate(c, {workdir!r})
+generate.generate(DataConfig.from_config(c), {workdir!r})
 """
 
 

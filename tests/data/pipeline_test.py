@@ -11,6 +11,7 @@ import pytest
 from dualformer_jax import config as config_lib
 from dualformer_jax.data import bucket_design, dataset, dropping, examples, records, train_stream
 from dualformer_jax.data import eval_batches as eval_batches_lib
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import BOS_ID, EOS_ID, Vocab
 
 VOCAB = Vocab(["create", "close", "plan", "start", "goal", "wall",
@@ -68,7 +69,7 @@ def make_config(**data):
   c.data.num_workers = 0
   c.data.seed = 7
   c.data.update(data)
-  return c
+  return DataConfig.from_config(c)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +210,7 @@ def test_level_frequencies_through_the_random_map():
   ds = grain.MapDataset.source([(0, raw)] * 20_000).seed(11).random_map(
       examples.DrawExample(config, GRAMMAR))
   counts = np.bincount([ds[i]["level"] for i in range(len(ds))], minlength=5)
-  expected = 20_000 * np.array(config.data.level_probs)
+  expected = 20_000 * np.array(config.level_probs)
   chi2 = np.sum((counts - expected) ** 2 / expected)
   assert chi2 < 18.47, (chi2, counts)  # chi-square(4 dof) at p = 0.001; fixed seed
 

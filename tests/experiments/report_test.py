@@ -95,7 +95,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
                                          ("dualformer_jax.experiments.compare", "--models"),
                                          ("dualformer_jax.experiments.sweep", "--workdir"),
                                          ("dualformer_jax.experiments.tune", "--workdir"),
-                                         ("dualformer_jax.data.show", "--num")])
+                                         ("dualformer_jax.show_data", "--num")])
 def test_entry_points_answer_help(module, flag):
   """One CLI style (absl flags): each entry point lists its flags under --help."""
   out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True,

@@ -15,6 +15,7 @@ import pytest
 from configs import maze as maze_configs
 from dualformer_jax import config as config_lib
 from dualformer_jax.data import dataset, dropping, generate, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import evaluate
@@ -61,8 +62,9 @@ def test_the_valid_split_holds_layouts_in_neither_train_nor_test(swept):
   task = make_task(tiny_config().task)
   train, valid, test = (_layouts(task, ds, s) for s in ("train", "valid", "test"))
   assert valid and not valid & train and not valid & test and not train & test
-  old = tiny_config()
-  old.data.num_valid = 0  # datasets made before the valid split keep their fingerprint
+  c = tiny_config()
+  c.data.num_valid = 0  # datasets made before the valid split keep their fingerprint
+  old = DataConfig.from_config(c)
   assert "num_valid" not in generate.generator_fingerprint(old)
   assert generate.split_counts(old) == {"train": 32, "test": 8}
 
@@ -71,7 +73,8 @@ def test_a_point_trains_on_the_first_tasks_only(swept):
   directory = records.data_dir(swept[0])
   seen = {}
   for n in (16, 0):  # 0: every task
-    it = train_iterator(tiny_config(), dataset.open_dataset(directory, train_tasks=n), 8, 0, 1,
+    it = train_iterator(DataConfig.from_config(tiny_config()),
+                        dataset.open_dataset(directory, train_tasks=n), 8, 0, 1,
                         include_index=True)
     seen[n] = np.concatenate([next(it)["index"] for _ in range(8)])  # 4 epochs of 16
     it.close()

@@ -1,4 +1,4 @@
-"""show.py: examples drawn through the real train pipeline, printed as JSON lines."""
+"""show_data.py: examples drawn through the real train pipeline, printed as JSON lines."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from dualformer_jax.data import dropping, records, show
+from dualformer_jax import show_data
+from dualformer_jax.data import dropping, records
 from tests.data.pipeline_test import VOCAB, make_config, make_record, write_dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRAMMAR = dropping.TraceGrammar.from_vocab(VOCAB)
 
 
@@ -44,9 +45,8 @@ def test_draw_examples_match_their_levels(tmp_path):
   train = [make_record(rng) for _ in range(60)]
   write_dataset(records.data_dir(str(tmp_path)), train, [make_record(rng) for _ in range(5)])
   by_prompt = {tuple(VOCAB.decode(r["prompt"])): r for r in train}
-  config = make_config()
-  config.train.batch_size = 8
-  examples = show.draw_examples(config, str(tmp_path), 30)
+  data = make_config()
+  examples = show_data.draw_examples(data, 8, str(tmp_path), 30)
   assert len(examples) == 30
   assert {e["level"] for e in examples} == set(range(5))
   for e in examples:
@@ -56,11 +56,11 @@ def test_draw_examples_match_their_levels(tmp_path):
     assert e["trace"] == VOCAB.decode(rec["trace"])  # the complete stored trace
     check_decoder(e, VOCAB.decode(rec["plan"]))
   with pytest.raises(ValueError, match="num=0"):
-    show.draw_examples(config, str(tmp_path), 0)
+    show_data.draw_examples(data, 8, str(tmp_path), 0)
 
 
 def test_cli_generates_a_missing_dataset_and_prints_json_lines(tmp_path):
-  cmd = [sys.executable, "-m", "dualformer_jax.data.show",
+  cmd = [sys.executable, "-m", "dualformer_jax.show_data",
          f"--config={os.path.join(REPO, 'configs', 'maze.py')}", f"--workdir={tmp_path}",
          "--num=6", "--config.task.size=5", "--config.data.num_train=24",
          "--config.data.num_test=4", "--config.data.num_shards=1", "--config.data.gen_workers=1",

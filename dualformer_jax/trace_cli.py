@@ -1,8 +1,8 @@
 """JSON lines of task specs in, JSON lines of token sequences out (deterministic A*).
 
   echo '{"width": 3, "height": 3, "start": [0, 0], "goal": [2, 2], "walls": []}' \\
-    | python -m dualformer_jax.tasks.trace_cli --task=maze
-  python -m dualformer_jax.tasks.trace_cli --task=sokoban < levels.jsonl > traces.jsonl
+    | python -m dualformer_jax.trace_cli --task=maze
+  python -m dualformer_jax.trace_cli --task=sokoban < levels.jsonl > traces.jsonl
 
 Input, one object per line: maze `{"width", "height", "start": [x, y],
 "goal": [x, y], "walls": [[x, y], ...]}` (any width and height); Sokoban
@@ -27,9 +27,9 @@ from absl import app
 from absl import flags
 
 from dualformer_jax import config as config_lib
-from dualformer_jax.tasks import base, make_task
+from dualformer_jax.tasks import TASKS, base, make_task
 
-_TASK = flags.DEFINE_enum("task", "maze", list(config_lib.TASKS), "Task of the input lines.")
+_TASK = flags.DEFINE_enum("task", "maze", list(TASKS), "Task of the input lines.")
 _SIZE = flags.DEFINE_integer(
     "size", None, "config.task.size (default: base_config's). Maze lines carry their own "
     "width and height; a Sokoban task may bound its levels by it.")

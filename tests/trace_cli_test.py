@@ -8,11 +8,11 @@ import subprocess
 import sys
 import time
 
-from dualformer_jax.tasks import trace_cli
+from dualformer_jax import trace_cli
 from dualformer_jax.tasks.maze import MazeTask
 from dualformer_jax.tasks.sokoban import SokobanTask
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 GOOD = {"width": 4, "height": 3, "start": [0, 0], "goal": [3, 2], "walls": [[1, 1], [2, 1]]}
 UNSOLVABLE = {"width": 3, "height": 3, "start": [0, 0], "goal": [0, 2],
@@ -22,7 +22,7 @@ FIXTURE = {"width": 3, "height": 3, "start": [0, 0], "goal": [0, 2], "walls": [[
 
 def run_cli(stdin: str, *flags: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  return subprocess.run([sys.executable, "-m", "dualformer_jax.tasks.trace_cli", *flags],
+  return subprocess.run([sys.executable, "-m", "dualformer_jax.trace_cli", *flags],
                         input=stdin, capture_output=True, text=True, cwd=REPO, env=env,
                         timeout=120, check=False)
 
@@ -100,7 +100,7 @@ def test_cli_answers_hostile_lines_and_goes_on():
            b'{"width": 3\xff}',
            json.dumps(FIXTURE).encode()]
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-m", "dualformer_jax.tasks.trace_cli", "--task=maze"],
+  proc = subprocess.run([sys.executable, "-m", "dualformer_jax.trace_cli", "--task=maze"],
                         input=b"\n".join(lines) + b"\n", capture_output=True, cwd=REPO, env=env,
                         timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,6 +1,6 @@
 """Prints training examples exactly as the train pipeline feeds them to the model.
 
-  python -m dualformer_jax.data.show --config=configs/maze.py --workdir=/tmp/maze --num=5
+  python -m dualformer_jax.show_data --config=configs/maze.py --workdir=/tmp/maze --num=5
 
 One JSON line per example: {"level", "prompt", "trace" (the complete stored
 trace), "decoder" (the decoder tokens, bos to eos)}, string tokens. The
@@ -16,7 +16,6 @@ import json
 import os
 import sys
 
-import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -24,6 +23,7 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.generate import generate
 from dualformer_jax.data.train_stream import train_iterator
 
@@ -40,18 +40,18 @@ def _needs_generate(data_dir: str) -> bool:
   return "generator" in meta or not dataset_lib.is_complete(meta)
 
 
-def draw_examples(config: ml_collections.ConfigDict, workdir: str, num: int) -> list[dict]:
-  """The first `num` training examples of the pipeline, as string tokens."""
-  config_lib.validate(config)  # a public entry point: the pipeline itself does not validate
+def draw_examples(data: DataConfig, batch_size: int, workdir: str,
+                  num: int) -> list[dict]:
+  """The first `num` training examples of the pipeline (batches of `batch_size`), as string
+  tokens."""
   if num < 1:
     raise ValueError(f"num={num!r} must be >= 1")
   data_dir = records.data_dir(workdir)
   if _needs_generate(data_dir):
-    generate(config, workdir)
+    generate(data, workdir)
   stored = dataset_lib.open_dataset(data_dir)
   source = stored.source("train")
-  batch_size = config.train.batch_size
-  it = train_iterator(config, stored, batch_size, 0, 1, include_index=True)
+  it = train_iterator(data, stored, batch_size, 0, 1, include_index=True)
   out = []
   try:
     while len(out) < num:
@@ -83,7 +83,8 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    examples = draw_examples(f.config, f.workdir, f.num)
+    data = config_lib.validate(f.config)  # the entry point: checked once, here
+    examples = draw_examples(data, f.config.train.batch_size, f.workdir, f.num)
   except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line
     sys.exit(1)
