@@ -41,12 +41,6 @@ from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.model.sharding import constrain_batch, replicate_table
 
 
-def _inv_freq(cfg: ModelConfig) -> jax.Array:
-  """RoPE inverse frequencies [K/2], as this model has always computed them (in XLA)."""
-  k = cfg.head_dim
-  return cfg.rope_base ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
-
-
 def _attention_weights(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, ...]:
   """Q, K, V [D, H, K] and output [H, K, D] kernels (self- and cross-attention alike)."""
   d, h, k = cfg.dim, cfg.heads, cfg.head_dim
@@ -66,7 +60,8 @@ class SelfAttention(nnx.Module):
     self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
   def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
-    dt, inv_freq = self.cfg.compute_dtype, _inv_freq(self.cfg)
+    dt = self.cfg.compute_dtype
+    inv_freq = layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_base)
     q, k, v = (layers.project(x_BxTxD, w[...], dt) for w in (self.wq, self.wk, self.wv))
     return layers.rope(q, pos_T, inv_freq), layers.rope(k, pos_T, inv_freq), v
 
