@@ -164,13 +164,15 @@ def shard_batch(batch_np: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax
 
 # ------------------------------------------------------------------ inside the models
 
+def auto_axes(mesh: Any) -> set[str]:
+  """Mesh axes that GSPMD still places (not Manual, as inside an outer shard_map)."""
+  return {a for a, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto}
+
+
 def _mesh_places_batch() -> bool:
   """A mesh in context whose batch axes GSPMD places (not Manual, as inside shard_map)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-    return False
-  types = dict(zip(mesh.axis_names, mesh.axis_types))
-  return all(types[a] == AxisType.Auto for a in BATCH_AXES)
+  return not mesh.empty and set(BATCH_AXES) <= auto_axes(mesh)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
