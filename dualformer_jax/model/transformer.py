@@ -44,8 +44,9 @@ from dualformer_jax.model.sharding import constrain_batch, replicate_table
 def _attention_weights(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, ...]:
   """Q, K, V [D, H, K] and output [H, K, D] kernels (self- and cross-attention alike)."""
   d, h, k = cfg.dim, cfg.heads, cfg.head_dim
-  qkv = [layers.param(rngs, layers.dense_init(d), (d, h, k), ("embed", "heads", "kv")) for _ in range(3)]
-  return (*qkv, layers.param(rngs, layers.dense_init(d), (h, k, d), ("heads", "kv", "embed")))
+  init = layers.dense_init(d)
+  qkv = [layers.param(rngs, init, (d, h, k), ("embed", "heads", "kv")) for _ in range(3)]
+  return (*qkv, layers.param(rngs, init, (h, k, d), ("heads", "kv", "embed")))
 
 
 class SelfAttention(nnx.Module):
