@@ -288,13 +288,9 @@ class LM(nnx.Module):
     if enc_ids_NpxP.ndim != 2 or enc_ids_NpxP.shape[1]:
       raise ValueError(f"LM.init_cache: enc_ids must be [Np, 0], got {enc_ids_NpxP.shape}; "
                        "a decoder-only LM takes its prompt as the sampler's prefix")
-    if samples < 1 or max_len < 1 or block_len < 1:
-      raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
-                       f"block_len={block_len}: each must be >= 1")
     cfg = self.cfg
-    rows, num_blocks = enc_ids_NpxP.shape[0] * samples, -(-max_len // block_len)
-    zeros = jnp.zeros((rows, cfg.num_kv_heads, block_len, cfg.head_dim), self._dtype)
-    blocks = tuple([zeros] * num_blocks)
+    blocks = attn_lib.empty_cache(enc_ids_NpxP.shape[0], samples, max_len, block_len,
+                                  cfg.num_kv_heads, cfg.head_dim, self._dtype)
     return LMCache(k=tuple(blocks for _ in range(cfg.num_layers)),
                    v=tuple(blocks for _ in range(cfg.num_layers)))
 

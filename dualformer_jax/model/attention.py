@@ -159,6 +159,17 @@ def attend_cached(q_RxGxQxK: jax.Array, k_blocks: Sequence[jax.Array],
   return (o / total).astype(v_blocks[0].dtype)
 
 
+def empty_cache(prompts: int, samples: int, max_len: int, block_len: int, heads: int,
+                head_dim: int, dtype: jnp.dtype) -> tuple[jax.Array, ...]:
+  """One layer's empty K or V cache for prompts x samples rows and positions < max_len:
+  ceil(max_len / block_len) zero blocks [R, G, W, K], the layout `cached_step` writes."""
+  if samples < 1 or max_len < 1 or block_len < 1:
+    raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
+                     f"block_len={block_len}: each must be >= 1")
+  zeros_RxGxWxK = jnp.zeros((prompts * samples, heads, block_len, head_dim), dtype)
+  return tuple([zeros_RxGxWxK] * -(-max_len // block_len))
+
+
 def cached_step(q_RxGxQxK: jax.Array, k_RxGxK: jax.Array, v_RxGxK: jax.Array, k_blocks: Sequence,
                 v_blocks: Sequence, pos: jax.Array, num_blocks: int, window: int = 0) -> tuple:
   """Writes position pos's K/V into cache block num_blocks - 1 (which holds pos), then

@@ -247,15 +247,11 @@ class Transformer(nnx.Module):
     are computed here, once per prompt. The same call as `LM.init_cache`, so
     infer/sampler.py drives both models.
     """
-    if samples < 1 or max_len < 1 or block_len < 1:
-      raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
-                       f"block_len={block_len}: each must be >= 1")
+    cfg = self.cfg
+    blocks = attn_lib.empty_cache(enc_ids_NpxP.shape[0], samples, max_len, block_len, cfg.heads,
+                                  cfg.head_dim, cfg.compute_dtype)
     enc_NpxPxD = self.encode(enc_ids_NpxP)
     enc_valid_NpxP = enc_ids_NpxP != PAD_ID
-    cfg = self.cfg
-    rows, num_blocks = enc_NpxPxD.shape[0] * samples, -(-max_len // block_len)
-    zeros_RxHxWxK = jnp.zeros((rows, cfg.heads, block_len, cfg.head_dim), cfg.compute_dtype)
-    blocks = tuple([zeros_RxHxWxK] * num_blocks)
     cross = [blk.cross.kv(enc_NpxPxD) for blk in self.decoder]
     return DecodeCache(self_k=tuple(blocks for _ in self.decoder),
                        self_v=tuple(blocks for _ in self.decoder),
