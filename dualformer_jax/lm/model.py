@@ -6,9 +6,10 @@ MLP, no biases, Mistral's sliding window, tied or untied embeddings. Every
 attention goes through model/attention.py: `attention()` for full sequences,
 `cached_step()` for decoding, so masks and kernels are written once.
 
-Layer params are stored stacked ([L, ...], layer axis unsharded) and the
-forward pass is one `lax.scan` over them, checkpointed with the remat policy:
-one layer is compiled, not L, and nothing is copied to stack them per call
+RMSNorm, RoPE, SwiGLU and the layer scan are model/layers.py's (shared with
+the planning model). Layer params are stored stacked ([L, ...], layer axis
+unsharded) and the forward pass is `layers.scan_layers` over them: one layer
+is compiled, not L, and nothing is copied to stack them per call
 (model/transformer.py's `run_stack` stacks its small layers on the fly, a
 full weight copy at 8B). Params carry the planning model's logical axis names,
 so model/sharding.py shards them over (data, fsdp, tensor) unchanged.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -36,8 +36,10 @@ import numpy as np
 from flax import nnx
 
 from dualformer_jax.model import attention as attn_lib
+from dualformer_jax.model import layers
+from dualformer_jax.model.layers import RopeScaling, rms_norm
 from dualformer_jax.model.model_config import REMAT_POLICIES
-from dualformer_jax.model.transformer import constrain_batch
+from dualformer_jax.model.sharding import constrain_batch
 
 DTYPES = ("float32", "bfloat16")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
@@ -53,15 +55,6 @@ LAYER_PARAMS = {
     "w_up": (lambda c: (c.dim, c.ffn_dim), ("embed", "mlp")),
     "w_down": (lambda c: (c.ffn_dim, c.dim), ("mlp", "embed")),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class RopeScaling:
-  """Llama 3.1's frequency-dependent RoPE scaling (HF rope_type "llama3")."""
-  factor: float
-  low_freq_factor: float
-  high_freq_factor: float
-  original_max_position_embeddings: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,60 +196,15 @@ class LMConfig:
     return hf
 
 
-def rope_inv_freq(cfg: LMConfig) -> np.ndarray:
-  """Inverse frequencies [K/2] float32, computed as transformers does (Llama 3.1 scaling too)."""
-  k = cfg.head_dim
-  inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, k, 2).astype(np.float32) / k)))
-  inv = inv.astype(np.float32)
-  sc = cfg.rope_scaling
-  if sc is None:
-    return inv
-  old = sc.original_max_position_embeddings
-  low_wavelen, high_wavelen = old / sc.low_freq_factor, old / sc.high_freq_factor
-  wavelen = 2 * math.pi / inv
-  scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
-  smooth = (old / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
-  smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
-  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-  return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
-def rope(x_BxTxNxK: jax.Array, pos_T: jax.Array, inv_freq_K2: np.ndarray) -> jax.Array:
-  """Rotate-half RoPE (HF's convention: pairs are (i, i + K/2)) at positions pos_T."""
-  ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq_K2)[None, :]
-  ang_TxK = jnp.concatenate([ang_TxK2, ang_TxK2], axis=-1)
-  cos, sin = jnp.cos(ang_TxK)[None, :, None, :], jnp.sin(ang_TxK)[None, :, None, :]
-  x = x_BxTxNxK.astype(jnp.float32)
-  half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BxTxNxK.dtype)
-
-
-def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float, dtype: jnp.dtype) -> jax.Array:
-  """x / rms(x) * scale in float32, returned in the compute dtype."""
-  x = x_BxTxD.astype(jnp.float32)
-  x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
-  return (x * scale_D.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + (-1,))).astype(dtype)
-
-
-def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...],
-           dtype: str) -> nnx.Param:
-  # As in model/transformer.py: placed by jit out_shardings or the checkpoint
-  # loader, never at creation, so building a model needs no mesh.
-  return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)), out_sharding=names,
-                   eager_sharding=False)
-
-
 class Layers(nnx.Module):
   """All L blocks' params, stacked on a leading (unsharded) layer axis."""
 
   def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs):
     for name, (shape_fn, names) in LAYER_PARAMS.items():
       shape = shape_fn(cfg)
-      init = (nnx.initializers.ones if name.endswith("norm")
-              else nnx.initializers.normal(stddev=shape[0] ** -0.5))
-      setattr(self, name, _param(rngs, init, (cfg.num_layers, *shape), (None, *names),
-                                 cfg.param_dtype))
+      init = nnx.initializers.ones if name.endswith("norm") else layers.dense_init(shape[0])
+      setattr(self, name, layers.param(rngs, init, (cfg.num_layers, *shape), (None, *names),
+                                       cfg.param_dtype))
 
   def stacked(self) -> dict[str, jax.Array]:
     return {name: getattr(self, name)[...] for name in LAYER_PARAMS}
@@ -274,13 +222,12 @@ class LM(nnx.Module):
   def __init__(self, cfg: LMConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     d, v = cfg.dim, cfg.vocab_size
-    self.embed = _param(rngs, nnx.initializers.normal(stddev=1.0), (v, d), ("vocab", "embed"),
-                        cfg.param_dtype)
+    self.embed = layers.param(rngs, nnx.initializers.normal(stddev=1.0), (v, d),
+                              ("vocab", "embed"), cfg.param_dtype)
     self.layers = Layers(cfg, rngs=rngs)
-    self.norm = _param(rngs, nnx.initializers.ones, (d,), ("norm",), cfg.param_dtype)
-    self.head = None if cfg.tie_embeddings else _param(
-        rngs, nnx.initializers.normal(stddev=d ** -0.5), (d, v), ("embed", "vocab"),
-        cfg.param_dtype)
+    self.norm = layers.param(rngs, nnx.initializers.ones, (d,), ("norm",), cfg.param_dtype)
+    self.head = None if cfg.tie_embeddings else layers.param(
+        rngs, layers.dense_init(d), (d, v), ("embed", "vocab"), cfg.param_dtype)
 
   @property
   def _dtype(self) -> jnp.dtype:
@@ -300,20 +247,17 @@ class LM(nnx.Module):
   def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: jax.Array):
     cfg, dt = self.cfg, self._dtype
     h = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps, dt)
-    q, k, v = (jnp.einsum("btd,dhk->bthk", h, p[w].astype(dt)) for w in ("wq", "wk", "wv"))
-    inv_freq = rope_inv_freq(cfg)
-    return rope(q, pos_T, inv_freq), rope(k, pos_T, inv_freq), v
+    q, k, v = (layers.project(h, p[w], dt) for w in ("wq", "wk", "wv"))
+    inv_freq = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    return layers.rope(q, pos_T, inv_freq), layers.rope(k, pos_T, inv_freq), v
 
   def _finish(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, o_BxTxHxK: jax.Array
               ) -> jax.Array:
     """Attention output projection + residual, then the SwiGLU MLP + residual."""
     cfg, dt = self.cfg, self._dtype
-    x_BxTxD = x_BxTxD + jnp.einsum("bthk,hkd->btd", o_BxTxHxK, p["wo"].astype(dt))
+    x_BxTxD = x_BxTxD + layers.project_out(o_BxTxHxK, p["wo"], dt)
     h = rms_norm(x_BxTxD, p["mlp_norm"], cfg.rms_norm_eps, dt)
-    gate_BxTxF = jnp.einsum("btd,df->btf", h, p["w_gate"].astype(dt))
-    up_BxTxF = jnp.einsum("btd,df->btf", h, p["w_up"].astype(dt))
-    return x_BxTxD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF,
-                                p["w_down"].astype(dt))
+    return x_BxTxD + layers.swiglu(h, p["w_gate"], p["w_up"], p["w_down"], dt)
 
   def __call__(self, ids_BxT: jax.Array, valid_BxT: jax.Array | None = None) -> jax.Array:
     """Causal logits [B, T, V] float32 at positions 0..T-1; valid_BxT marks real
@@ -328,11 +272,9 @@ class LM(nnx.Module):
       q, k, v = self._qkv(p, x_BxTxD, pos_T)
       o = attn_lib.attention(q, k, v, kv_valid_BxS=valid, causal=True, window=cfg.window,
                              impl=cfg.attention)
-      return constrain_batch(self._finish(p, x_BxTxD, o)), None
+      return constrain_batch(self._finish(p, x_BxTxD, o))
 
-    if cfg.remat != "none":
-      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
-    x_BxTxD, _ = jax.lax.scan(layer, self._embed(ids_BxT), self.layers.stacked())
+    x_BxTxD = layers.scan_layers(layer, self._embed(ids_BxT), self.layers.stacked(), cfg.remat)
     return self._logits(x_BxTxD)
 
   def init_cache(self, enc_ids_NpxP: jax.Array, samples: int, max_len: int, block_len: int
@@ -346,13 +288,9 @@ class LM(nnx.Module):
     if enc_ids_NpxP.ndim != 2 or enc_ids_NpxP.shape[1]:
       raise ValueError(f"LM.init_cache: enc_ids must be [Np, 0], got {enc_ids_NpxP.shape}; "
                        "a decoder-only LM takes its prompt as the sampler's prefix")
-    if samples < 1 or max_len < 1 or block_len < 1:
-      raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
-                       f"block_len={block_len}: each must be >= 1")
     cfg = self.cfg
-    rows, num_blocks = enc_ids_NpxP.shape[0] * samples, -(-max_len // block_len)
-    zeros = jnp.zeros((rows, cfg.num_kv_heads, block_len, cfg.head_dim), self._dtype)
-    blocks = tuple([zeros] * num_blocks)
+    blocks = attn_lib.empty_cache(enc_ids_NpxP.shape[0], samples, max_len, block_len,
+                                  cfg.num_kv_heads, cfg.head_dim, self._dtype)
     return LMCache(k=tuple(blocks for _ in range(cfg.num_layers)),
                    v=tuple(blocks for _ in range(cfg.num_layers)))
 
@@ -393,6 +331,3 @@ def log_probs(model: LM, ids_BxT: jax.Array, valid_BxT: jax.Array | None = None)
     return out
   return jnp.where(valid_BxT[:, 1:].astype(bool), out, 0.0)
 
-
-def count_params(model: LM) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,10 +1,11 @@
-"""Device mesh from `config.mesh` and logical-axis sharding of params and batches.
+"""Device mesh from `config.mesh`, logical-axis sharding of params, batches and activations.
 
 One mesh with axes (data, fsdp, tensor) covers 1 CPU device up to a pod. Params
-name their axes logically (model/transformer.py); LOGICAL_RULES maps the names
-to mesh axes. A dimension that a mesh axis does not divide (e.g. 3 heads over
-tensor=2) stays replicated instead of failing, so every preset runs on every
-mesh. Batches are split along their first axis over data x fsdp.
+name their axes logically (model/layers.py `param`); LOGICAL_RULES maps the
+names to mesh axes. A dimension that a mesh axis does not divide (e.g. 3 heads
+over tensor=2) stays replicated instead of failing, so every preset runs on
+every mesh. Batches are split along their first axis over data x fsdp; inside
+the models, `constrain_batch` keeps activations split the same way.
 """
 
 from __future__ import annotations
@@ -159,3 +160,39 @@ def shard_batch(batch_np: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch_np.items()}
+
+
+# ------------------------------------------------------------------ inside the models
+
+def auto_axes(mesh: Any) -> set[str]:
+  """Mesh axes that GSPMD still places (not Manual, as inside an outer shard_map)."""
+  return {a for a, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto}
+
+
+def _mesh_places_batch() -> bool:
+  """A mesh in context whose batch axes GSPMD places (not Manual, as inside shard_map)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and set(BATCH_AXES) <= auto_axes(mesh)
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+  """Pins an activation's batch axis to data x fsdp when traced under jax.set_mesh.
+
+  Without it GSPMD may copy the fsdp sharding of the params' embed axis onto
+  activations and then reshard them by full rematerialisation. No mesh in
+  context (tests), a shard_map body (the sampler's per-device loops), or a
+  batch the mesh does not divide: unchanged.
+  """
+  if not _mesh_places_batch():
+    return x
+  mesh = jax.sharding.get_abstract_mesh()
+  if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES, *([None] * (x.ndim - 1))))
+
+
+def replicate_table(w: jax.Array) -> jax.Array:
+  """Gathers a sharded table before a row lookup (GSPMD's sharded gather reshards badly)."""
+  if not _mesh_places_batch():
+    return w
+  return jax.lax.with_sharding_constraint(w, P())

@@ -1,7 +1,8 @@
 """Encoder-decoder Transformer (PAPER.md "Model and training") with a decode cache.
 
 Pre-norm RMSNorm blocks, RoPE in self-attention only (cross-attention has no
-positions), SwiGLU feed-forward, no biases. Pad id 0 is masked out of encoder
+positions), SwiGLU feed-forward, no biases; the layers are model/layers.py's,
+shared with the LM. Pad id 0 is masked out of encoder
 self-attention and cross-attention; the decoder is causal (its trailing pads
 are never attended by real tokens, and the loss mask drops them).
 
@@ -27,7 +28,6 @@ length.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -36,65 +36,24 @@ from flax import nnx
 
 from dualformer_jax.data.vocab import PAD_ID
 from dualformer_jax.model import attention as attn_lib
-from dualformer_jax.model.model_config import REMAT_POLICIES, ModelConfig
-from dualformer_jax.model.sharding import BATCH_AXES
-
-def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str | None, ...]
-           ) -> nnx.Param:
-  # eager_sharding=False: placement is done by jit out_shardings (train/step.py),
-  # so building a model never needs a mesh in context.
-  return nnx.Param(init(rngs.params(), shape, jnp.float32), out_sharding=names,
-                   eager_sharding=False)
-
-
-def _dense_init(fan_in: int):
-  return nnx.initializers.normal(stddev=fan_in ** -0.5)
-
-
-class RMSNorm(nnx.Module):
-  """x / rms(x) * scale, computed in float32, returned in the compute dtype."""
-
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.eps, self.dtype = cfg.norm_eps, cfg.compute_dtype
-    self.scale = _param(rngs, nnx.initializers.ones, (cfg.dim,), ("norm",))
-
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    x = x_BxTxD.astype(jnp.float32)
-    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-    return (x * self.scale[...][None, None, :]).astype(self.dtype)
-
-
-def rope(x_BxTxHxK: jax.Array, pos_T: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding (rotate-half form) at positions pos_T, same for every row."""
-  k = x_BxTxHxK.shape[-1]
-  inv_freq = base ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)  # [K/2]
-  ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
-  sin = jnp.sin(ang_TxK2)[None, :, None, :]  # [1, T, 1, K/2]
-  cos = jnp.cos(ang_TxK2)[None, :, None, :]
-  x = x_BxTxHxK.astype(jnp.float32)
-  x1, x2 = x[..., : k // 2], x[..., k // 2:]
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-  return out.astype(x_BxTxHxK.dtype)
-
-
-def _project(x_BxTxD: jax.Array, w: nnx.Param, dtype: jnp.dtype) -> jax.Array:
-  """x [B, T, D] @ w [D, H, K] -> [B, T, H, K] in the compute dtype."""
-  return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dtype), w[...].astype(dtype))
+from dualformer_jax.model import layers
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.model.sharding import constrain_batch, replicate_table
 
 
 def _attention_weights(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, ...]:
   """Q, K, V [D, H, K] and output [H, K, D] kernels (self- and cross-attention alike)."""
   d, h, k = cfg.dim, cfg.heads, cfg.head_dim
-  qkv = [_param(rngs, _dense_init(d), (d, h, k), ("embed", "heads", "kv")) for _ in range(3)]
-  return (*qkv, _param(rngs, _dense_init(d), (h, k, d), ("heads", "kv", "embed")))
+  init = layers.dense_init(d)
+  qkv = [layers.param(rngs, init, (d, h, k), ("embed", "heads", "kv")) for _ in range(3)]
+  return (*qkv, layers.param(rngs, init, (h, k, d), ("heads", "kv", "embed")))
 
 
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with RoPE on queries and keys.
 
-  Separate Q/K/V kernels rather than one fused [D, 3, H, K]: slicing a fused
-  projection output costs a pad + add pass over the activations in the
-  backward, which on CPU was slower than the larger fused matmul saves.
+  Separate Q/K/V kernels rather than one fused [D, 3, H, K], for the reason
+  given in layers.SwiGLU.
   """
 
   def __init__(self, cfg: ModelConfig, causal: bool, *, rngs: nnx.Rngs):
@@ -102,11 +61,13 @@ class SelfAttention(nnx.Module):
     self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
   def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
-    q, k, v = (_project(x_BxTxD, w, self.cfg.compute_dtype) for w in (self.wq, self.wk, self.wv))
-    return rope(q, pos_T, self.cfg.rope_base), rope(k, pos_T, self.cfg.rope_base), v
+    dt = self.cfg.compute_dtype
+    inv_freq = layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_base)
+    q, k, v = (layers.project(x_BxTxD, w[...], dt) for w in (self.wq, self.wk, self.wv))
+    return layers.rope(q, pos_T, inv_freq), layers.rope(k, pos_T, inv_freq), v
 
   def out(self, o_BxTxHxK: jax.Array) -> jax.Array:
-    return jnp.einsum("bthk,hkd->btd", o_BxTxHxK, self.wo[...].astype(self.cfg.compute_dtype))
+    return layers.project_out(o_BxTxHxK, self.wo[...], self.cfg.compute_dtype)
 
   def __call__(self, x_BxTxD: jax.Array, valid_BxT: jax.Array | None) -> jax.Array:
     """Full sequence; valid_BxT marks real tokens as keys (None: all)."""
@@ -137,37 +98,28 @@ class CrossAttention(nnx.Module):
 
   def kv(self, enc_BxPxD: jax.Array) -> tuple[jax.Array, jax.Array]:
     dt = self.cfg.compute_dtype
-    return _project(enc_BxPxD, self.wk, dt), _project(enc_BxPxD, self.wv, dt)
+    return layers.project(enc_BxPxD, self.wk[...], dt), layers.project(enc_BxPxD, self.wv[...], dt)
 
   def __call__(self, x_BxTxD: jax.Array, k_BxPxHxK: jax.Array, v_BxPxHxK: jax.Array,
                enc_valid_BxP: jax.Array) -> jax.Array:
     dt = self.cfg.compute_dtype
-    o = attn_lib.attention(_project(x_BxTxD, self.wq, dt), k_BxPxHxK, v_BxPxHxK,
+    o = attn_lib.attention(layers.project(x_BxTxD, self.wq[...], dt), k_BxPxHxK, v_BxPxHxK,
                            kv_valid_BxS=enc_valid_BxP, impl=self.cfg.attention)
-    return jnp.einsum("bthk,hkd->btd", o, self.wo[...].astype(dt))
+    return layers.project_out(o, self.wo[...], dt)
 
 
-class SwiGLU(nnx.Module):
-  """w2(silu(x w1) * (x w3)); separate kernels for the reason given in SelfAttention."""
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> layers.RMSNorm:
+  return layers.RMSNorm(cfg.dim, cfg.norm_eps, cfg.compute_dtype, rngs=rngs)
 
-  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.dtype = cfg.compute_dtype
-    d, f = cfg.dim, cfg.ffn
-    self.w1 = _param(rngs, _dense_init(d), (d, f), ("embed", "mlp"))
-    self.w3 = _param(rngs, _dense_init(d), (d, f), ("embed", "mlp"))
-    self.w2 = _param(rngs, _dense_init(f), (f, d), ("mlp", "embed"))
 
-  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
-    gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.w1[...].astype(self.dtype))
-    up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, self.w3[...].astype(self.dtype))
-    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF,
-                      self.w2[...].astype(self.dtype))
+def _mlp(cfg: ModelConfig, rngs: nnx.Rngs) -> layers.SwiGLU:
+  return layers.SwiGLU(cfg.dim, cfg.ffn, cfg.compute_dtype, rngs=rngs)
 
 
 class EncoderBlock(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, False, rngs=rngs)
-    self.norm2, self.mlp = RMSNorm(cfg, rngs=rngs), SwiGLU(cfg, rngs=rngs)
+    self.norm1, self.attn = _norm(cfg, rngs), SelfAttention(cfg, False, rngs=rngs)
+    self.norm2, self.mlp = _norm(cfg, rngs), _mlp(cfg, rngs)
 
   def __call__(self, x_BxPxD: jax.Array, valid_BxP: jax.Array) -> jax.Array:
     x_BxPxD = x_BxPxD + self.attn(self.norm1(x_BxPxD), valid_BxP)
@@ -176,9 +128,9 @@ class EncoderBlock(nnx.Module):
 
 class DecoderBlock(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    self.norm1, self.attn = RMSNorm(cfg, rngs=rngs), SelfAttention(cfg, True, rngs=rngs)
-    self.norm2, self.cross = RMSNorm(cfg, rngs=rngs), CrossAttention(cfg, rngs=rngs)
-    self.norm3, self.mlp = RMSNorm(cfg, rngs=rngs), SwiGLU(cfg, rngs=rngs)
+    self.norm1, self.attn = _norm(cfg, rngs), SelfAttention(cfg, True, rngs=rngs)
+    self.norm2, self.cross = _norm(cfg, rngs), CrossAttention(cfg, rngs=rngs)
+    self.norm3, self.mlp = _norm(cfg, rngs), _mlp(cfg, rngs)
 
   def __call__(self, x_BxTxD: jax.Array, enc_BxPxD: jax.Array, enc_valid_BxP: jax.Array
                ) -> jax.Array:
@@ -215,47 +167,12 @@ class DecodeCache(NamedTuple):
   enc_valid: jax.Array  # [Np, P] bool: real prompt tokens
 
 
-def _mesh_has_batch_axes() -> bool:
-  """A mesh in context whose batch axes GSPMD places (not Manual, as inside shard_map)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-    return False
-  types = dict(zip(mesh.axis_names, mesh.axis_types))
-  return all(types[a] == jax.sharding.AxisType.Auto for a in BATCH_AXES)
-
-
-def constrain_batch(x: jax.Array) -> jax.Array:
-  """Pins an activation's batch axis to data x fsdp when traced under jax.set_mesh.
-
-  Without it GSPMD may copy the fsdp sharding of the params' embed axis onto
-  activations and then reshard them by full rematerialisation. No mesh in
-  context (tests), a shard_map body (the sampler's per-device loops), or a
-  batch the mesh does not divide: unchanged.
-  """
-  if not _mesh_has_batch_axes():
-    return x
-  mesh = jax.sharding.get_abstract_mesh()
-  if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    return x
-  return jax.lax.with_sharding_constraint(x, jax.P(BATCH_AXES, *([None] * (x.ndim - 1))))
-
-
-def _replicate(w: jax.Array) -> jax.Array:
-  """Gathers a sharded table before a row lookup (GSPMD's sharded gather reshards badly)."""
-  if not _mesh_has_batch_axes():
-    return w
-  return jax.lax.with_sharding_constraint(w, jax.P())
-
-
 def run_stack(blocks: nnx.List, x: jax.Array, *args: jax.Array, remat: str) -> jax.Array:
   """x through every block (each called as block(x, *args)).
 
-  remat "none": a plain loop. Otherwise a `lax.scan` over the blocks' params
-  (stacked on the fly; they are small next to the activations) whose body is
-  `jax.checkpoint`ed with the policy: only each block's input is kept for the
-  backward pass. The scan makes that hold on every backend: XLA:CPU drops
-  remat's optimisation barriers and CSE would merge a loop's recomputation
-  back into its forward, keeping every activation alive.
+  remat "none": a plain loop. Otherwise `layers.scan_layers` over the blocks'
+  params, stacked here on every call (they are small next to the activations;
+  the LM, whose are not, stores its layers stacked instead).
   """
   if remat == "none":
     for block in blocks:
@@ -264,12 +181,8 @@ def run_stack(blocks: nnx.List, x: jax.Array, *args: jax.Array, remat: str) -> j
   graphdef, first = nnx.split(blocks[0])
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), first,
                          *[nnx.state(b) for b in list(blocks)[1:]])
-
-  @functools.partial(jax.checkpoint, policy=REMAT_POLICIES[remat])
-  def body(x, state):
-    return constrain_batch(nnx.merge(graphdef, state)(x, *args)), None
-
-  return jax.lax.scan(body, x, stacked)[0]
+  return layers.scan_layers(
+      lambda x, state: constrain_batch(nnx.merge(graphdef, state)(x, *args)), x, stacked, remat)
 
 
 class Transformer(nnx.Module):
@@ -279,20 +192,20 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     d, v = cfg.dim, cfg.vocab_size
     emb_init = nnx.initializers.normal(stddev=1.0)
-    self.enc_embed = _param(rngs, emb_init, (v, d), ("vocab", "embed"))
-    self.dec_embed = _param(rngs, emb_init, (v, d), ("vocab", "embed"))
+    self.enc_embed = layers.param(rngs, emb_init, (v, d), ("vocab", "embed"))
+    self.dec_embed = layers.param(rngs, emb_init, (v, d), ("vocab", "embed"))
     self.encoder = nnx.List([EncoderBlock(cfg, rngs=rngs) for _ in range(cfg.layers)])
-    self.enc_norm = RMSNorm(cfg, rngs=rngs)
+    self.enc_norm = _norm(cfg, rngs)
     self.decoder = nnx.List([DecoderBlock(cfg, rngs=rngs) for _ in range(cfg.layers)])
-    self.dec_norm = RMSNorm(cfg, rngs=rngs)
-    self.head = _param(rngs, _dense_init(d), (d, v), ("embed", "vocab"))
+    self.dec_norm = _norm(cfg, rngs)
+    self.head = layers.param(rngs, layers.dense_init(d), (d, v), ("embed", "vocab"))
 
   def embed_decoder(self, dec_ids: jax.Array) -> jax.Array:
     """Decoder input embeddings [..., D] in the compute dtype."""
     return self._embed(self.dec_embed, dec_ids)
 
   def _embed(self, table: nnx.Param, ids: jax.Array) -> jax.Array:
-    rows = jnp.take(_replicate(table[...]), ids, axis=0)
+    rows = jnp.take(replicate_table(table[...]), ids, axis=0)
     return constrain_batch(rows.astype(self.cfg.compute_dtype))
 
   def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
@@ -334,15 +247,11 @@ class Transformer(nnx.Module):
     are computed here, once per prompt. The same call as `LM.init_cache`, so
     infer/sampler.py drives both models.
     """
-    if samples < 1 or max_len < 1 or block_len < 1:
-      raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
-                       f"block_len={block_len}: each must be >= 1")
+    cfg = self.cfg
+    blocks = attn_lib.empty_cache(enc_ids_NpxP.shape[0], samples, max_len, block_len, cfg.heads,
+                                  cfg.head_dim, cfg.compute_dtype)
     enc_NpxPxD = self.encode(enc_ids_NpxP)
     enc_valid_NpxP = enc_ids_NpxP != PAD_ID
-    cfg = self.cfg
-    rows, num_blocks = enc_NpxPxD.shape[0] * samples, -(-max_len // block_len)
-    zeros_RxHxWxK = jnp.zeros((rows, cfg.heads, block_len, cfg.head_dim), cfg.compute_dtype)
-    blocks = tuple([zeros_RxHxWxK] * num_blocks)
     cross = [blk.cross.kv(enc_NpxPxD) for blk in self.decoder]
     return DecodeCache(self_k=tuple(blocks for _ in self.decoder),
                        self_v=tuple(blocks for _ in self.decoder),
@@ -370,11 +279,8 @@ class Transformer(nnx.Module):
     cache = cache._replace(self_k=tuple(self_k), self_v=tuple(self_v))
     return self._logits(x_Rx1xD)[:, 0], cache
 
+
 def _check_ids(name: str, ids: jax.Array, ndim: int) -> None:
   if ids.ndim != ndim or not jnp.issubdtype(ids.dtype, jnp.integer):
     raise ValueError(f"{name}: expected int ids of rank {ndim}, got {ids.dtype}{list(ids.shape)}")
 
-
-def count_params(model: Transformer) -> int:
-  """Number of parameters (all float32 leaves of the model)."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

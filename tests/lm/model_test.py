@@ -1,7 +1,5 @@
 """lm/model.py: parity with transformers, cached decoding through the sampler, config."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,8 @@ from flax import nnx
 
 from dualformer_jax.infer import sampler
 from dualformer_jax.lm import hf_checkpoint
-from dualformer_jax.lm.model import LM, LMConfig, log_probs, rope_inv_freq
+from dualformer_jax.lm.model import LM, LMConfig, log_probs
+from dualformer_jax.model.layers import rope_inv_freq
 
 _log_probs = nnx.jit(log_probs)
 
@@ -41,7 +40,8 @@ def test_rope_scaling_equals_transformers(checkpoints):
   path, hf = checkpoints["llama31_tied"]
   cfg = hf_checkpoint.read_config(path)
   want, _ = ROPE_INIT_FUNCTIONS["llama3"](hf.config, "cpu")
-  scaled, plain = rope_inv_freq(cfg), rope_inv_freq(dataclasses.replace(cfg, rope_scaling=None))
+  scaled = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+  plain = rope_inv_freq(cfg.head_dim, cfg.rope_theta)
   np.testing.assert_allclose(scaled, want.numpy(), rtol=1e-6)
   np.testing.assert_allclose(scaled[-1], plain[-1] / 8.0, rtol=1e-6)
 

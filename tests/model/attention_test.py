@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dualformer_jax.model import attention as attn
+from dualformer_jax.model import kernels, masks
 
 # (T, S, causal, window, kv heads): self, padded, sliding window, cross (T != S), GQA.
 CASES = [(37, 37, True, 0, 4), (37, 37, True, 9, 4), (20, 45, False, 0, 4), (29, 29, True, 0, 2)]
@@ -37,7 +38,7 @@ def _run(impl, q, k, v, valid, causal, window, w, block=8):
 def _seeing(t, s, valid, causal, window):
   """[B, T, 1, 1]: queries that see at least one key (the others' outputs are meaningless,
   so they get no cotangent and are not compared)."""
-  return np.asarray(attn.visible(t, s, valid, causal, window).any(-1))[:, 0, :, None, None]
+  return np.asarray(masks.visible(t, s, valid, causal, window).any(-1))[:, 0, :, None, None]
 
 
 @pytest.mark.parametrize("t,s,causal,window,g", CASES)
@@ -111,8 +112,8 @@ def test_splash_kernel_interpreted_equals_plain():
 
 @pytest.mark.parametrize("causal,window", [(False, 0), (True, 0), (True, 5)])
 def test_splash_masks_match_ours(causal, window):
-  dense = attn.splash_dense_mask(256, 256, causal, window)
-  ours = np.asarray(attn.visible(256, 256, None, causal, window))[0, 0]
+  dense = kernels.splash_dense_mask(256, 256, causal, window)
+  ours = np.asarray(masks.visible(256, 256, None, causal, window))[0, 0]
   np.testing.assert_array_equal(dense, ours)
 
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dualformer_jax.model.layers import count_params
 from dualformer_jax.model.model_config import SIZES, ModelConfig, ffn_dim
-from dualformer_jax.model.transformer import Transformer, count_params
+from dualformer_jax.model.transformer import Transformer
 
 V = 40
 CFG = ModelConfig(dim=64, layers=2, heads=4, vocab_size=V)
