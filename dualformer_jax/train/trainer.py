@@ -47,6 +47,7 @@ from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.model import sharding
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
+from dualformer_jax.train import planning_loss
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 from dualformer_jax.train.logger import MetricLogger, plot_loss
@@ -108,7 +109,7 @@ def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
       sums[k] = sums.get(k, 0.0) + float(np.asarray(v))
   if not sums:
     return {}
-  return {k: float(v) for k, v in step_lib.summarize(sums).items()}
+  return {k: float(v) for k, v in planning_loss.summarize(sums).items()}
 
 
 def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, state):
@@ -199,7 +200,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     _say(f"resumed from checkpoint {start} in {ckpt.directory}")
   save_run_config(config, workdir)  # after the checks: a refused run leaves the old one
   train_step = step_lib.make_train_step(graphdef, config, mesh, state_shardings)
-  eval_step = step_lib.make_eval_step(graphdef, config, mesh, state_shardings)
+  eval_step = step_lib.make_eval_step(graphdef, mesh, state_shardings)
   logger = MetricLogger(workdir, resume_step=start)
   stop = StopFlag()
   result = TrainResult(step=start, interrupted=False)
