@@ -4,7 +4,7 @@
       [--mode=all|generate|train|evaluate] [--config.x.y=value ...]
 
 configs/sokoban.py runs the same way; configs/math.py (task.name "math") runs the
-language-model step-dropping experiment of lm/train.py instead.
+language-model step-dropping experiment of lm/finetune.py instead.
 
 The same line runs on every host of a multi-host launch (launch/*): see
 distributed.py for when jax.distributed.initialize is called. The workdir must
@@ -111,19 +111,18 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
 
 def _run_math(config, workdir: str, mode: str) -> None:
   """Step dropping for language models: train one LM per drop probability, evaluate, print."""
-  from dualformer_jax.lm import hf_checkpoint
-  from dualformer_jax.lm import train as lm_train
+  from dualformer_jax.lm import finetune
   if mode == "generate":
     raise app.UsageError("configs/math.py builds its data in memory: use --mode=all, train or "
                          "evaluate")
   try:
-    lm_train.validate(config)
+    finetune.validate(config)
   except ValueError as e:
     raise app.UsageError(str(e))
   config_lib.configure_jax(config)
   try:
-    lm_train.run(config, workdir, mode)
-  except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError,
+    finetune.run(config, workdir, mode)
+  except (CheckpointError, FloatingPointError, ValueError,
           workdir_lock.WorkdirBusy, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
