@@ -87,8 +87,8 @@ def _restore(ckpt: Checkpointer, step: int, abstract_state, data_iter):
   if written_by == jax.process_count():
     return ckpt.restore(step, abstract_state, data_iter)
   say(f"checkpoint {step} was written by {written_by} processes, this run has "
-       f"{jax.process_count()}: restoring the model and optimizer; the data stream starts "
-       "again from its beginning")
+      f"{jax.process_count()}: restoring the model and optimizer; the data stream starts "
+      "again from its beginning")
   return ckpt.restore(step, abstract_state, None)
 
 
@@ -175,11 +175,11 @@ def _open_data(config: ml_collections.ConfigDict, workdir: str) -> _Data:
                 if ds.has_split(records.VALID) else None))
   if data.valid is not None and not len(data.valid):
     say("warning: no validation example fits data.max_prompt_len / data.max_decoder_len: "
-         "no checkpoint will be chosen by validation loss")
+        "no checkpoint will be chosen by validation loss")
   if not len(data.eval):
     say(f"warning: none of the {config.data.num_test} test examples fits "
-         f"data.max_prompt_len={config.data.max_prompt_len} / data.max_decoder_len="
-         f"{config.data.max_decoder_len}: no eval loss will be measured")
+        f"data.max_prompt_len={config.data.max_prompt_len} / data.max_decoder_len="
+        f"{config.data.max_decoder_len}: no eval loss will be measured")
   return data
 
 
