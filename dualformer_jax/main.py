@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, workdir_lock
 from dualformer_jax.data import generate, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.eval import evaluate
 from dualformer_jax.train import trainer
 from dualformer_jax.train.checkpoint import CheckpointError
@@ -60,7 +61,7 @@ def main(argv):
     _run_math(config, workdir, mode)
     return
   try:
-    config_lib.validate(config)
+    data = config_lib.validate(config)
     launch = distributed.detect(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
   except (ValueError, distributed.DistributedError) as e:
@@ -68,7 +69,7 @@ def main(argv):
   try:
     config_lib.configure_jax(config)  # CPU device count, XLA cache: before any device use
     distributed.initialize(launch)
-    _run(config, workdir, mode, multi_process=launch is not None)
+    _run(config, data, workdir, mode, multi_process=launch is not None)
   except (records.DatasetError, CheckpointError, distributed.DistributedError,
           workdir_lock.WorkdirBusy, FloatingPointError, ValueError, OSError) as e:
     # User errors (a bad tasks file, a mesh that does not fit the devices, a diverged
@@ -77,7 +78,7 @@ def main(argv):
     sys.exit(1)
 
 
-def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
+def _run(config, data: DataConfig, workdir: str, mode: str, multi_process: bool) -> None:
   if mode != "generate":  # every mesh / model / schedule value, before any file is written
     trainer.preflight(config, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
@@ -87,7 +88,7 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
     # A single process does not ask jax: generation must not start a TPU runtime.
     if not multi_process or jax.process_index() == 0:
       start = time.perf_counter()
-      meta = generate.generate(config, workdir)
+      meta = generate.generate(data, workdir)
       print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)} "
             f"({time.perf_counter() - start:.0f} s)")
     if multi_process:

@@ -2,7 +2,7 @@
 
 `run` is what `main.py --config=configs/math.py` calls: it trains one model per
 p in `data.drop_probs` (each in `<workdir>/p<p>/`, resuming from its newest
-checkpoint), evaluates each per mode (lm/evaluate.py) and prints one table.
+checkpoint), evaluates each per mode (lm/math_eval.py) and prints one table.
 
 The LM's part is its loss, data and wiring: the train step, loop and
 checkpointer are train/'s (step.build_train_step, loop.run, Checkpointer). The
