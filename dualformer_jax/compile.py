@@ -164,7 +164,7 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
   batch = per_device_batch * shd.batch_divisor(mesh)
   shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  shardings = step_lib.shardings_of(abstract)
   train_step = step_lib.make_train_step(step_lib.model_graphdef(config, vocab_size), config,
                                         mesh, shardings)
   rows = shd.batch_sharding(mesh)
@@ -241,7 +241,7 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   batch = per_device_batch * shd.batch_divisor(mesh)
   shd.check_batch_size(batch, mesh)
   graphdef, _, abstract = finetune.init_state(config, lm_cfg, mesh, None)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  shardings = step_lib.shardings_of(abstract)
   step = finetune.make_train_step(graphdef, config.train, mesh, shardings)
   rows = shd.batch_sharding(mesh)
   batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
