@@ -5,7 +5,7 @@ program: lowered and compiled, never run, so an 8B fine-tune is sized on a CPU.
   python benchmarks/lm_memory_bench.py --devices=16 --fsdp=8 --tensor=2 --param_dtype=bfloat16
   python benchmarks/lm_memory_bench.py --model=tiny --devices=2 --fsdp=2 --seq_len=16  # seconds
 
-The step is lm/train.py's own (`_init_state` + `make_train_step`, AdamW as in
+The step is lm/finetune.py's own (`init_state` + `make_train_step`, AdamW as in
 train/step.py) for configs/math.py:paper, on Llama-3-8B's architecture (dim
 4096, 32 layers, 32 heads, 8 K/V heads, MLP 14336, vocabulary 128256, RoPE
 theta 500000), remat full, bfloat16 compute. Params and both AdamW moments are
@@ -86,7 +86,7 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from dualformer_jax.lm import train as train_lib
+  from dualformer_jax.lm import finetune as train_lib
   from dualformer_jax.lm.model import LMConfig
   from dualformer_jax.model import sharding as shd
 
@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
   shd.check_batch_size(batch, mesh)
   lm_cfg = LMConfig(**MODELS[args.model], dtype="bfloat16", param_dtype=args.param_dtype,
                     attention="auto", remat="full")
-  graphdef, _, abstract = train_lib._init_state(c, lm_cfg, mesh, None)
+  graphdef, _, abstract = train_lib.init_state(c, lm_cfg, mesh, None)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   step = train_lib.make_train_step(graphdef, c.train, mesh, shardings)
   bs = shd.batch_sharding(mesh)

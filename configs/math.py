@@ -32,7 +32,7 @@ def with_baseline(*probs: float) -> tuple[float, ...]:
 
 def _task() -> ml_collections.ConfigDict:
   g = ml_collections.ConfigDict()
-  g.name = "math"  # main.py sends this config to lm/train.py
+  g.name = "math"  # main.py sends this config to lm/finetune.py
   g.source = "synthetic"  # synthetic | jsonl
   g.min_ops = 2  # synthetic: operations per problem (= steps)
   g.max_ops = 4

@@ -14,7 +14,7 @@ programs are built by the code a real run uses:
            longest decoder length (or --dec_len) and prompt length;
   sample   the evaluation's sampler program (infer/sampler.py) for
            eval.prompts_per_batch prompts x eval.num_samples rows;
-  lm_train configs/math.py: the language model's train step (lm/train.py) with
+  lm_train configs/math.py: the language model's train step (lm/finetune.py) with
            the checkpoint's shape (config.json of lm.checkpoint, or --lm_shape).
 
 For each it prints per chip: argument / temp / output bytes against the
@@ -48,14 +48,14 @@ from ml_collections import config_flags
 from dualformer_jax import config as config_lib
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.infer import sampler
-from dualformer_jax.lm import hf_checkpoint, math_data
-from dualformer_jax.lm import train as lm_train
+from dualformer_jax.lm import finetune, hf_checkpoint, math_data
 from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
+from dualformer_jax.train.checkpoint import CheckpointError
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
                                      roofline, xla_figures)
 
@@ -164,7 +164,7 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
   batch = per_device_batch * shd.batch_divisor(mesh)
   shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  shardings = step_lib.shardings_of(abstract)
   train_step = step_lib.make_train_step(step_lib.model_graphdef(config, vocab_size), config,
                                         mesh, shardings)
   rows = shd.batch_sharding(mesh)
@@ -222,7 +222,7 @@ def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) ->
 
 def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
                 ) -> list[dict]:
-  """The language model's train step (lm/train.py) for the checkpoint's shape, lowered."""
+  """The language model's train step (lm/finetune.py) for the checkpoint's shape, lowered."""
 
   overrides = dict(dtype=config.lm.dtype, param_dtype=config.lm.param_dtype,
                    attention=config.lm.attention, remat=config.lm.remat)
@@ -233,16 +233,16 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   elif config.lm.checkpoint:
     lm_cfg = hf_checkpoint.read_config(os.path.expanduser(config.lm.checkpoint), **overrides)
   elif config.task.source == "synthetic":  # trained from scratch on its word vocabulary
-    lm_cfg = lm_train.scratch_config(config, math_data.WordVocab.for_synthetic(
+    lm_cfg = finetune.scratch_config(config, math_data.WordVocab.for_synthetic(
         config.task.max_value, config.task.max_operand))
   else:
     raise ValueError("configs/math.py: set lm.checkpoint to a Hugging Face directory, or pass "
                      f"--lm_shape (one of {sorted(LM_SHAPES)}) to compile without the weights")
   batch = per_device_batch * shd.batch_divisor(mesh)
   shd.check_batch_size(batch, mesh)
-  graphdef, _, abstract = lm_train._init_state(config, lm_cfg, mesh, None)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
-  step = lm_train.make_train_step(graphdef, config.train, mesh, shardings)
+  graphdef, _, abstract = finetune.init_state(config, lm_cfg, mesh, None)
+  shardings = step_lib.shardings_of(abstract)
+  step = finetune.make_train_step(graphdef, config.train, mesh, shardings)
   rows = shd.batch_sharding(mesh)
   batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
                     "valid": _sds((batch, seq_len), jnp.bool_, rows),
@@ -278,9 +278,9 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
   if is_lm and lm_shape:  # the shape stands in for the checkpoint; no data is read
     checked = config.copy_and_resolve_references()
     checked.task.source, checked.lm.checkpoint = "synthetic", ""
-    lm_train.validate(checked)
+    finetune.validate(checked)
   else:
-    (lm_train.validate if is_lm else config_lib.validate)(config)
+    (finetune.validate if is_lm else config_lib.validate)(config)
   mesh = shd.make_mesh(config.mesh, devices)
   split = shd.batch_divisor(mesh)
   if not per_device_batch:
@@ -366,7 +366,7 @@ def cli() -> None:
       report = compile_preset(config.value, devices, per_device_batch=per_device_batch.value,
                               dec_len=dec_len.value, lm_shape=lm_shape.value,
                               log=lambda s: print(s, flush=True))
-    except ValueError as e:
+    except (ValueError, CheckpointError) as e:  # a Hugging Face config.json it cannot read
       print(f"compile: error: {e}", file=sys.stderr)
       sys.exit(2)
     report.update(topology=topology.value, num_slices=num_slices.value)

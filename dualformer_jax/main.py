@@ -4,7 +4,7 @@
       [--mode=all|generate|train|evaluate] [--config.x.y=value ...]
 
 configs/sokoban.py runs the same way; configs/math.py (task.name "math") runs the
-language-model step-dropping experiment of lm/train.py instead.
+language-model step-dropping experiment of lm/finetune.py instead.
 
 The same line runs on every host of a multi-host launch (launch/*): see
 distributed.py for when jax.distributed.initialize is called. The workdir must
@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, workdir_lock
 from dualformer_jax.data import generate, records
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.eval import evaluate
 from dualformer_jax.train import trainer
 from dualformer_jax.train.checkpoint import CheckpointError
@@ -60,7 +61,7 @@ def main(argv):
     _run_math(config, workdir, mode)
     return
   try:
-    config_lib.validate(config)
+    data = config_lib.validate(config)
     launch = distributed.detect(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
   except (ValueError, distributed.DistributedError) as e:
@@ -68,7 +69,7 @@ def main(argv):
   try:
     config_lib.configure_jax(config)  # CPU device count, XLA cache: before any device use
     distributed.initialize(launch)
-    _run(config, workdir, mode, multi_process=launch is not None)
+    _run(config, data, workdir, mode, multi_process=launch is not None)
   except (records.DatasetError, CheckpointError, distributed.DistributedError,
           workdir_lock.WorkdirBusy, FloatingPointError, ValueError, OSError) as e:
     # User errors (a bad tasks file, a mesh that does not fit the devices, a diverged
@@ -77,7 +78,7 @@ def main(argv):
     sys.exit(1)
 
 
-def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
+def _run(config, data: DataConfig, workdir: str, mode: str, multi_process: bool) -> None:
   if mode != "generate":  # every mesh / model / schedule value, before any file is written
     trainer.preflight(config, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
@@ -87,7 +88,7 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
     # A single process does not ask jax: generation must not start a TPU runtime.
     if not multi_process or jax.process_index() == 0:
       start = time.perf_counter()
-      meta = generate.generate(config, workdir)
+      meta = generate.generate(data, workdir)
       print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)} "
             f"({time.perf_counter() - start:.0f} s)")
     if multi_process:
@@ -111,19 +112,18 @@ def _run(config, workdir: str, mode: str, multi_process: bool) -> None:
 
 def _run_math(config, workdir: str, mode: str) -> None:
   """Step dropping for language models: train one LM per drop probability, evaluate, print."""
-  from dualformer_jax.lm import hf_checkpoint
-  from dualformer_jax.lm import train as lm_train
+  from dualformer_jax.lm import finetune
   if mode == "generate":
     raise app.UsageError("configs/math.py builds its data in memory: use --mode=all, train or "
                          "evaluate")
   try:
-    lm_train.validate(config)
+    finetune.validate(config)
   except ValueError as e:
     raise app.UsageError(str(e))
   config_lib.configure_jax(config)
   try:
-    lm_train.run(config, workdir, mode)
-  except (hf_checkpoint.CheckpointError, FloatingPointError, ValueError,
+    finetune.run(config, workdir, mode)
+  except (CheckpointError, FloatingPointError, ValueError,
           workdir_lock.WorkdirBusy, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -7,7 +7,7 @@ from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
 from dualformer_jax.experiments import compare, sweep, tune
-from dualformer_jax.lm import train as lm_train
+from dualformer_jax.lm import finetune as lm_train
 
 PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "sweep_seeds",
                                         "tune", "paper_15", "paper_20", "paper_25", "paper_30")]

@@ -40,6 +40,9 @@ from safetensors.numpy import save_file
 from dualformer_jax import io_utils
 from dualformer_jax.lm.model import LM, LMConfig
 from dualformer_jax.model import sharding as sharding_lib
+# One error family for every checkpoint: here, a directory that does not hold the model
+# its config.json describes.
+from dualformer_jax.train.checkpoint import CheckpointError
 
 CONFIG, SINGLE, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -60,10 +63,6 @@ _LAYOUT: dict[tuple[str, ...], tuple[str, tuple[tuple[int, ...], ...]]] = {
     ("layers", "w_down"): ("model.layers.{i}.mlp.down_proj.weight", ((1,), (0,))),
 }
 _IGNORED_SUFFIX = ".rotary_emb.inv_freq"  # buffers some older checkpoints saved
-
-
-class CheckpointError(ValueError):
-  """A checkpoint directory that does not hold the model its config.json describes."""
 
 
 def read_config(ckpt_dir: str, **overrides: Any) -> LMConfig:

@@ -1,10 +1,12 @@
 """Orbax checkpoints of a run: train state, data-iterator state and config together.
 
-A checkpoint is refused (CheckpointError) when it was written by a config
-whose model, task or vocabulary differ from the current one; the training
-schedule may change between runs (e.g. to train longer), and so may
-execution-only model fields (attention kernel, remat policy). Resuming a
-training also needs the same data stream (seed, trace format).
+One Checkpointer for both halves. A planning checkpoint is refused
+(CheckpointError) when it was written by a config whose model, task or
+vocabulary differ from the current one; the training schedule may change
+between runs (e.g. to train longer), and so may execution-only model fields
+(attention kernel, remat policy). Resuming a training also needs the same data
+stream (seed, trace format). The LM fine-tune (lm/finetune.py) names its own
+record fields instead (`Checkpointer.with_record`), each compared on restore.
 
 Integrity: a state with NaN/Inf values is never saved (FloatingPointError), and
 each checkpoint records a checksum per array (train/integrity.py). Restore
@@ -42,7 +44,8 @@ T = TypeVar("T")
 
 
 class CheckpointError(RuntimeError):
-  pass
+  """A checkpoint that cannot be used by this run: ours (orbax) or a Hugging Face one
+  (lm/hf_checkpoint.py raises this class too)."""
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -98,6 +101,18 @@ def _json_roundtrip(x: Any) -> Any:
   return json.loads(json.dumps(x))
 
 
+def _diffs(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(dotted field, checkpoint's value, current value) of every field that differs."""
+  out = []
+  for k in sorted(set(theirs) | set(ours)):
+    a, b = theirs.get(k), ours.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _diffs(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append((f"{prefix}{k}", a, b))
+  return out
+
+
 def _one_line(e: BaseException) -> str:
   """An exception as one short line (tensorstore errors run to dozens of lines)."""
   lines = str(e).strip().splitlines()
@@ -106,17 +121,35 @@ def _one_line(e: BaseException) -> str:
 
 
 class Checkpointer:
-  """CheckpointManager over `<workdir>/checkpoints`, async, keeping the last K and the best."""
+  """CheckpointManager over `<workdir>/checkpoints`, async, keeping the last K and the best.
+
+  Every step's record ("meta") holds the checksums, the process count and the run's
+  record: for a planning run (the constructor) its compatibility view, data stream
+  and config; for another run (`with_record`, the LM fine-tune) the fields it names.
+  """
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict, vocab: list[str]):
+    record = {"compat": compat_view(config, vocab), "stream": stream_view(config),
+              "config": json.loads(config.to_json())}
+    self._open(workdir, config.train.keep_checkpoints, record, self._check_config)
+
+  @classmethod
+  def with_record(cls, workdir: str, keep: int, record: dict) -> "Checkpointer":
+    """A Checkpointer whose steps carry `record` (JSON fields) and refuse a restore where a
+    recorded field differs (naming each); fields a checkpoint predates are only noted."""
+    self = cls.__new__(cls)
+    self._open(workdir, keep, record, self._check_fields)
+    return self
+
+  def _open(self, workdir: str, keep: int, record: dict,
+            check: Callable[[int, dict], None]) -> None:
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
-    self.compat = _json_roundtrip(compat_view(config, vocab))
-    self.stream = _json_roundtrip(stream_view(config))
-    self.config = config
+    self.record = _json_roundtrip(record)
+    self._check = check
     self._best: tuple[float, int] | None = None  # (validation loss, step)
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=_KeepLatestAndBest(config.train.keep_checkpoints, self.best_step),
+        preservation_policy=_KeepLatestAndBest(keep, self.best_step),
         enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._find_best()
@@ -158,8 +191,8 @@ class Checkpointer:
           f"the train state at step {step} holds NaN/Inf values ({len(bad)} arrays, e.g. "
           f"{bad[0]}); it was not saved, {kept}. Lower train.learning_rate or raise "
           "train.warmup_steps")
-    meta = {"step": step, "compat": self.compat, "stream": self.stream, "checksums": checksums,
-            "config": json.loads(self.config.to_json()), "process_count": jax.process_count()}
+    meta = {"step": step, **self.record, "checksums": checksums,
+            "process_count": jax.process_count()}
     if valid_loss is not None and math.isfinite(valid_loss):
       meta["valid_loss"] = float(valid_loss)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -189,17 +222,20 @@ class Checkpointer:
     return int(self.read_meta(step).get("process_count", 1))
 
   def check_compatible(self, step: int) -> None:
-    meta = self.read_meta(step)
+    """CheckpointError when checkpoint `step` does not fit this run (see the class doc)."""
+    self._check(step, self.read_meta(step))
+
+  def _check_config(self, step: int, meta: dict) -> None:
     theirs = meta.get("compat")
     if not isinstance(theirs, dict):
       raise CheckpointError(f"checkpoint {step} in {self.directory} has no config record: "
                             "it was not written by dualformer_jax")
-    theirs = _drop_execution_only(theirs)
-    if theirs == self.compat:
+    theirs, ours = _drop_execution_only(theirs), self.record["compat"]
+    if theirs == ours:
       return
     diffs = []
-    for group in sorted(set(theirs) | set(self.compat)):
-      a, b = theirs.get(group), self.compat.get(group)
+    for group in sorted(set(theirs) | set(ours)):
+      a, b = theirs.get(group), ours.get(group)
       if group == "vocab":
         if a != b:
           diffs.append(f"vocabulary ({len(a or [])} vs {len(b)} tokens)")
@@ -212,14 +248,28 @@ class Checkpointer:
         f"checkpoint {step} in {self.directory} was written by an incompatible config: "
         f"{'; '.join(diffs)}. Use another --workdir, or the config it was trained with.")
 
+  def _check_fields(self, step: int, meta: dict) -> None:
+    shared = [k for k in self.record if k in meta]
+    diffs = _diffs({k: meta[k] for k in shared}, {k: self.record[k] for k in shared})
+    if diffs:
+      each = "; ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, a, b in diffs)
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory} was trained with other "
+          f"{', '.join(d[0] for d in diffs)} ({each}); resume with the settings it was "
+          "trained with, or use another --workdir")
+    older = sorted(set(self.record) - set(meta))
+    if older:
+      print(f"note: checkpoint {step} in {self.directory} predates the record of "
+            f"{', '.join(older)}: those settings cannot be checked", flush=True)
+
   def check_stream(self, step: int) -> None:
     """CheckpointError when the training of `step` read another data stream (seed, format)."""
-    theirs = self.read_meta(step).get("stream")
-    if theirs is None or theirs == self.stream:  # older checkpoints have no record
+    theirs, ours = self.read_meta(step).get("stream"), self.record["stream"]
+    if theirs is None or theirs == ours:  # older checkpoints have no record
       return
     # Fields of one format only (level_probs, ...) are named when both runs have them.
-    diffs = [f"{k}: {theirs[k]!r} (checkpoint) vs {self.stream[k]!r} (now)"
-             for k in sorted(set(theirs) & set(self.stream)) if theirs[k] != self.stream[k]]
+    diffs = [f"{k}: {theirs[k]!r} (checkpoint) vs {ours[k]!r} (now)"
+             for k in sorted(set(theirs) & set(ours)) if theirs[k] != ours[k]]
     raise CheckpointError(
         f"checkpoint {step} in {self.directory} was trained on another data stream: "
         f"{'; '.join(diffs)}. Resume with the settings it was trained with, or use another "

@@ -1,19 +1,16 @@
-"""Train state, optimizer, and the pure jitted train / eval steps.
+"""Train state, optimizer, and the pure jitted train / eval steps of any model's Loss.
 
-Each step is jitted once with explicit in/out shardings (the train state is
-donated), so the same code runs on 1 CPU device or a (data, fsdp, tensor)
-mesh. The loss is token cross-entropy over decoder targets where
-trace_mask + plan_mask is 1, averaged over those tokens of the whole batch
-(so gradient accumulation over micro-batches equals one full-batch step).
-No host syncs: metrics come back as device scalars.
-
-Batch contract (numpy or global jax arrays; shapes vary per length bucket):
-  enc_ids int32 [B, P], dec_ids int32 [B, T], targets int32 [B, T],
-  trace_mask float32 [B, T], plan_mask float32 [B, T], level int32 [B] (unused here).
+A `Loss` says what a model's objective is (the planning model's:
+train/planning_loss.py; the LM's: lm/finetune.py); `build_train_step` and
+`build_eval_step` jit it once with explicit in/out shardings (the train state
+is donated), so the same code runs on 1 CPU device or a (data, fsdp, tensor)
+mesh. No host syncs: metrics come back as device scalars. The planning model's
+state and steps are wired up at the bottom of this file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
@@ -25,9 +22,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.model.transformer import Transformer
+from dualformer_jax.train import planning_loss
 from dualformer_jax.train.schedule import make_schedule
 
-REQUIRED_KEYS = ("enc_ids", "dec_ids", "targets", "trace_mask", "plan_mask")
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -35,8 +32,24 @@ Metrics = dict[str, jax.Array]
 @struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: optimizer steps taken
-  params: nnx.State  # Transformer params (nnx.Param leaves)
+  params: nnx.State  # the model's params (nnx.Param leaves)
   opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """What the generic steps need from a model's loss.
+
+  objective(params, batch, norm) -> (value to differentiate, sums): the sums add
+  up over micro-batches and batches; `norm` is `normaliser(batch)` of the whole
+  batch, so micro-batches (gradient accumulation) add up to the full batch's
+  objective. `means(sums)` gives the metrics a step reports.
+  """
+  keys: tuple[str, ...]  # the batch entries the loss reads (the others are not sent)
+  objective: Callable[[nnx.State, Batch, jax.Array], tuple[jax.Array, Metrics]]
+  normaliser: Callable[[Batch], jax.Array]
+  means: Callable[[Metrics], Metrics]
+  check: Callable[[Batch], None] = lambda batch: None  # host-side checks before tracing
 
 
 def make_optimizer(train_cfg: Any) -> optax.GradientTransformation:
@@ -52,136 +65,26 @@ def make_optimizer(train_cfg: Any) -> optax.GradientTransformation:
   )
 
 
-def _init_fn(config: Any, vocab_size: int, seed: int) -> Callable[[], TrainState]:
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  tx = make_optimizer(config.train)
-
-  def init() -> TrainState:
-    params = nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  return init
+def new_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState:
+  """Step 0: `params` and a fresh optimizer state."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def _abstract(config: Any, vocab_size: int, mesh: Mesh, seed: int):
-  init = _init_fn(config, vocab_size, seed)
+def abstract_of(init: Callable[..., TrainState], mesh: Mesh) -> TrainState:
+  """ShapeDtypeStructs of `init()`'s state with the mesh's shardings (an orbax restore
+  target, or jit's out_shardings via `shardings_of`); no arrays are made."""
   abstract = jax.eval_shape(init)
-  return init, abstract, shd.tree_shardings(abstract, mesh)
-
-
-def abstract_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int) -> TrainState:
-  """ShapeDtypeStructs with shardings (an orbax restore target); no arrays made."""
-  _, abstract, shardings = _abstract(config, vocab_size, mesh, seed)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+                      abstract, shd.tree_shardings(abstract, mesh))
 
 
-def model_graphdef(config: Any, vocab_size: int) -> nnx.GraphDef:
-  """The static half of the model (nnx.merge(graphdef, params) rebuilds it)."""
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(abstract_model, nnx.Param)
-  return graphdef
+def shardings_of(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
-                       ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
-  """Freshly initialised, sharded train state: (graphdef, state, state_shardings).
-
-  Params are created inside jit with out_shardings, so no unsharded copy exists.
-  """
-  init, _, shardings = _abstract(config, vocab_size, mesh, seed)
-  state = jax.jit(init, out_shardings=shardings)()
-  return model_graphdef(config, vocab_size), state, shardings
-
-
-def _check_batch(batch: Batch, mesh: Mesh, grad_accum: int) -> None:
-  missing = [k for k in REQUIRED_KEYS if k not in batch]
-  if missing:
-    raise ValueError(f"batch is missing {missing}; it has {sorted(batch)}")
-  b, t = batch["dec_ids"].shape
-  for k in ("targets", "trace_mask", "plan_mask"):
-    if batch[k].shape != (b, t):
-      raise ValueError(f"batch[{k!r}] has shape {batch[k].shape}, expected dec_ids' {(b, t)}")
-  if batch["enc_ids"].ndim != 2 or batch["enc_ids"].shape[0] != b:
-    raise ValueError(f"batch['enc_ids'] has shape {batch['enc_ids'].shape}, expected [{b}, P]")
-  shd.check_batch_size(b, mesh, grad_accum)
-
-
-def loss_weights(mask_BxT: jax.Array, loss_norm: str, denom: jax.Array) -> jax.Array:
-  """Per-token weights w of the objective sum(ce * w), for a (micro-)batch.
-
-  "token": every loss token of the batch weighs the same, 1 / denom with denom
-  the batch's token count; an example then weighs its length, and how much
-  depends on which examples share its batch (bucketing groups similar lengths).
-  "sequence" (Searchformer's): the mean over an example's tokens, then over the
-  batch's denom examples; every example weighs 1 / denom, whatever its length
-  or batch-mates. `denom` comes from `loss_denominator` of the whole batch, so
-  micro-batches (grad accumulation) add up to the full batch's objective.
-  """
-  if loss_norm == "token":
-    return mask_BxT / denom
-  per_example_BxT = mask_BxT / jnp.maximum(jnp.sum(mask_BxT, axis=1, keepdims=True), 1.0)
-  return per_example_BxT / denom
-
-
-def loss_denominator(mask_BxT: jax.Array, loss_norm: str) -> jax.Array:
-  """Loss tokens ("token") or examples with a loss token ("sequence") in the batch, >= 1."""
-  if loss_norm == "token":
-    n = jnp.sum(mask_BxT)
-  else:
-    n = jnp.sum(jnp.any(mask_BxT > 0, axis=1).astype(jnp.float32))
-  return jnp.maximum(n, 1.0)
-
-
-def _forward(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch
-             ) -> tuple[Metrics, jax.Array, jax.Array]:
-  """(per-batch sums, ce [B, T], loss mask [B, T]) of one forward pass.
-
-  Sums: cross-entropy over loss / trace / plan tokens, counts, hits.
-  """
-  model = nnx.merge(graphdef, params)
-  logits_BxTxV = model(batch["enc_ids"], batch["dec_ids"])
-  targets_BxT = batch["targets"]
-  ce_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  trace_BxT = batch["trace_mask"].astype(jnp.float32)
-  plan_BxT = batch["plan_mask"].astype(jnp.float32)
-  mask_BxT = trace_BxT + plan_BxT
-  hit_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
-  sums = {
-      "loss_sum": jnp.sum(ce_BxT * mask_BxT),
-      "trace_loss_sum": jnp.sum(ce_BxT * trace_BxT),
-      "plan_loss_sum": jnp.sum(ce_BxT * plan_BxT),
-      "correct_sum": jnp.sum(hit_BxT * mask_BxT),
-      "loss_tokens": jnp.sum(mask_BxT),
-      "trace_tokens": jnp.sum(trace_BxT),
-      "plan_tokens": jnp.sum(plan_BxT),
-  }
-  return sums, ce_BxT, mask_BxT
-
-
-def _loss_sums(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch) -> Metrics:
-  return _forward(graphdef, params, batch)[0]
-
-
-def objective(graphdef: nnx.GraphDef, params: nnx.State, batch: Batch, loss_norm: str,
-              denom: jax.Array) -> tuple[jax.Array, Metrics]:
-  """(the training objective sum(ce * loss_weights), the batch's sums); what is differentiated."""
-  sums, ce_BxT, mask_BxT = _forward(graphdef, params, batch)
-  return jnp.sum(ce_BxT * loss_weights(mask_BxT, loss_norm, denom)), sums
-
-
-def _means(sums: Metrics) -> Metrics:
-  n = jnp.maximum(sums["loss_tokens"], 1.0)
-  return {
-      "loss": sums["loss_sum"] / n,
-      "trace_loss": sums["trace_loss_sum"] / jnp.maximum(sums["trace_tokens"], 1.0),
-      "plan_loss": sums["plan_loss_sum"] / jnp.maximum(sums["plan_tokens"], 1.0),
-      "accuracy": sums["correct_sum"] / n,
-      "loss_tokens": sums["loss_tokens"],
-      "trace_tokens": sums["trace_tokens"],
-      "plan_tokens": sums["plan_tokens"],
-  }
+def graphdef_of(make_model: Callable[[], nnx.Module]) -> nnx.GraphDef:
+  """The static half of a model (nnx.merge(graphdef, params) rebuilds it); no arrays made."""
+  return nnx.split(nnx.eval_shape(make_model), nnx.Param)[0]
 
 
 def _micro_batches(batch: Batch, accum: int, mesh: Mesh) -> Batch:
@@ -198,17 +101,41 @@ def _micro_batches(batch: Batch, accum: int, mesh: Mesh) -> Batch:
   return jax.tree.map(split, batch)
 
 
-def _under_mesh(mesh: Mesh, grad_accum: int, jitted: Callable) -> Callable:
-  """Checks the batch (args[1]), then calls (and traces) `jitted` under
-  jax.set_mesh(mesh) so the model can pin activation shardings
-  (transformer.constrain_batch). `.lower` is kept."""
+def _accumulate(loss: Loss, grad_fn: Callable, params: nnx.State, batch: Batch,
+                norm: jax.Array, accum: int, mesh: Mesh) -> tuple[nnx.State, Metrics]:
+  """(gradient, sums) of the batch, added over `accum` micro-batches in a scan."""
+  micro = _micro_batches(batch, accum, mesh)
+
+  def body(carry, part):
+    g_acc, s_acc = carry
+    (_, s), g = grad_fn(params, part, norm)
+    return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
+
+  sums_shape = jax.eval_shape(
+      lambda: loss.objective(params, jax.tree.map(lambda x: x[0], micro), norm)[1])
+  zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+  (grads, sums), _ = jax.lax.scan(body, (jax.tree.map(jnp.zeros_like, params), zero_sums),
+                                  micro)
+  return grads, sums
+
+
+def _under_mesh(mesh: Mesh, loss: Loss, grad_accum: int, jitted: Callable) -> Callable:
+  """Checks the batch (args[1]) and keeps only `loss.keys` of it, then calls (and traces)
+  `jitted` under jax.set_mesh(mesh) so the model can pin activation shardings. `.lower`
+  (for memory analysis without running: compile.py, benchmarks/) is kept."""
+  def prepare(args):
+    state, batch = args[0], args[1]
+    loss.check(batch)
+    shd.check_batch_size(batch[loss.keys[0]].shape[0], mesh, grad_accum)
+    return (state, {k: batch[k] for k in loss.keys}, *args[2:])
+
   def call(*args):
-    _check_batch(args[1], mesh, grad_accum)
+    args = prepare(args)
     with jax.set_mesh(mesh):
       return jitted(*args)
 
   def lower(*args):
-    _check_batch(args[1], mesh, grad_accum)
+    args = prepare(args)
     with jax.set_mesh(mesh):
       return jitted.lower(*args)
 
@@ -216,70 +143,101 @@ def _under_mesh(mesh: Mesh, grad_accum: int, jitted: Callable) -> Callable:
   return call
 
 
-def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh, state_shardings: TrainState
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+def build_train_step(loss: Loss, train_cfg: Any, mesh: Mesh, state_shardings: TrainState,
+                     grad_accum: int = 1
+                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """train_step(state, batch) -> (state, metrics); jitted once, state donated.
 
-  The objective is normalised per config.train.loss_norm (see `loss_weights`).
-  Metrics (float32 scalars): loss, trace_loss, plan_loss, accuracy (token means,
-  whatever the objective's normalisation), loss/trace/plan token counts,
-  grad_norm (before clipping), learning_rate.
+  Metrics: `loss.means` of the batch's sums, grad_norm (before clipping) and
+  learning_rate (float32 scalars). grad_accum > 1 adds the gradients of that many
+  micro-batches (strided rows) before one optimizer update.
   """
-  tx = make_optimizer(config.train)
-  schedule = make_schedule(config.train)
-  accum = int(config.train.grad_accum)
-  loss_norm = str(config.train.loss_norm)
-
-  def loss_fn(params: nnx.State, batch: Batch, denom: jax.Array):
-    return objective(graphdef, params, batch, loss_norm, denom)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  tx, schedule = make_optimizer(train_cfg), make_schedule(train_cfg)
+  grad_fn = jax.value_and_grad(loss.objective, has_aux=True)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-    batch = {k: batch[k] for k in REQUIRED_KEYS}
-    mask_BxT = (batch["trace_mask"] + batch["plan_mask"]).astype(jnp.float32)
-    denom = loss_denominator(mask_BxT, loss_norm)
-    if accum == 1:
-      (_, sums), grads = grad_fn(state.params, batch, denom)
+    norm = loss.normaliser(batch)
+    if grad_accum == 1:
+      (_, sums), grads = grad_fn(state.params, batch, norm)
     else:
-      def body(carry, micro):
-        g_acc, s_acc = carry
-        (_, s), g = grad_fn(state.params, micro, denom)
-        return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
-
-      zero_sums = jax.tree.map(lambda _: jnp.zeros((), jnp.float32),
-                               jax.eval_shape(_loss_sums, graphdef, state.params, batch))
-      zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-      (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums),
-                                      _micro_batches(batch, accum, mesh))
+      grads, sums = _accumulate(loss, grad_fn, state.params, batch, norm, grad_accum, mesh)
     grads = jax.lax.with_sharding_constraint(grads, state_shardings.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = _means(sums)
+    metrics = loss.means(sums)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, metrics
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-  return _under_mesh(mesh, accum, jax.jit(
+  return _under_mesh(mesh, loss, grad_accum, jax.jit(
       train_step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
       out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0))
 
 
-def make_eval_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh, state_shardings: TrainState
-                   ) -> Callable[[nnx.State, Batch], Metrics]:
-  """eval_step(params, batch) -> sums (loss_sum, trace_loss_sum, plan_loss_sum,
-  correct_sum, loss/trace/plan token counts) to add over batches; see `summarize`."""
-  del config  # the eval step has no knobs; kept for a uniform signature
-
+def build_eval_step(loss: Loss, mesh: Mesh, param_shardings: nnx.State
+                    ) -> Callable[[nnx.State, Batch], Metrics]:
+  """eval_step(params, batch) -> the loss's sums, to add over batches (then `loss.means`)."""
   def eval_step(params: nnx.State, batch: Batch) -> Metrics:
-    return _loss_sums(graphdef, params, {k: batch[k] for k in REQUIRED_KEYS})
+    return loss.objective(params, batch, jnp.ones((), jnp.float32))[1]
 
-  return _under_mesh(mesh, 1, jax.jit(
-      eval_step, in_shardings=(state_shardings.params, shd.batch_sharding(mesh)),
+  return _under_mesh(mesh, loss, 1, jax.jit(
+      eval_step, in_shardings=(param_shardings, shd.batch_sharding(mesh)),
       out_shardings=shd.replicated(mesh)))
 
 
-def summarize(sums: Mapping[str, Any]) -> dict[str, Any]:
-  """Token-weighted means (loss, trace_loss, plan_loss, accuracy) from eval sums."""
-  return _means({k: jnp.asarray(v, jnp.float32) for k, v in sums.items()})
+# ------------------------------------------------------------------ the planning model
+
+def _planning_init(config: Any, vocab_size: int, seed: int) -> Callable[[], TrainState]:
+  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+  tx = make_optimizer(config.train)
+  return lambda: new_state(
+      nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param), tx)
+
+
+def abstract_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int) -> TrainState:
+  """The planning model's state as ShapeDtypeStructs with shardings; no arrays made."""
+  return abstract_of(_planning_init(config, vocab_size, seed), mesh)
+
+
+def model_graphdef(config: Any, vocab_size: int) -> nnx.GraphDef:
+  """The static half of the planning model (nnx.merge(graphdef, params) rebuilds it)."""
+  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+  return graphdef_of(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+
+
+def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
+                       ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """Freshly initialised, sharded train state: (graphdef, state, state_shardings).
+
+  Params are created inside jit with out_shardings, so no unsharded copy exists.
+  """
+  init = _planning_init(config, vocab_size, seed)
+  shardings = shardings_of(abstract_of(init, mesh))
+  state = jax.jit(init, out_shardings=shardings)()
+  return model_graphdef(config, vocab_size), state, shardings
+
+
+def _loss(graphdef: nnx.GraphDef, loss_norm: str) -> Loss:
+  return Loss(
+      keys=planning_loss.REQUIRED_KEYS,
+      objective=lambda params, batch, denom: planning_loss.objective(
+          graphdef, params, batch, loss_norm, denom),
+      normaliser=lambda batch: planning_loss.batch_denominator(batch, loss_norm),
+      means=planning_loss.summarize, check=planning_loss.check_batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh, state_shardings: TrainState
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The planning model's train step: objective normalised per config.train.loss_norm
+  (planning_loss.loss_weights), config.train.grad_accum micro-batches. Metrics: loss,
+  trace_loss, plan_loss, accuracy (token means), loss/trace/plan token counts,
+  grad_norm, learning_rate."""
+  return build_train_step(_loss(graphdef, str(config.train.loss_norm)), config.train, mesh,
+                          state_shardings, int(config.train.grad_accum))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: TrainState
+                   ) -> Callable[[nnx.State, Batch], Metrics]:
+  """The planning model's eval step: loss sums (see planning_loss.summarize); the sums do
+  not depend on the objective's normalisation, so any loss_norm serves."""
+  return build_eval_step(_loss(graphdef, "token"), mesh, state_shardings.params)

@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT as a flag a training loop reads between steps (both trainers use it)."""
+"""SIGTERM/SIGINT as a flag the training loop (train/loop.py) reads between steps."""
 
 from __future__ import annotations
 

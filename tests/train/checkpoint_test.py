@@ -4,10 +4,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
+import pytest
 
 from configs import maze as maze_configs
 from dualformer_jax.train import integrity
-from dualformer_jax.train.checkpoint import Checkpointer, compat_view, stream_view
+from dualformer_jax.train.checkpoint import (Checkpointer, CheckpointError, compat_view,
+                                             stream_view)
 
 
 def test_execution_only_model_fields_do_not_block_a_restore():
@@ -75,3 +78,33 @@ def test_the_best_validation_step_is_kept_besides_the_latest(tmp_path):
   empty = Checkpointer(str(tmp_path / "none"), config, ["x"])
   assert empty.best_step() is None
   empty.close()
+
+
+def test_the_record_layouts_of_both_halves_are_those_of_older_checkpoints(tmp_path, capsys):
+  """A planning step's meta keeps its keys; a step written by the LM's former checkpoint
+  class (meta: its record fields, step, checksums) restores through with_record, and a
+  field that differs is named."""
+  config = maze_configs.get_config("default")
+  state = {"w": jnp.arange(4, dtype=jnp.float32)}
+  ckpt = Checkpointer(str(tmp_path / "planning"), config, ["x"])
+  ckpt.save(1, state, None)
+  ckpt.manager.wait_until_finished()
+  assert set(ckpt.read_meta(1)) == {"step", "compat", "stream", "checksums", "config",
+                                    "process_count"}
+  ckpt.close()
+
+  record = {"p": 0.5, "train": {"batch_size": 8}}
+  directory = str(tmp_path / "lm" / "checkpoints")
+  with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True)) as m:
+    m.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+        {**record, "step": 3, "checksums": integrity.digest(state)[0]})))
+  abstract = {"w": jax.ShapeDtypeStruct((4,), jnp.float32)}
+  lm = Checkpointer.with_record(str(tmp_path / "lm"), 2, {**record, "seed": 0})
+  np.testing.assert_array_equal(lm.restore(3, abstract, None)["w"], state["w"])
+  assert "predates the record of seed" in capsys.readouterr().out
+  lm.close()
+  other = Checkpointer.with_record(str(tmp_path / "lm"), 2, {**record, "train": {"batch_size": 16}})
+  with pytest.raises(CheckpointError, match=r"other train.batch_size \(train.batch_size: 8 "
+                                            r"\(checkpoint\) vs 16 \(now\)\)"):
+    other.restore(3, abstract, None)
+  other.close()

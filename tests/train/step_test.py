@@ -1,4 +1,4 @@
-"""Train / eval steps: overfitting, sharded == single device, grad accumulation, metrics."""
+"""Train / eval steps (the generic builder with the planning loss): overfitting, sharded == single device, grad accumulation, metrics."""
 
 import functools
 
@@ -10,6 +10,7 @@ from flax import nnx
 
 from dualformer_jax import config as config_lib
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.train import planning_loss
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.schedule import make_schedule
 
@@ -146,8 +147,7 @@ def test_grad_accumulation_equals_full_batch(single):
 
 def test_eval_step_sums_add_up(single):
   state = _copy(single["state"], single["shardings"])
-  eval_step = step_lib.make_eval_step(single["graphdef"], single["config"], single["mesh"],
-                                      single["shardings"])
+  eval_step = step_lib.make_eval_step(single["graphdef"], single["mesh"], single["shardings"])
   batch = _batch(30)
   whole = eval_step(state.params, batch)
   halves = [eval_step(state.params, {k: v[s] for k, v in batch.items()})
@@ -155,7 +155,7 @@ def test_eval_step_sums_add_up(single):
   for k, v in whole.items():
     np.testing.assert_allclose(float(v), float(halves[0][k] + halves[1][k]), rtol=1e-5, err_msg=k)
   _, m = single["step"](state, batch)  # metrics of the params before the update
-  summary = step_lib.summarize(whole)
+  summary = planning_loss.summarize(whole)
   for k in ("loss", "trace_loss", "plan_loss", "accuracy"):
     np.testing.assert_allclose(float(summary[k]), float(m[k]), rtol=1e-5, err_msg=k)
 
@@ -207,8 +207,8 @@ def test_drop_level_weights_do_not_depend_on_bucketing(loss_norm):
     w = np.zeros(16)
     for rows in batches:
       m = jnp.asarray(mask[rows])
-      w[rows] = np.asarray(step_lib.loss_weights(
-          m, loss_norm, step_lib.loss_denominator(m, loss_norm))).sum(axis=1)
+      w[rows] = np.asarray(planning_loss.loss_weights(
+          m, loss_norm, planning_loss.loss_denominator(m, loss_norm))).sum(axis=1)
     return np.array([w[levels == lvl].sum() for lvl in range(4)])
 
   a, b = level_weights(bucketed), level_weights(mixed)
@@ -230,8 +230,8 @@ def test_sequence_norm_gradient_is_the_mean_of_per_example_means(single):
   @functools.partial(jax.jit, static_argnames="loss_norm")
   def grad(params, part, loss_norm):
     m = part["trace_mask"] + part["plan_mask"]
-    return jax.grad(lambda p: step_lib.objective(
-        graphdef, p, part, loss_norm, step_lib.loss_denominator(m, loss_norm))[0])(params)
+    return jax.grad(lambda p: planning_loss.objective(
+        graphdef, p, part, loss_norm, planning_loss.loss_denominator(m, loss_norm))[0])(params)
 
   def grad_sum(split_rows, loss_norm):
     total = None
@@ -249,9 +249,9 @@ def test_sequence_norm_gradient_is_the_mean_of_per_example_means(single):
              for x, y in zip(jax.tree.leaves(token_a), jax.tree.leaves(token_b))) > 1e-4
   # And the value: the mean over examples of each example's mean cross-entropy.
   m = full["trace_mask"] + full["plan_mask"]
-  value, _ = jax.jit(lambda p, b, d: step_lib.objective(graphdef, p, b, "sequence", d))(
+  value, _ = jax.jit(lambda p, b, d: planning_loss.objective(graphdef, p, b, "sequence", d))(
       params, {k: jnp.asarray(v) for k, v in full.items() if k != "level"},
-      step_lib.loss_denominator(jnp.asarray(m), "sequence"))
+      planning_loss.loss_denominator(jnp.asarray(m), "sequence"))
   logits = jax.jit(lambda p: nnx.merge(graphdef, p)(full["enc_ids"], full["dec_ids"]))(params)
   ce = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32)))
   ce = -np.take_along_axis(ce, full["targets"][..., None], -1)[..., 0]

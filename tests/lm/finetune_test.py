@@ -1,4 +1,4 @@
-"""lm/train.py: the math run end to end at tiny scale (from scratch and fine-tuning a
+"""lm/finetune.py: the math run end to end at tiny scale (from scratch and fine-tuning a
 checkpoint with its tokenizer.json), resume, refusals, and the per-sequence loss."""
 
 import json
@@ -16,8 +16,9 @@ from configs import math as math_configs
 from dualformer_jax import workdir_lock
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
-from dualformer_jax.lm import train as lm_train
+from dualformer_jax.lm import finetune
 from dualformer_jax.lm.model import LM, LMConfig
+from dualformer_jax.train.checkpoint import CheckpointError
 from dualformer_jax.train.logger import read_metrics
 
 
@@ -36,7 +37,7 @@ def tiny_config(num_steps=12, **overrides):
 
 def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
   c = tiny_config(num_steps=8, **{"data.drop_probs": (0.0, 0.5)})
-  results = lm_train.run(c, str(tmp_path))
+  results = finetune.run(c, str(tmp_path))
   assert set(results) == {"p=0", "p=0.5"}
   for res in results.values():
     assert set(res) == {"slow", "fast"}
@@ -50,19 +51,19 @@ def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
 
   # More steps resume from step 8 (not from scratch); evaluation only reads the checkpoint.
   c2 = tiny_config(num_steps=12, **{"data.drop_probs": (0.0,)})
-  _, state, _ = lm_train.train(c2, str(tmp_path / "p0"), 0.0, lm_train.load_data(c2),
-                               lm_train.scratch_config(c2, lm_train.load_data(c2).tok))
+  _, state, _ = finetune.train(c2, str(tmp_path / "p0"), 0.0, finetune.load_data(c2),
+                               finetune.scratch_config(c2, finetune.load_data(c2).tok))
   assert int(state.step) == 12
   assert [r["step"] for r in read_metrics(str(tmp_path / "p0"))] == [4, 8, 12]
 
   # A checkpoint trained with p = 0 is not resumed as p = 0.5's.
-  data = lm_train.load_data(c2)
-  with pytest.raises(ValueError, match="other p"):
-    lm_train.train(c2, str(tmp_path / "p0"), 0.5, data, lm_train.scratch_config(c2, data.tok))
+  data = finetune.load_data(c2)
+  with pytest.raises(CheckpointError, match="other p"):
+    finetune.train(c2, str(tmp_path / "p0"), 0.5, data, finetune.scratch_config(c2, data.tok))
   # ... nor with another architecture.
   c3 = tiny_config(num_steps=12, **{"lm.dim": 64})
-  with pytest.raises(ValueError, match="other model"):
-    lm_train.train(c3, str(tmp_path / "p0"), 0.0, data, lm_train.scratch_config(c3, data.tok))
+  with pytest.raises(CheckpointError, match="other model"):
+    finetune.train(c3, str(tmp_path / "p0"), 0.0, data, finetune.scratch_config(c3, data.tok))
 
 
 @pytest.mark.parametrize("field,value", [("data.num_train", 150), ("train.batch_size", 16),
@@ -72,11 +73,11 @@ def test_a_resume_with_other_data_or_optimisation_is_refused(trained_p0, field, 
   """The checkpoint's record covers the data and the optimisation: a resume that would go
   on with other ones is refused naming the field, before any step."""
   c = tiny_config(num_steps=8, **{field: value})
-  data = lm_train.load_data(c)
+  data = finetune.load_data(c)
   want = re.escape(f"other {field} ({field}: ") + r".* \(checkpoint\) vs " + re.escape(
       f"{value!r} (now)")
-  with pytest.raises(ValueError, match=want):
-    lm_train.train(c, trained_p0, 0.0, data, lm_train.scratch_config(c, data.tok))
+  with pytest.raises(CheckpointError, match=want):
+    finetune.train(c, trained_p0, 0.0, data, finetune.scratch_config(c, data.tok))
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +85,15 @@ def trained_p0(tmp_path_factory):
   """A run directory with a 4-step checkpoint of tiny_config, p = 0."""
   run_dir = str(tmp_path_factory.mktemp("p0"))
   c = tiny_config(num_steps=4)
-  data = lm_train.load_data(c)
-  lm_train.train(c, run_dir, 0.0, data, lm_train.scratch_config(c, data.tok))
+  data = finetune.load_data(c)
+  finetune.train(c, run_dir, 0.0, data, finetune.scratch_config(c, data.tok))
   return run_dir
 
 
 def test_a_second_math_run_on_one_workdir_is_refused(tmp_path):
   with workdir_lock.hold(str(tmp_path), "another math run"):
     with pytest.raises(workdir_lock.WorkdirBusy, match="another math run"):
-      lm_train.run(tiny_config(num_steps=4), str(tmp_path))
+      finetune.run(tiny_config(num_steps=4), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_NAME]  # nothing trained
 
 
@@ -100,7 +101,7 @@ def test_a_mesh_that_does_not_fit_fails_before_any_file(tmp_path):
   workdir = tmp_path / "run"
   for overrides in ({"mesh.fsdp": 3}, {"train.batch_size": 12}):
     with pytest.raises(ValueError, match="config.mesh|batch size 12"):
-      lm_train.run(tiny_config(num_steps=4, **overrides), str(workdir))
+      finetune.run(tiny_config(num_steps=4, **overrides), str(workdir))
   assert not workdir.exists()
 
 
@@ -134,19 +135,19 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
       "data.train_file": str(tmp_path / "train.jsonl"),
       "data.test_file": str(tmp_path / "test.jsonl"), "mesh.fsdp": 2, "mesh.tensor": 2,
       "train.learning_rate": 1e-9})
-  lm_train.validate(c)
-  data = lm_train.load_data(c)
+  finetune.validate(c)
+  data = finetune.load_data(c)
   assert data.tok.pad_id == data.tok.eos_id == 2 and len(data.train) == 64
   # Synthetic problems read with the checkpoint's tokenizer.json, not the word vocabulary.
   synthetic = tiny_config(**{"lm.checkpoint": str(ckpt)})
-  lm_train.validate(synthetic)
-  assert lm_train.load_data(synthetic).tok.vocab_size == tok.get_vocab_size()
+  finetune.validate(synthetic)
+  assert finetune.load_data(synthetic).tok.vocab_size == tok.get_vocab_size()
   # --mode=evaluate before any training scores the checkpoint as loaded.
-  before = lm_train.run(c, str(tmp_path / "before"), mode="evaluate")
+  before = finetune.run(c, str(tmp_path / "before"), mode="evaluate")
   assert before["p=0.3"]["slow"]["problems"] == 4
-  lm_cfg, init_params = lm_train.model_source(c, data.tok)
+  lm_cfg, init_params = finetune.model_source(c, data.tok)
   assert lm_cfg.num_layers == 2 and lm_cfg.vocab_size == cfg.vocab_size
-  graphdef, state, _ = lm_train.train(c, str(tmp_path / "run" / "p0.3"), 0.3, data, lm_cfg,
+  graphdef, state, _ = finetune.train(c, str(tmp_path / "run" / "p0.3"), 0.3, data, lm_cfg,
                                       init_params)
   assert int(state.step) == 4
   # A learning rate of 1e-9 leaves the loaded weights (not a fresh init) in place.
@@ -155,18 +156,18 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
   assert state.params["layers"]["wq"][...].sharding.spec != jax.sharding.PartitionSpec()
   # The run finds the trained checkpoint (no more steps) and evaluates it.
-  results = lm_train.run(c, str(tmp_path / "run"))
+  results = finetune.run(c, str(tmp_path / "run"))
   assert results["p=0.3"]["slow"]["problems"] == 4
   assert [r["step"] for r in read_metrics(str(tmp_path / "run" / "p0.3"))] == [4]
   # Another train file (same name, other bytes) is other data: the resume is refused.
   with open(tmp_path / "train.jsonl", "a") as f:
     f.write(json.dumps({"problem": "1 + 1", "steps": ["1 + 1 = 2"], "answer": "2"}) + "\n")
-  with pytest.raises(ValueError, match="other data.train_file_sha256"):
-    lm_train.run(c, str(tmp_path / "run"))
+  with pytest.raises(CheckpointError, match="other data.train_file_sha256"):
+    finetune.run(c, str(tmp_path / "run"))
 
 
 def test_config_errors_name_the_field(tmp_path):
-  lm_train.validate(tiny_config())
+  finetune.validate(tiny_config())
   bad = [({"data.drop_probs": (0.1, 1.0)}, "data.drop_probs"),
          ({"data.drop_probs": ()}, "data.drop_probs"),
          ({"eval.pass_ks": (1, 50)}, "eval.pass_ks"),
@@ -179,10 +180,10 @@ def test_config_errors_name_the_field(tmp_path):
          ({"mesh.cpu_devices": -1}, "mesh.cpu_devices")]
   for overrides, field in bad:
     with pytest.raises(ValueError, match=field):
-      lm_train.validate(tiny_config(**overrides))
+      finetune.validate(tiny_config(**overrides))
   paper = math_configs.get_config("paper")
   with pytest.raises(ValueError, match="lm.checkpoint"):
-    lm_train.validate(paper)
+    finetune.validate(paper)
   with pytest.raises(ValueError, match="unknown preset"):
     math_configs.get_config("papr")
 
@@ -199,9 +200,13 @@ def test_loss_is_the_mean_of_per_sequence_means():
   valid = np.ones((2, 9), bool)
   valid[1, 8:] = False
   batch = {"ids": jnp.asarray(ids), "loss_mask": jnp.asarray(mask), "valid": jnp.asarray(valid)}
-  got = lm_train._loss_sums(model, batch)
+  got = finetune._means(finetune._sums(model, batch))
   logp = jax.nn.log_softmax(model(batch["ids"][:, :-1], batch["valid"][:, :-1]), axis=-1)
   nll = -np.take_along_axis(np.asarray(logp), ids[:, 1:, None], axis=-1)[..., 0]
   per_seq = [(nll[b] * mask[b, 1:]).sum() / mask[b, 1:].sum() for b in range(2)]
   np.testing.assert_allclose(float(got["loss"]), np.mean(per_seq), rtol=1e-5)
   assert float(got["solution_tokens"]) == 9.0
+  # What the train step differentiates: the same mean, normalised over the whole batch.
+  loss = finetune.lm_loss(nnx.split(model, nnx.Param)[0])
+  value, _ = loss.objective(nnx.state(model, nnx.Param), batch, loss.normaliser(batch))
+  np.testing.assert_allclose(float(value), np.mean(per_seq), rtol=1e-5)

@@ -1,17 +1,18 @@
-"""Training a decoder-only LM on step-by-step math with step dropping, and the math run.
+"""Fine-tuning a decoder-only LM on step-by-step math with step dropping: the math run.
 
 `run` is what `main.py --config=configs/math.py` calls: it trains one model per
 p in `data.drop_probs` (each in `<workdir>/p<p>/`, resuming from its newest
-checkpoint), evaluates each per mode (lm/evaluate.py) and prints one table.
+checkpoint), evaluates each per mode (lm/math_eval.py) and prints one table.
 
-The train step is pure and jitted once with the mesh's shardings, the state
-donated; the loss is each sequence's mean cross-entropy over its solution
-tokens, averaged over the sequences (a long solution weighs as much as a short
-one, so dropping steps does not reweigh problems). Batches are addressed by
-step number (lm/step_dropping.py), so a checkpoint needs only the train state
-to resume exactly; its record holds p, the data (sizes, seed, the train file's
-checksum) and the optimisation settings, and a resume with other values is
-refused naming the field. A state with NaN/Inf is never saved. The workdir is
+The LM's part is its loss, data and wiring: the train step, loop and
+checkpointer are train/'s (step.build_train_step, loop.run, Checkpointer). The
+loss is each sequence's mean cross-entropy over its solution tokens, averaged
+over the sequences (a long solution weighs as much as a short one, so dropping
+steps does not reweigh problems). Batches are addressed by step number
+(lm/step_dropping.py), so a checkpoint needs only the train state to resume
+exactly; its record holds p, the data (sizes, seed, the train file's checksum)
+and the optimisation settings, and a resume with other values is refused
+naming the field. A state with NaN/Inf is never saved. The workdir is
 locked for the run (workdir_lock), and the mesh and batch are checked before
 any data is read or file written (preflight).
 """
@@ -28,13 +29,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 from tqdm import tqdm
 
 from dualformer_jax import workdir_lock
-from dualformer_jax.lm import checkpoint as lm_checkpoint
 from dualformer_jax.lm import math_eval as eval_lib
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
@@ -42,10 +41,11 @@ from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.train import loop as loop_lib
+from dualformer_jax.train import step as step_lib
+from dualformer_jax.train.checkpoint import Checkpointer
 from dualformer_jax.train.logger import MetricLogger
-from dualformer_jax.train.schedule import make_schedule
-from dualformer_jax.train.step import TrainState, make_optimizer
-from dualformer_jax.train.stop_flag import StopFlag
+from dualformer_jax.train.step import TrainState
 
 BATCH_KEYS = ("ids", "loss_mask", "valid")
 
@@ -134,8 +134,9 @@ def load_data(c: ml_collections.ConfigDict) -> MathData:
   return MathData(tok, kept, test[:c.eval.num_problems], skipped)
 
 
-def _loss_sums(model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
-  """Per-sequence mean cross-entropy over solution tokens, and token accuracy sums."""
+def _sums(model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
+  """Per-batch sums: each sequence's mean cross-entropy over its solution tokens (summed
+  over the sequences that have one, and their count), token hits and solution tokens."""
   ids_BxT = batch["ids"]
   # All T positions go in (T stays a multiple of the kernels' block sizes), the last
   # position's logits are not scored.
@@ -147,40 +148,38 @@ def _loss_sums(model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
   has_B = (tokens_B > 0).astype(jnp.float32)
   seq_loss_B = jnp.sum(ce_BxT * mask_BxT, axis=1) / jnp.maximum(tokens_B, 1.0)
   hits_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
-  return {"loss": jnp.sum(seq_loss_B * has_B) / jnp.maximum(jnp.sum(has_B), 1.0),
-          "accuracy": jnp.sum(hits_BxT * mask_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0),
-          "solution_tokens": jnp.sum(mask_BxT)}
+  return {"loss_sum": jnp.sum(seq_loss_B * has_B), "sequences": jnp.sum(has_B),
+          "correct_sum": jnp.sum(hits_BxT * mask_BxT), "solution_tokens": jnp.sum(mask_BxT)}
+
+
+def _means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """loss: the mean over sequences of their per-token means; accuracy: over tokens."""
+  return {"loss": sums["loss_sum"] / jnp.maximum(sums["sequences"], 1.0),
+          "accuracy": sums["correct_sum"] / jnp.maximum(sums["solution_tokens"], 1.0),
+          "solution_tokens": sums["solution_tokens"]}
+
+
+def _sequences(batch: dict) -> jax.Array:
+  """Sequences of the batch with a solution token, >= 1: the loss's normaliser."""
+  tokens_B = jnp.sum(batch["loss_mask"][:, 1:].astype(jnp.float32), axis=1)
+  return jnp.maximum(jnp.sum((tokens_B > 0).astype(jnp.float32)), 1.0)
+
+
+def lm_loss(graphdef: nnx.GraphDef) -> step_lib.Loss:
+  """The LM's Loss: a long solution weighs as much as a short one, so dropping steps does
+  not reweigh problems; prompt tokens are not scored."""
+  def objective(params, batch, norm):
+    sums = _sums(nnx.merge(graphdef, params), batch)
+    return sums["loss_sum"] / norm, sums
+
+  return step_lib.Loss(keys=BATCH_KEYS, objective=objective, normaliser=_sequences,
+                       means=_means)
 
 
 def make_train_step(graphdef: nnx.GraphDef, train_cfg: Any, mesh: jax.sharding.Mesh,
                     state_shardings: TrainState) -> Callable:
   """train_step(state, batch) -> (state, metrics); jitted once, state donated."""
-  tx, schedule = make_optimizer(train_cfg), make_schedule(train_cfg)
-
-  def loss_fn(params, batch):
-    metrics = _loss_sums(nnx.merge(graphdef, params), batch)
-    return metrics["loss"], metrics
-
-  def train_step(state: TrainState, batch: dict):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    metrics.update(grad_norm=optax.tree.norm(grads), learning_rate=schedule(state.step))
-    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), metrics
-
-  batch_sharding = {k: shd.batch_sharding(mesh) for k in BATCH_KEYS}
-  jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
-
-  def call(state, batch):
-    with jax.set_mesh(mesh):
-      return jitted(state, {k: batch[k] for k in BATCH_KEYS})
-
-  def lower(state, batch):  # for memory analysis without running (benchmarks/)
-    with jax.set_mesh(mesh):
-      return jitted.lower(state, {k: batch[k] for k in BATCH_KEYS})
-
-  call.lower = lower
-  return call
+  return step_lib.build_train_step(lm_loss(graphdef), train_cfg, mesh, state_shardings)
 
 
 def _record(c: ml_collections.ConfigDict, p: float, lm_cfg: Any) -> dict:
@@ -223,32 +222,27 @@ def scratch_config(c: ml_collections.ConfigDict, tok: md.Tokenizer) -> lm_model.
       remat=c.lm.remat, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
 
 
-def _init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
-                init_params: Callable[[], Any] | None
-                ) -> tuple[nnx.GraphDef, Callable[[], TrainState], TrainState]:
+def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
+               init_params: Callable[[], Any] | None
+               ) -> tuple[nnx.GraphDef, Callable[[], TrainState], TrainState]:
   """(graphdef, make_state, abstract state with shardings); no arrays are made here.
 
   From scratch, the params are created inside jit with the shardings; fine-tuning
   starts from `init_params` (already placed by the checkpoint loader).
   """
-  tx = make_optimizer(c.train)
-  graphdef = nnx.split(nnx.eval_shape(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0))),
-                       nnx.Param)[0]
+  tx = step_lib.make_optimizer(c.train)
+  graphdef = step_lib.graphdef_of(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0)))
 
   def fresh(params=None) -> TrainState:
     if params is None:
       params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return step_lib.new_state(params, tx)
 
-  abstract = jax.eval_shape(fresh)
-  shardings = shd.tree_shardings(abstract, mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = step_lib.abstract_of(fresh, mesh)
+  make_fresh = jax.jit(fresh, out_shardings=step_lib.shardings_of(abstract))
   if init_params is None:
-    make = lambda: jax.jit(fresh, out_shardings=shardings)()
-  else:
-    make = lambda: jax.jit(fresh, out_shardings=shardings)(init_params())
-  return graphdef, make, abstract
+    return graphdef, make_fresh, abstract
+  return graphdef, lambda: make_fresh(init_params()), abstract
 
 
 def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, lm_cfg: Any,
@@ -265,47 +259,31 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
   shd.check_batch_size(c.train.batch_size, mesh)
   batches = step_dropping.train_batches(data.train, p, c.data.seed, c.train.batch_size,
                                         c.data.max_len, data.tok.pad_id)
-  graphdef, make_state, abstract = _init_state(c, lm_cfg, mesh, init_params)
-  ckpt = lm_checkpoint.Checkpoints(os.path.join(os.path.abspath(run_dir), "checkpoints"),
-                      c.train.keep_checkpoints, _record(c, p, lm_cfg))
-  start = ckpt.manager.latest_step() or 0
-  state = ckpt.restore(start, abstract) if start else make_state()
-  step_fn = make_train_step(graphdef, c.train, mesh, jax.tree.map(lambda a: a.sharding, abstract))
-  logger = MetricLogger(run_dir, resume_step=start)
-  bar = tqdm(total=num_steps, initial=min(start, num_steps), desc=f"train p={p:g}",
-             unit="step", disable=None, mininterval=2)
-  pending, t0 = None, time.perf_counter()
-  try:
-    with StopFlag().installed() as stop:
-      for step in range(start + 1, num_steps + 1):
-        batch = shd.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS}, mesh)
-        state, metrics = step_fn(state, batch)
-        if pending is not None:  # read the last log step after dispatching this one
-          _log(*pending, logger, bar, t0)
-          pending, t0 = None, time.perf_counter()
-        if step % c.train.log_every == 0 or step == num_steps:
-          pending = (step, metrics)
-        bar.update(1)
-        if step % c.train.checkpoint_every == 0 or step == num_steps or stop.signum:
-          ckpt.save(step, state)
-        if stop.signum:
-          break
-      if pending is not None:
-        _log(*pending, logger, bar, t0)
-  finally:
-    bar.close()
-    ckpt.close()
-    logger.close()
-  return graphdef, state, stop.signum
+  graphdef, make_state, abstract = init_state(c, lm_cfg, mesh, init_params)
+  ckpt = Checkpointer.with_record(run_dir, c.train.keep_checkpoints, _record(c, p, lm_cfg))
+  if ckpt.all_steps():  # batches are addressed by step: the state is all a resume needs
+    start, state = loop_lib.resume(ckpt, lambda s: ckpt.restore(s, abstract, None))
+  else:
+    start, state = 0, make_state()
+  last_log = [time.perf_counter()]
 
+  def seconds(step: int) -> dict:  # wall seconds since the last log row
+    del step
+    now = time.perf_counter()
+    elapsed, last_log[0] = now - last_log[0], now
+    return {"seconds": elapsed}
 
-def _log(step: int, metrics: dict, logger: MetricLogger, bar, t0: float) -> None:
-  host = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-  if not np.isfinite(host["loss"]):
-    raise FloatingPointError(f"loss is {host['loss']} at step {step}; stopping")
-  host["seconds"] = time.perf_counter() - t0
-  logger.write(step, host)
-  bar.set_postfix(loss=f"{host['loss']:.4f}", acc=f"{host['accuracy']:.3f}")
+  loop = loop_lib.Loop(
+      train_step=make_train_step(graphdef, c.train, mesh, step_lib.shardings_of(abstract)),
+      next_batch=lambda step: shd.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS},
+                                              mesh),
+      ckpt=ckpt, logger=MetricLogger(run_dir, resume_step=start), mesh=mesh,
+      num_steps=num_steps, log_every=c.train.log_every,
+      checkpoint_every=c.train.checkpoint_every, desc=f"train p={p:g}", log_fields=seconds,
+      progress=lambda step, row: ({"loss": f"{row['loss']:.4f}",
+                                   "acc": f"{row['accuracy']:.3f}"}, None))
+  out = loop_lib.run(loop, state, start)
+  return graphdef, out.state, out.signal_number
 
 
 def model_source(c: ml_collections.ConfigDict, tok: md.Tokenizer
