@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from dualformer_jax import config as config_lib
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import dropping, generate, records
 from dualformer_jax.data.vocab import Vocab
@@ -224,6 +225,7 @@ def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
       start = time.perf_counter()
       meta = build_round_dataset(config, source, step, train_tasks, out_dir, record)
       compare.add_time(path, "sample_s", time.perf_counter() - start)
-    scored = score(round_config(config, meta, source, step), path, name, (MODE,))
+    scored = score(config_lib.validate(round_config(config, meta, source, step)), path, name,
+                   (MODE,))
     yield name, scored
     source, step, train_tasks = path, scored[1], 0
