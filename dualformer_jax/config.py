@@ -216,10 +216,11 @@ def base_config() -> ml_collections.ConfigDict:
 class RunConfig:
   """A checked planning run: its typed pieces, and the ConfigDict they came from.
 
-  Built by validate() only. `config` still travels for the code that reads
-  model, mesh and seed from it (train/step, train/checkpoint's record,
-  infer/restore) and for config.json; the train, eval and data fields are read
-  from the pieces, and a changed piece (dataclasses.replace) is what runs."""
+  Built by validate(); a piece is changed by dataclasses.replace (which checks
+  it again), never by editing `config`. `config` still travels for the code
+  that reads model, mesh and seed from it (train/step, train/checkpoint's
+  record, infer/restore) and for config.json; the data, train and eval fields
+  are read from the pieces."""
   config: ml_collections.ConfigDict
   data: DataConfig
   train: TrainConfig

@@ -132,7 +132,8 @@ def preflight(run: RunConfig, training: bool = True) -> None:
   check: mesh sizes, model.size / dim / attention / remat / dtype, and for a training the
   batch split and the learning-rate schedule. Called by the entry points before any work
   (main.py: before generating the dataset), so a bad value fails at once, before a file
-  is written; train() calls it again, since it checks the devices too. Builds no arrays."""
+  is written; train() calls it too, before it takes the lock, for a caller that did not
+  (a notebook, a test). Builds no arrays (the RunConfig's pieces checked themselves)."""
   mesh = sharding.make_mesh(run.config.mesh)
   ModelConfig.from_config(run.config.model, len(make_task(run.data.task).vocabulary()))
   if training:  # eval.dtype: EvalConfig; eval batches fit any mesh (evaluate.py)
