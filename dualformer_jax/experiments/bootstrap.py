@@ -203,7 +203,7 @@ def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
         score: Callable[..., tuple[object, int]] = compare.train_and_evaluate
         ) -> Iterator[tuple[str, tuple[object, int]]]:
   """Rounds 1..bootstrap.rounds at the sweep point in `point_dir`, whose Complete-Trace run
-  is scored at `start_step`; yields (model name, score's answer) per round. `score(config,
+  is scored at `start_step`; yields (model name, score's answer) per round. `score(run,
   path, name, modes)` trains and scores a round and returns (its result, the step the next
   round starts from): compare.train_and_evaluate's (mode -> metrics, scored step), or
   select.score's (record, selected step)."""
