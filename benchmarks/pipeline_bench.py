@@ -25,6 +25,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import maze  # noqa: E402
+from dualformer_jax import config as config_lib  # noqa: E402
 from dualformer_jax.data import records  # noqa: E402
 from dualformer_jax.data.dataset import open_dataset  # noqa: E402
 from dualformer_jax.data.generate import generate  # noqa: E402
@@ -38,7 +39,9 @@ _WORKERS = flags.DEFINE_list("workers", ["1", "2"],
 _GEN_WORKERS = flags.DEFINE_integer("gen_workers", 0, "generation processes (0: all cores)")
 
 
-def bench_config(num_train: int, num_workers: int, num_buckets: int | None = None):
+def bench_config(num_train: int, num_workers: int,
+                 num_buckets: int | None = None) -> config_lib.RunConfig:
+  """The maze default with these data settings, checked (the benchmark's entry)."""
   c = maze.get_config()
   c.task.size = 10
   c.data.num_train = num_train
@@ -48,13 +51,13 @@ def bench_config(num_train: int, num_workers: int, num_buckets: int | None = Non
   c.data.num_workers = num_workers
   if num_buckets is not None:
     c.data.num_buckets = num_buckets
-  return c
+  return config_lib.validate(c)
 
 
-def run(config, data_dir: str, batches: int) -> dict:
+def run(config: config_lib.RunConfig, data_dir: str, batches: int) -> dict:
   """Times `batches` batches after a warm-up of one pool; returns rate, padding, shapes."""
   batch_size = config.train.batch_size
-  it = train_iterator(config, open_dataset(data_dir), batch_size, 0, 1)
+  it = train_iterator(config.data, open_dataset(data_dir), batch_size, 0, 1)
   for _ in range(config.data.bucket_pool):  # warm-up: worker start-up, first pools
     next(it)
   before = it.stats.to_state()
@@ -97,7 +100,7 @@ def bench(workdir: str) -> None:
                      "(in-process is always timed)")
   config = bench_config(_NUM_TRAIN.value, 0)
   t = time.perf_counter()
-  meta = generate(config, workdir, workers=_GEN_WORKERS.value or None)
+  meta = generate(config.data, workdir, workers=_GEN_WORKERS.value or None)
   print(f"dataset: {meta['counts']} in {workdir} ({time.perf_counter() - t:.1f}s)", flush=True)
   data_dir = records.data_dir(workdir)
   results = {}

@@ -2,36 +2,37 @@
 
 `configs/maze.py` and `configs/sokoban.py` start from `base_config()` and set
 their presets; `validate()` runs once at each entry point, before any work, so
-a bad value fails at once with a message that names the field. It returns the
-typed piece the data layer takes (data/data_config.DataConfig, with its
-TaskConfig), so library code never needs the whole ConfigDict for data.
+a bad value fails at once with a message that names the field. It returns a
+RunConfig: the typed pieces library code takes (data/data_config.DataConfig,
+train/train_config.TrainConfig, eval/eval_config.EvalConfig), each checking
+its own fields when built, so the library never re-validates a ConfigDict.
 
-Each rule has one home. validate() holds the rules no other code owns; the
-rest live where the value is used and are checked there, from raw arguments:
-task and data fields (data/data_config, which calls dropping.check_level_probs),
-mesh sizes (model/sharding.mesh_shape), grad accumulation
-(model/sharding.check_batch_size), model size, dtype, remat and attention
-(model/model_config.ModelConfig), the learning-rate schedule
-(train/schedule.warmup_cosine). train/trainer.preflight calls those owners
-with the config's raw values before any work (main.py, compare and sweep:
-before the dataset is generated), so they too fail before a file is written.
+Each rule has one home, where the value is used: task and data fields
+(data/data_config, which calls dropping.check_level_probs), train and eval
+fields (train/train_config, eval/eval_config), mesh sizes
+(model/sharding.mesh_shape), grad accumulation (model/sharding.check_batch_size),
+model size, dtype, remat and attention (model/model_config.ModelConfig), the
+learning-rate schedule (train/schedule.warmup_cosine). validate() holds only
+mesh.cpu_devices. train/trainer.preflight calls the mesh, model and schedule
+owners before any work (main.py, compare and sweep: before the dataset is
+generated), so they too fail before a file is written.
 
-Who validates: the entry points (main.py, compare / sweep / tune's run; the
-CLIs build the typed pieces they read); the library code they call does not
-re-validate.
+Who validates: the entry points (main.py, compare / sweep / tune's run, the
+CLIs and benchmarks); the library code they call takes a RunConfig (or one of
+its pieces), so it cannot be handed an unchecked config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
 import ml_collections
 
 from dualformer_jax.data.data_config import DataConfig, fail
-
-EVAL_MODES = ("fast", "slow", "auto")
-LOSS_NORMS = ("sequence", "token")
+from dualformer_jax.eval.eval_config import EvalConfig
+from dualformer_jax.train.train_config import TrainConfig
 
 
 def _task() -> ml_collections.ConfigDict:
@@ -211,39 +212,27 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def validate(c: ml_collections.ConfigDict) -> DataConfig:
-  """Raises ValueError naming the first bad field; returns the DataConfig it built (the
-  task.* and data.* rules), for the entry point to hand the data layer."""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """A checked planning run: its typed pieces, and the ConfigDict they came from.
+
+  Built by validate(); a piece is changed by dataclasses.replace (which checks
+  it again), never by editing `config`. `config` still travels for the code
+  that reads model, mesh and seed from it (train/step, train/checkpoint's
+  record, infer/restore) and for config.json; the data, train and eval fields
+  are read from the pieces."""
+  config: ml_collections.ConfigDict
+  data: DataConfig
+  train: TrainConfig
+  eval: EvalConfig
+
+
+def validate(c: ml_collections.ConfigDict) -> RunConfig:
+  """Raises ValueError naming the first bad field; returns the RunConfig it built."""
   data = DataConfig.from_config(c)
   if c.mesh.cpu_devices < 1:
     fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
-  for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
-                "keep_checkpoints"):
-    if c.train[field] < 1:
-      fail(f"train.{field}", c.train[field], "must be >= 1")
-  if c.train.init_step < -1:
-    fail("train.init_step", c.train.init_step, "must be a step >= 0, or -1 (the latest)")
-  if c.train.loss_norm not in LOSS_NORMS:
-    fail("train.loss_norm", c.train.loss_norm, f"expected one of {LOSS_NORMS}")
-  _validate_eval(c)
-  return data
-
-
-def _validate_eval(c: ml_collections.ConfigDict) -> None:
-  modes = eval_modes(c)
-  if not modes or any(m not in EVAL_MODES for m in modes):
-    fail("eval.modes", c.eval.modes, f"expected a comma-separated subset of {EVAL_MODES}")
-  if c.eval.num_samples < 1 or c.eval.num_tasks < 1 or c.eval.prompts_per_batch < 1:
-    fail("eval.num_samples", (c.eval.num_samples, c.eval.num_tasks, c.eval.prompts_per_batch),
-          "num_samples, num_tasks and prompts_per_batch must be >= 1")
-  if c.eval.temperature <= 0:
-    fail("eval.temperature", c.eval.temperature, "must be > 0 (use top_k=1 for greedy)")
-  if c.eval.top_k < 0:
-    fail("eval.top_k", c.eval.top_k, "must be >= 0")
-  if c.eval.get("split", "test") not in ("test", "valid"):
-    fail("eval.split", c.eval.split, "expected test or valid")
-  if c.eval.dtype not in ("", "float32", "bfloat16"):
-    fail("eval.dtype", c.eval.dtype, "expected '', float32 or bfloat16 ('' = model.dtype)")
+  return RunConfig(c, data, TrainConfig.from_config(c.train), EvalConfig.from_config(c.eval))
 
 
 def configure_jax(c: ml_collections.ConfigDict) -> None:
@@ -268,6 +257,3 @@ def configure_jax(c: ml_collections.ConfigDict) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-
-def eval_modes(c: ml_collections.ConfigDict) -> list[str]:
-  return [m.strip() for m in c.eval.modes.split(",") if m.strip()]

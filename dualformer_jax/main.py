@@ -24,7 +24,6 @@ from ml_collections import config_flags
 from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, workdir_lock
 from dualformer_jax.data import generate, records
-from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.eval import evaluate
 from dualformer_jax.train import trainer
 from dualformer_jax.train.checkpoint import CheckpointError
@@ -61,7 +60,7 @@ def main(argv):
     _run_math(config, workdir, mode)
     return
   try:
-    data = config_lib.validate(config)
+    run = config_lib.validate(config)  # the one check of the config: library code trusts it
     launch = distributed.detect(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
                                 _PROCESS_ID.value)
   except (ValueError, distributed.DistributedError) as e:
@@ -69,7 +68,7 @@ def main(argv):
   try:
     config_lib.configure_jax(config)  # CPU device count, XLA cache: before any device use
     distributed.initialize(launch)
-    _run(config, data, workdir, mode, multi_process=launch is not None)
+    _run(run, workdir, mode, multi_process=launch is not None)
   except (records.DatasetError, CheckpointError, distributed.DistributedError,
           workdir_lock.WorkdirBusy, FloatingPointError, ValueError, OSError) as e:
     # User errors (a bad tasks file, a mesh that does not fit the devices, a diverged
@@ -78,9 +77,9 @@ def main(argv):
     sys.exit(1)
 
 
-def _run(config, data: DataConfig, workdir: str, mode: str, multi_process: bool) -> None:
+def _run(run: config_lib.RunConfig, workdir: str, mode: str, multi_process: bool) -> None:
   if mode != "generate":  # every mesh / model / schedule value, before any file is written
-    trainer.preflight(config, training=mode != "evaluate")
+    trainer.preflight(run, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
   if mode in ("all", "generate"):
     # One writer: process 0 generates into the shared workdir while the others wait
@@ -88,14 +87,14 @@ def _run(config, data: DataConfig, workdir: str, mode: str, multi_process: bool)
     # A single process does not ask jax: generation must not start a TPU runtime.
     if not multi_process or jax.process_index() == 0:
       start = time.perf_counter()
-      meta = generate.generate(data, workdir)
+      meta = generate.generate(run.data, workdir)
       print(f"dataset: {meta['counts']} tasks in {records.data_dir(workdir)} "
             f"({time.perf_counter() - start:.0f} s)")
     if multi_process:
       distributed.barrier("dualformer_jax: dataset ready")
   if mode in ("all", "train"):
     start = time.perf_counter()
-    result = trainer.train(config, workdir)
+    result = trainer.train(run, workdir)
     if result.interrupted:
       if jax.process_index() == 0:
         print(f"stopped by signal {result.signal_number} at step {result.step}; a checkpoint "
@@ -105,7 +104,7 @@ def _run(config, data: DataConfig, workdir: str, mode: str, multi_process: bool)
       print(f"training: step {result.step} reached in {time.perf_counter() - start:.0f} s")
   if mode in ("all", "evaluate"):
     start = time.perf_counter()
-    evaluate.evaluate(config, workdir)
+    evaluate.evaluate(run, workdir)
     if jax.process_index() == 0:
       print(f"evaluation: {time.perf_counter() - start:.0f} s")
 

@@ -83,8 +83,8 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
   try:
-    data = config_lib.validate(f.config)  # the entry point: checked once, here
-    examples = draw_examples(data, f.config.train.batch_size, f.workdir, f.num)
+    run = config_lib.validate(f.config)  # the entry point: checked once, here
+    examples = draw_examples(run.data, run.train.batch_size, f.workdir, f.num)
   except (records.DatasetError, workdir_lock.WorkdirBusy, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)  # a user's dataset problem: one line
     sys.exit(1)

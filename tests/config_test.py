@@ -3,6 +3,7 @@ applies before touching a device)."""
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,6 @@ import pytest
 from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
-from dualformer_jax.data import data_config
 from dualformer_jax.data.data_config import DataConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +60,7 @@ def test_the_data_config_holds_every_task_and_data_field(get_config):
   assert dataclasses.asdict(data.task) == c.task.to_dict()  # the dataset fingerprint's "task"
   fields = {f.name for f in dataclasses.fields(data)} - {"task"}
   assert fields == set(c.data) and all(getattr(data, k) == c.data[k] for k in fields)
-  assert config_lib.validate(c) == data and data_config.data_config(c) == data
-  assert data_config.data_config(data) is data
+  assert config_lib.validate(c).data == data
 
 
 def test_the_typed_pieces_are_frozen_and_checked_when_built():
@@ -78,3 +77,35 @@ def test_the_typed_pieces_are_frozen_and_checked_when_built():
   c.data.level_probs = (0.5, 0.5, 0.5, 0.0, 0.0)
   with pytest.raises(ValueError, match="config.data.level_probs="):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("get_config", [maze_configs.get_config, sokoban_configs.get_config])
+def test_the_run_config_holds_every_train_and_eval_field(get_config):
+  c = get_config("default")
+  run = config_lib.validate(c)
+  assert run.config is c and run.data == DataConfig.from_config(c)
+  assert dataclasses.asdict(run.train) == c.train.to_dict()
+  assert dataclasses.asdict(run.eval) == c.eval.to_dict()
+  assert run.eval.mode_list == ("fast", "slow", "auto")
+
+
+@pytest.mark.parametrize("group, field, value, message", [
+    ("train", "num_steps", 0, "config.train.num_steps=0: must be >= 1"),
+    ("train", "init_step", -2, "config.train.init_step=-2: must be a step >= 0"),
+    ("train", "loss_norm", "batch", "config.train.loss_norm='batch': expected one of"),
+    ("eval", "modes", "fast,quick", "config.eval.modes='fast,quick': expected a comma"),
+    ("eval", "modes", ",", "config.eval.modes=',': expected a comma"),
+    ("eval", "temperature", 0.0, "config.eval.temperature=0.0: must be > 0"),
+    ("eval", "top_k", -1, "config.eval.top_k=-1: must be >= 0"),
+    ("eval", "dtype", "float16", "config.eval.dtype='float16': expected ''"),
+])
+def test_the_train_and_eval_pieces_check_their_fields(group, field, value, message):
+  c = config_lib.base_config()
+  c[group][field] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    config_lib.validate(c)
+  run = config_lib.validate(config_lib.base_config())
+  with pytest.raises(ValueError, match=re.escape(message)):  # a changed piece is checked too
+    dataclasses.replace(getattr(run, group), **{field: value})
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    setattr(getattr(run, group), field, value)

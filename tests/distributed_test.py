@@ -21,6 +21,7 @@ import pytest
 from configs import maze as maze_configs
 from dualformer_jax import distributed
 from dualformer_jax.data import dataset, train_stream
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.train import step as step_lib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
 
   # The premise: each process's rows of a step are its share of the batch one process
   # reads, at that batch's widths, so the processes agree on shapes without asking.
-  c, ds = config(), dataset.open_dataset(str(base / "data"))
+  c, ds = DataConfig.from_config(config()), dataset.open_dataset(str(base / "data"))
   single = train_stream.train_iterator(c, ds, 8, 0, 1)
   halves = [train_stream.train_iterator(c, ds, 4, p, 2) for p in range(2)]
   for _ in range(NUM_STEPS):

@@ -2,8 +2,8 @@
 
 Frozen dataclasses, as model/model_config.ModelConfig, that check their own
 fields when built (errors name the field and the value), so an entry point
-builds them once from the ConfigDict (config.validate returns the
-DataConfig) and the data layer takes them, never the whole ConfigDict.
+builds them once from the ConfigDict (config.validate, in its RunConfig)
+and the data layer takes them, never the whole ConfigDict.
 """
 
 from __future__ import annotations
@@ -122,9 +122,3 @@ class DataConfig:
     """From a whole planning config: its task and data groups."""
     return _pick(cls, c.data, task=TaskConfig.from_config(c.task))
 
-
-def data_config(c: DataConfig | ml_collections.ConfigDict) -> DataConfig:
-  """`c` itself, or the DataConfig of a whole ConfigDict: main.py, train/trainer.py and
-  eval/evaluate.py still hand the data layer the ConfigDict (issue 28: to be built once at
-  their entry, then this is DataConfig.from_config)."""
-  return c if isinstance(c, DataConfig) else DataConfig.from_config(c)

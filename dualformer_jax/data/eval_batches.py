@@ -11,7 +11,7 @@ import numpy as np
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, examples
 from dualformer_jax.data.bucket_design import design_buckets
-from dualformer_jax.data.data_config import DataConfig, data_config
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.dataset import StoredDataset
 from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import process_share
@@ -40,15 +40,14 @@ class EvalBatches:
       raise ValueError(f"batch_size={batch_size!r} must be >= 1")
     self._p, self._n = process_share(process_index, process_count)
     self._batch_size = batch_size
-    d = data_config(data)  # trainer.py still passes the ConfigDict
-    self.buckets = design_buckets(d, ds) if buckets is None else buckets
+    self.buckets = design_buckets(data, ds) if buckets is None else buckets
     self._examples, self.stats = [], PipelineStats()
-    level = dropping.eval_level(d.trace_mode, d.fixed_level)
-    rng = np.random.default_rng([d.seed, level])  # level 3 only
+    level = dropping.eval_level(data.trace_mode, data.fixed_level)
+    rng = np.random.default_rng([data.seed, level])  # level 3 only
     for i, rec in enumerate(ds.records(split)):
-      trace = dropping.drop_trace(rec["trace"], level, ds.grammar, rng, d.create_drop_rate)
+      trace = dropping.drop_trace(rec["trace"], level, ds.grammar, rng, data.create_drop_rate)
       ex = examples.encode_example(i, -1, rec["prompt"], trace, rec["plan"],
-                                   d.max_prompt_len, d.max_decoder_len)
+                                   data.max_prompt_len, data.max_decoder_len)
       if ex["overlong"] == examples.LONG_PROMPT:
         self.stats.overlong_prompt += 1
       elif ex["overlong"] == examples.LONG_DECODER:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dualformer_jax import workdir_lock
 from dualformer_jax.data import records
-from dualformer_jax.data.data_config import DataConfig, data_config
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.tasks import make_task
 from dualformer_jax.tasks.base import Unsolvable
@@ -169,7 +169,6 @@ def length_stats(paths: list[str]) -> dict:
 def check_dataset_config(meta: dict, data: DataConfig, directory: str) -> None:
   """DatasetError when the dataset of `meta` was generated from another task or data config:
   a run must not train or score on data of another grid size, seed or split."""
-  data = data_config(data)  # trainer.py and evaluate.py still pass the ConfigDict
   if "generator" in meta:  # a hand-made dataset has no record to compare
     _check_compatible(meta, generator_fingerprint(data), directory, "another --workdir, or "
                       "the config it was generated with")
@@ -208,7 +207,6 @@ def generate(data: DataConfig, workdir: str, workers: int | None = None) -> dict
 
   Holds the workdir's lock (workdir_lock.WorkdirBusy when another run has it).
   """
-  data = data_config(data)  # main.py still passes the ConfigDict
   with workdir_lock.hold(workdir, "generation"):
     return _generate(data, workdir, workers)
 

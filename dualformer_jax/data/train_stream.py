@@ -25,7 +25,7 @@ import numpy as np
 from dualformer_jax.data import buckets as buckets_lib
 from dualformer_jax.data import dropping, examples
 from dualformer_jax.data.bucket_design import design_buckets
-from dualformer_jax.data.data_config import DataConfig, data_config
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.dataset import StoredDataset
 from dualformer_jax.data.stats import PipelineStats
 
@@ -232,6 +232,5 @@ def train_iterator(data: DataConfig, ds: StoredDataset, batch_size: int,
                    include_index: bool = False) -> TrainIterator:
   """iter(train_dataset(...)): has .stats, .batch_tokens, .buckets, get_state/set_state;
   close() when done."""
-  data = data_config(data)  # trainer.py still passes the ConfigDict
   return iter(train_dataset(data, ds, batch_size, process_index, process_count,
                             buckets=buckets, include_index=include_index))

@@ -25,14 +25,14 @@ import json
 import os
 
 import jax
-import ml_collections
 
-from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, io_utils
+from dualformer_jax.config import RunConfig
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import generate, records
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval import metrics as metrics_lib
+from dualformer_jax.eval.eval_config import EvalConfig
 from dualformer_jax.eval import render
 from dualformer_jax.infer import modes, restore
 from dualformer_jax.model import sharding
@@ -48,16 +48,16 @@ class EvalTask:
   optimal_len: int  # moves in the A* plan
 
 
-def load_tasks(config: ml_collections.ConfigDict, task: Task, data_dir: str,
-               vocab: Vocab) -> list[EvalTask]:
+def load_tasks(eval_cfg: EvalConfig, task: Task, data_dir: str, vocab: Vocab,
+               size: int) -> list[EvalTask]:
   """The first `eval.num_tasks` tasks of the `eval.split` split (test or valid), or every
-  task of `eval.tasks_file` (_file_tasks). ValueError when there are none."""
-  if config.eval.tasks_file:
-    out = _file_tasks(config.eval.tasks_file, task, vocab, config.task.size)
+  task of `eval.tasks_file` (_file_tasks, for a model of task.size `size`). ValueError
+  when there are none."""
+  if eval_cfg.tasks_file:
+    out = _file_tasks(eval_cfg.tasks_file, task, vocab, size)
   else:
-    split = config.eval.get("split", "test")
     out = []
-    for rec in dataset_lib.open_dataset(data_dir).records(split)[:config.eval.num_tasks]:
+    for rec in dataset_lib.open_dataset(data_dir).records(eval_cfg.split)[:eval_cfg.num_tasks]:
       prompt, plan = vocab.decode(rec["prompt"]), vocab.decode(rec["plan"])
       out.append(EvalTask(prompt, task.check(prompt, plan).plan_len))
   if not out:
@@ -105,15 +105,15 @@ def _file_tasks(path: str, task: Task, vocab: Vocab, size: int) -> list[EvalTask
   return out
 
 
-def output_dir(config: ml_collections.ConfigDict, workdir: str, step: int) -> str:
+def output_dir(eval_cfg: EvalConfig, workdir: str, step: int) -> str:
   """Where the evaluation of checkpoint `step` is written: eval/<step>, or beside it for a
   tasks file (tasks-<file name>) or the valid split (valid), never over the test table."""
   out_dir = os.path.join(workdir, "eval", str(step))
-  if config.eval.tasks_file:
-    stem = os.path.splitext(os.path.basename(config.eval.tasks_file))[0]
+  if eval_cfg.tasks_file:
+    stem = os.path.splitext(os.path.basename(eval_cfg.tasks_file))[0]
     return os.path.join(out_dir, f"tasks-{stem}")
-  if config.eval.get("split", "test") != "test":
-    return os.path.join(out_dir, config.eval.split)
+  if eval_cfg.split != "test":
+    return os.path.join(out_dir, eval_cfg.split)
   return out_dir
 
 
@@ -126,36 +126,36 @@ def _compact(v: Verdict) -> Verdict:
                                                      digest_size=16).digest())
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Samples and scores every mode of `eval.modes`; returns mode -> metrics (on every process).
-  Process 0 also writes each task's counts (metrics.per_task) to per_task.json."""
-  config_lib.validate(config)
+def evaluate(run: RunConfig, workdir: str) -> dict:
+  """Samples and scores every mode of `run.eval.modes`; returns mode -> metrics (on every
+  process). Process 0 also writes each task's counts (metrics.per_task) to per_task.json."""
+  ev, data, config = run.eval, run.data, run.config  # config: model, mesh, seed (restore)
   directory = records.data_dir(workdir)
   meta = records.read_meta(directory)
-  generate.check_dataset_config(meta, config, directory)
+  generate.check_dataset_config(meta, data, directory)
   vocab = Vocab.from_list(meta["vocab"])
-  task = make_task(config.task)
-  tasks = load_tasks(config, task, directory, vocab)
+  task = make_task(data.task)
+  tasks = load_tasks(ev, task, directory, vocab, data.task.size)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, params, step = restore.restore_params(config, workdir, vocab, mesh,
-                                                  config.eval.checkpoint_step)
+                                                  ev.checkpoint_step)
   settings = modes.Settings(
-      num_samples=config.eval.num_samples,
-      max_len=modes.decode_len(config.eval.max_decode_len, config.data.max_decoder_len),
-      temperature=config.eval.temperature, top_k=config.eval.top_k,
-      prompts_per_batch=modes.prompts_per_batch(config.eval.prompts_per_batch, mesh))
-  num_pictures = min(config.eval.num_pictures, len(tasks))
+      num_samples=ev.num_samples,
+      max_len=modes.decode_len(ev.max_decode_len, data.max_decoder_len),
+      temperature=ev.temperature, top_k=ev.top_k,
+      prompts_per_batch=modes.prompts_per_batch(ev.prompts_per_batch, mesh))
+  num_pictures = min(ev.num_pictures, len(tasks))
   key = jax.random.key(config.seed)
   results, per_task, pictures = {}, {}, {}
-  for mode in config_lib.eval_modes(config):
+  for mode in ev.mode_list:
     verdicts, pictures[mode] = _sample_and_check(graphdef, params, vocab, mesh, task, tasks,
                                                  mode, key, settings, num_pictures)
     optimal = [t.optimal_len for t in tasks]
     results[mode] = metrics_lib.compute_metrics(optimal, verdicts, auto=(mode == "auto"))
     per_task[mode] = metrics_lib.per_task(optimal, verdicts)
   if jax.process_index() == 0:
-    _write(config, output_dir(config, workdir, step), step, task, tasks, results, per_task,
-           pictures)
+    _write(ev, data.task.size, output_dir(ev, workdir, step), step, task, tasks, results,
+           per_task, pictures)
   return results
 
 
@@ -180,15 +180,15 @@ def _sample_and_check(graphdef, params, vocab: Vocab, mesh, task: Task, tasks: l
           [gathered[i][1] for i in range(num_pictures)])
 
 
-def _write(config: ml_collections.ConfigDict, out_dir: str, step: int, task: Task,
+def _write(ev: EvalConfig, size: int, out_dir: str, step: int, task: Task,
            tasks: list[EvalTask], results: dict, per_task: dict, pictures: dict) -> None:
   """results.json, per_task.json, table.md and the pictures in out_dir; prints the table."""
   os.makedirs(out_dir, exist_ok=True)
   table = metrics_lib.markdown_table(results)
-  n = config.eval.num_samples
+  n = ev.num_samples
   io_utils.write_json(os.path.join(out_dir, "results.json"), results, indent=1)
   io_utils.write_json(os.path.join(out_dir, PER_TASK), per_task)
-  source = config.eval.tasks_file or "the test split"
+  source = ev.tasks_file or "the test split"
   io_utils.write_text(os.path.join(out_dir, "table.md"),
                       f"checkpoint {step}, {len(tasks)} tasks of {source} x {n} samples\n\n"
                       f"{table}\n")
@@ -196,6 +196,6 @@ def _write(config: ml_collections.ConfigDict, out_dir: str, step: int, task: Tas
     for i, response in enumerate(responses):
       render.render_response(task.name, tasks[i].prompt, response,
                              os.path.join(out_dir, f"{mode}_{i}.png"),
-                             title=f"{mode} mode, task {i}", size=config.task.size)
+                             title=f"{mode} mode, task {i}", size=size)
   print(f"\nevaluation at step {step}: {len(tasks)} tasks x {n} samples per mode "
         f"({out_dir})\n{table}")

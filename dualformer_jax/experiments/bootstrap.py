@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from dualformer_jax import config as config_lib
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import dropping, generate, records
 from dualformer_jax.data.vocab import Vocab
@@ -202,7 +203,7 @@ def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
         score: Callable[..., tuple[object, int]] = compare.train_and_evaluate
         ) -> Iterator[tuple[str, tuple[object, int]]]:
   """Rounds 1..bootstrap.rounds at the sweep point in `point_dir`, whose Complete-Trace run
-  is scored at `start_step`; yields (model name, score's answer) per round. `score(config,
+  is scored at `start_step`; yields (model name, score's answer) per round. `score(run,
   path, name, modes)` trains and scores a round and returns (its result, the step the next
   round starts from): compare.train_and_evaluate's (mode -> metrics, scored step), or
   select.score's (record, selected step)."""
@@ -224,6 +225,7 @@ def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
       start = time.perf_counter()
       meta = build_round_dataset(config, source, step, train_tasks, out_dir, record)
       compare.add_time(path, "sample_s", time.perf_counter() - start)
-    scored = score(round_config(config, meta, source, step), path, name, (MODE,))
+    scored = score(config_lib.validate(round_config(config, meta, source, step)), path, name,
+                   (MODE,))
     yield name, scored
     source, step, train_tasks = path, scored[1], 0

@@ -26,6 +26,7 @@ It runs in one process; multi-host launches (launch/) train one model at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +39,7 @@ from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils, workdir_lock
+from dualformer_jax.config import RunConfig
 from dualformer_jax.data import generate, records
 from dualformer_jax.eval import evaluate
 from dualformer_jax.experiments import report
@@ -137,11 +139,13 @@ def add_time(path: str, key: str, seconds: float) -> None:
   io_utils.write_json(os.path.join(path, TIMING), timing)
 
 
-def eval_settings(c: ml_collections.ConfigDict) -> dict:
+def eval_settings(run: RunConfig) -> dict:
   """Every setting that changes an evaluation's metrics, beside the checkpoint it scores."""
-  out = {f"eval.{k}": v for k, v in c.eval.to_dict().items() if k not in _EVAL_NOT_SETTINGS}
-  out["eval.dtype"] = c.eval.dtype or c.model.dtype  # "" samples in model.dtype
-  out["seed"] = c.seed
+  # Sorted, as ConfigDict.to_dict was: eval_settings.json keeps its key order.
+  out = {f"eval.{k}": v for k, v in sorted(dataclasses.asdict(run.eval).items())
+         if k not in _EVAL_NOT_SETTINGS}
+  out["eval.dtype"] = run.eval.dtype or run.config.model.dtype  # "" samples in model.dtype
+  out["seed"] = run.config.seed
   return json.loads(json.dumps(out, default=list))
 
 
@@ -164,22 +168,22 @@ def _cached(where: str, settings: dict) -> tuple[dict, dict]:
   return results, per_task
 
 
-def evaluate_at(c: ml_collections.ConfigDict, path: str, name: str, step: int,
+def evaluate_at(run: RunConfig, path: str, name: str, step: int,
                 modes: tuple[str, ...]) -> tuple[dict, dict]:
-  """(mode -> metrics, mode -> per-task counts) of checkpoint `step` on c's eval split;
-  only modes not saved with the current settings are sampled, and merged with the saved.
-  Per-task counts are None where evaluate wrote none (a process other than 0)."""
-  settings = eval_settings(c)
-  where = evaluate.output_dir(c, path, step)
+  """(mode -> metrics, mode -> per-task counts) of checkpoint `step` on the run's eval
+  split; only modes not saved with the current settings are sampled, and merged with the
+  saved. Per-task counts are None where evaluate wrote none (a process other than 0)."""
+  settings = eval_settings(run)
+  where = evaluate.output_dir(run.eval, path, step)
   results, per_task = _cached(where, settings)
   need = tuple(m for m in modes if not isinstance(results.get(m), dict) or m not in per_task)
   if need:
-    split = c.eval.get("split", "test")
-    print(f"[{name}] evaluating {', '.join(need)} mode at step {step} ({split})", flush=True)
-    c = ml_collections.ConfigDict(c.to_dict())
-    c.eval.checkpoint_step, c.eval.modes = step, ",".join(need)
+    print(f"[{name}] evaluating {', '.join(need)} mode at step {step} ({run.eval.split})",
+          flush=True)
+    at = dataclasses.replace(run, eval=dataclasses.replace(
+        run.eval, checkpoint_step=step, modes=",".join(need)))
     start = time.perf_counter()
-    results = {**results, **evaluate.evaluate(c, path)}
+    results = {**results, **evaluate.evaluate(at, path)}
     per_task = {**per_task, **(_read_output(os.path.join(where, evaluate.PER_TASK)) or {})}
     io_utils.write_json(os.path.join(where, "results.json"), results, indent=1)
     io_utils.write_json(os.path.join(where, evaluate.PER_TASK), per_task)
@@ -198,40 +202,34 @@ def _checkpoints(config: ml_collections.ConfigDict, path: str) -> tuple[int, int
     ckpt.close()
 
 
-def ensure_trained(c: ml_collections.ConfigDict, path: str, name: str) -> None:
-  """Trains (or finishes training) the run of config `c` in `path`; Interrupted on a signal."""
-  steps = c.train.num_steps
-  if _checkpoints(c, path)[0] < steps:
+def ensure_trained(run: RunConfig, path: str, name: str) -> None:
+  """Trains (or finishes training) `run` in `path`; Interrupted on a signal."""
+  steps = run.train.num_steps
+  if _checkpoints(run.config, path)[0] < steps:
     print(f"[{name}] training {steps} steps in {path}", flush=True)
     start = time.perf_counter()
-    result = trainer.train(c, path)
+    result = trainer.train(run, path)
     add_time(path, "train_s", time.perf_counter() - start)
     if result.interrupted:
       raise Interrupted(name, result.step, result.signal_number)
 
 
-def best_valid_loss_step(c: ml_collections.ConfigDict, path: str) -> int:
-  step = _checkpoints(c, path)[1]
+def best_valid_loss_step(run: RunConfig, path: str) -> int:
+  step = _checkpoints(run.config, path)[1]
   if step is None:
     raise CheckpointError(f"no checkpoint in {path} has a validation loss: no step to "
                           "select (was it trained without a valid split?)")
   return step
 
 
-def train_and_evaluate(c: ml_collections.ConfigDict, path: str, name: str,
+def train_and_evaluate(run: RunConfig, path: str, name: str,
                        modes: tuple[str, ...]) -> tuple[dict, int]:
-  """Trains (or finishes training) the run of config `c` in `path` and evaluates `modes` at
-  its selected step (the best validation loss with a valid split, else the last step);
-  returns (mode -> metrics, that step). Each part is skipped when its output exists."""
-  ensure_trained(c, path, name)
-  step = best_valid_loss_step(c, path) if c.data.num_valid else c.train.num_steps
-  return evaluate_at(c, path, name, step, modes)[0], step
-
-
-def run_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> tuple[dict, int]:
-  """Trains and evaluates model `name` of MODELS; returns (mode -> metrics, scored step)."""
-  return train_and_evaluate(model_config(config, name), run_dir(workdir, name), name,
-                            MODELS[name][1])
+  """Trains (or finishes training) `run` in `path` and evaluates `modes` at its selected
+  step (the best validation loss with a valid split, else the last step); returns
+  (mode -> metrics, that step). Each part is skipped when its output exists."""
+  ensure_trained(run, path, name)
+  step = best_valid_loss_step(run, path) if run.data.num_valid else run.train.num_steps
+  return evaluate_at(run, path, name, step, modes)[0], step
 
 
 def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
@@ -262,13 +260,15 @@ def write_summary(workdir: str, summary: dict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str,
         models: tuple[str, ...] = tuple(MODELS)) -> dict:
   """The whole comparison: data, each model's training and evaluation, summary and report."""
-  data = config_lib.validate(config)
-  for name in models:
-    trainer.preflight(model_config(config, name))  # a bad name or mesh: before any work
+  data = config_lib.validate(config).data
+  runs = {name: config_lib.validate(model_config(config, name)) for name in models}
+  for run_cfg in runs.values():
+    trainer.preflight(run_cfg)  # a bad name or mesh: before any work
   os.makedirs(workdir, exist_ok=True)
   summary = new_summary(config, generate.generate(data, workdir))
-  for name in models:
-    add_model(summary, workdir, name, run_model(config, workdir, name))
+  for name, run_cfg in runs.items():
+    add_model(summary, workdir, name, train_and_evaluate(
+        run_cfg, run_dir(workdir, name), name, MODELS[name][1]))
   write_summary(workdir, summary)
   return summary
 

@@ -14,10 +14,12 @@ evaluate_at (eval.split=valid, written to <run>/eval/<step>/valid/), so they res
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ml_collections
 
+from dualformer_jax.config import RunConfig
 from dualformer_jax.data import records
 from dualformer_jax.experiments import compare
 from dualformer_jax.train.checkpoint import Checkpointer
@@ -43,17 +45,18 @@ def check_config(config: ml_collections.ConfigDict, num_steps: int) -> None:
                      f"{num_steps} steps / checkpoint_every={t.checkpoint_every}")
 
 
-def valid_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`c` sampling sweep.select_samples responses on the first sweep.select_tasks valid tasks."""
-  v = ml_collections.ConfigDict(c.to_dict())
-  v.eval.split, v.eval.num_pictures = "valid", 0
-  v.eval.num_tasks, v.eval.num_samples = c.sweep.select_tasks, c.sweep.select_samples
-  return v
+def valid_config(run: RunConfig) -> RunConfig:
+  """`run` sampling sweep.select_samples responses on the first sweep.select_tasks valid
+  tasks."""
+  sweep = run.config.sweep
+  return dataclasses.replace(run, eval=dataclasses.replace(
+      run.eval, split="valid", num_pictures=0, num_tasks=sweep.select_tasks,
+      num_samples=sweep.select_samples))
 
 
-def saved_steps(c: ml_collections.ConfigDict, path: str) -> list[int]:
+def saved_steps(run: RunConfig, path: str) -> list[int]:
   vocab = records.read_meta(records.data_dir(path))["vocab"]
-  ckpt = Checkpointer(path, c, vocab)
+  ckpt = Checkpointer(path, run.config, vocab)
   try:
     return sorted(ckpt.all_steps())
   finally:
@@ -65,37 +68,37 @@ def best(curve: dict[int, dict]) -> int:
   return max(curve, key=lambda s: (curve[s]["1_optimal"], curve[s]["swc"], s))
 
 
-def select(c: ml_collections.ConfigDict, path: str, name: str,
+def select(run: RunConfig, path: str, name: str,
            modes: tuple[str, ...]) -> tuple[dict[str, int], dict]:
   """(mode -> selected step, mode -> {step: validation 1-Optimal}) of the trained run in
   `path`; the second is empty under the validation-loss rule."""
-  if not c.sweep.select_tasks:
-    step = compare.best_valid_loss_step(c, path)
+  if not run.config.sweep.select_tasks:
+    step = compare.best_valid_loss_step(run, path)
     return {m: step for m in modes}, {}
-  v = valid_config(c)
+  v = valid_config(run)
   curves: dict[str, dict[int, dict]] = {m: {} for m in modes}
-  for step in saved_steps(c, path):
+  for step in saved_steps(run, path):
     for mode, metrics in compare.evaluate_at(v, path, name, step, modes)[0].items():
       curves[mode][step] = metrics
   chosen = {m: best(curves[m]) for m in modes}
   return chosen, {m: {str(s): x["1_optimal"] for s, x in curves[m].items()} for m in modes}
 
 
-def score(c: ml_collections.ConfigDict, path: str, name: str,
+def score(run: RunConfig, path: str, name: str,
           modes: tuple[str, ...]) -> tuple[dict, int]:
-  """Trains the run of `c` in `path` (when unfinished), selects each mode's step and scores
+  """Trains `run` in `path` (when unfinished), selects each mode's step and scores
   it on the test split there and at the last step. Returns (record, the first mode's
   selected step: where a bootstrap round starts from); record holds selected / last
   (mode -> metrics), selected_step (mode -> step), last_step, per_task (the same two, mode
   -> per-task counts) and validation (mode -> {step: validation 1-Optimal})."""
-  compare.ensure_trained(c, path, name)
-  chosen, validation = select(c, path, name, modes)
-  last = c.train.num_steps
+  compare.ensure_trained(run, path, name)
+  chosen, validation = select(run, path, name, modes)
+  last = run.train.num_steps
   record = {"selected": {}, "last": {}, "selected_step": chosen, "last_step": last,
             "per_task": {"selected": {}, "last": {}}, "validation": validation}
   for step in sorted({*chosen.values(), last}):
     here = tuple(m for m in modes if step in (chosen[m], last))  # only the modes scored here
-    metrics, per_task = compare.evaluate_at(c, path, name, step, here)
+    metrics, per_task = compare.evaluate_at(run, path, name, step, here)
     for mode in here:
       for which, at in (("selected", chosen[mode]), ("last", last)):
         if at == step:

@@ -37,7 +37,7 @@ import numpy as np
 from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
-from dualformer_jax.data.data_config import DataConfig
+from dualformer_jax.config import RunConfig
 from dualformer_jax.experiments import bootstrap, compare, intervals, report, select
 from dualformer_jax.train import trainer
 
@@ -74,10 +74,10 @@ def read_tuned(config: ml_collections.ConfigDict) -> dict:
   return chosen
 
 
-def check_config(config: ml_collections.ConfigDict) -> DataConfig:
+def check_config(config: ml_collections.ConfigDict) -> RunConfig:
   """ValueError naming the first bad sweep.* / bootstrap.* field, before any work; returns
-  the checked DataConfig."""
-  data = config_lib.validate(config)
+  the checked RunConfig."""
+  run = config_lib.validate(config)
   values = tuple(config.sweep.num_train)
 
   def fail(field: str, why: str):
@@ -108,8 +108,8 @@ def check_config(config: ml_collections.ConfigDict) -> DataConfig:
     steps.append(config.bootstrap.finetune_steps)
   select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
-  trainer.preflight(config)  # mesh, model, schedule
-  return data
+  trainer.preflight(run)  # mesh, model, schedule
+  return run
 
 
 def run_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
@@ -135,8 +135,8 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, n: int, k: int, me
   for name in models_of(config):
     print(f"[{n} tasks, seed {k}] {name}", flush=True)
     compare.add_model(summary, where, name, select.score(
-        run_config(config, n, k, name, tuned), compare.run_dir(where, name), name,
-        compare.MODELS[name][1]))
+        config_lib.validate(run_config(config, n, k, name, tuned)),
+        compare.run_dir(where, name), name, compare.MODELS[name][1]))
   if config.bootstrap.rounds and n == config.bootstrap.num_train:
     c = run_config(config, n, k, bootstrap.SOURCE_MODEL, tuned)
     start = summary["selected_step"][bootstrap.SOURCE_MODEL]
@@ -184,7 +184,7 @@ RULE = {True: "each mode at the saved step of highest sampled 1-Optimal on {t} v
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole sweep: data, every point and seed, sweep.json and its report (rewritten after
   each point, so a sweep stopped part-way has the table and plot of the points it finished)."""
-  data = check_config(config)
+  data = check_config(config).data
   tuned = read_tuned(config)
   os.makedirs(workdir, exist_ok=True)
   meta = generate.generate(data, workdir)

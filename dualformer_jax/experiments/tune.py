@@ -42,9 +42,9 @@ def models_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def check_config(config: ml_collections.ConfigDict) -> DataConfig:
-  """ValueError naming the first bad tune.* field, before any work; returns the checked
-  DataConfig."""
-  data = config_lib.validate(config)
+  """ValueError naming the first bad tune.* field (and of each model's runs), before any
+  work; returns the checked DataConfig."""
+  data = config_lib.validate(config).data
   t = config.tune
 
   def fail(field: str, why: str):
@@ -66,7 +66,8 @@ def check_config(config: ml_collections.ConfigDict) -> DataConfig:
                      f"{config.data.num_valid}")
   select.check_config(config, 1)  # select_samples
   for name in models:
-    trainer.preflight(model_config(config, name, max(t.learning_rates), max(t.num_steps)))
+    trainer.preflight(config_lib.validate(
+        model_config(config, name, max(t.learning_rates), max(t.num_steps))))
   return data
 
 
@@ -89,11 +90,11 @@ def tune_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> di
   runs = []
   for lr in config.tune.learning_rates:
     for steps in config.tune.num_steps:
-      c = model_config(config, name, lr, steps)
+      run = config_lib.validate(model_config(config, name, lr, steps))
       path = compare.run_dir(model_dir, run_name(lr, steps))
       print(f"[tune {name}] lr {lr:g}, {steps} steps", flush=True)
-      compare.ensure_trained(c, path, name)
-      valid = compare.evaluate_at(select.valid_config(c), path, name, steps, modes)[0]
+      compare.ensure_trained(run, path, name)
+      valid = compare.evaluate_at(select.valid_config(run), path, name, steps, modes)[0]
       runs.append({"learning_rate": float(lr), "num_steps": int(steps), "valid": valid,
                    "score": float(np.mean([valid[m]["1_optimal"] for m in modes])),
                    "swc": float(np.mean([valid[m]["swc"] for m in modes])),

@@ -35,8 +35,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from dualformer_jax import config as config_lib
 from dualformer_jax import distributed, io_utils, workdir_lock
+from dualformer_jax.config import RunConfig
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import generate, records
 from dualformer_jax.data.bucket_design import design_buckets
@@ -54,6 +54,7 @@ from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
 from dualformer_jax.train.logger import MetricLogger, plot_loss
 from dualformer_jax.train.loop import say
 from dualformer_jax.train.schedule import make_schedule
+from dualformer_jax.train.train_config import TrainConfig
 
 
 @dataclasses.dataclass
@@ -107,16 +108,17 @@ def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
   return {k: float(v) for k, v in planning_loss.summarize(sums).items()}
 
 
-def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, state):
+def _init_params(run: RunConfig, vocab: list[str], mesh, state):
   """`state` with its params replaced by those of checkpoint train.init_step of run
   train.init_from (-1: its latest); the optimizer state and step stay fresh."""
-  source = Checkpointer(config.train.init_from, config, vocab)
+  t, config = run.train, run.config
+  source = Checkpointer(t.init_from, config, vocab)
   try:
     steps = source.all_steps()
-    step = config.train.init_step if config.train.init_step >= 0 else max(steps, default=-1)
+    step = t.init_step if t.init_step >= 0 else max(steps, default=-1)
     if step not in steps:
-      raise CheckpointError(f"train.init_from={config.train.init_from!r}: no checkpoint "
-                            f"{config.train.init_step} in {source.directory}; have {steps}")
+      raise CheckpointError(f"train.init_from={t.init_from!r}: no checkpoint "
+                            f"{t.init_step} in {source.directory}; have {steps}")
     abstract = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
     params = source.restore(step, abstract, None).params
   finally:
@@ -125,33 +127,32 @@ def _init_params(config: ml_collections.ConfigDict, vocab: list[str], mesh, stat
   return state.replace(params=params)
 
 
-def preflight(config: ml_collections.ConfigDict, training: bool = True) -> DataConfig:
+def preflight(run: RunConfig, training: bool = True) -> None:
   """ValueError (or DistributedError) for what only the mesh, model or schedule builders
   check: mesh sizes, model.size / dim / attention / remat / dtype, and for a training the
-  batch split and the learning-rate schedule. Called before any work (main.py: before
-  generating the dataset), so a bad value fails at once, before a file is written. Builds
-  no arrays. Returns the DataConfig that config_lib.validate built."""
-  data = config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
-  ModelConfig.from_config(config.model, len(make_task(config.task).vocabulary()))
-  if training:  # eval.dtype: config_lib.validate; eval batches fit any mesh (evaluate.py)
-    sharding.check_batch_size(config.train.batch_size, mesh, config.train.grad_accum)
-    distributed.check_batch_split(mesh, config.train.batch_size)
-    make_schedule(config.train)
-  return data
+  batch split and the learning-rate schedule. Called by the entry points before any work
+  (main.py: before generating the dataset), so a bad value fails at once, before a file
+  is written; train() calls it too, before it takes the lock, for a caller that did not
+  (a notebook, a test). Builds no arrays (the RunConfig's pieces checked themselves)."""
+  mesh = sharding.make_mesh(run.config.mesh)
+  ModelConfig.from_config(run.config.model, len(make_task(run.data.task).vocabulary()))
+  if training:  # eval.dtype: EvalConfig; eval batches fit any mesh (evaluate.py)
+    sharding.check_batch_size(run.train.batch_size, mesh, run.train.grad_accum)
+    distributed.check_batch_split(mesh, run.train.batch_size)
+    make_schedule(run.train)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Trains `config` in `workdir`, resuming from its newest usable checkpoint if any.
+def train(run: RunConfig, workdir: str) -> TrainResult:
+  """Trains `run` in `workdir`, resuming from its newest usable checkpoint if any.
 
   Process 0 holds the workdir's lock for the run (workdir_lock.WorkdirBusy when
   another training or generation has it).
   """
-  data = preflight(config)
+  preflight(run)
   if jax.process_index() != 0:
-    return _train(config, data, workdir)
+    return _train(run, workdir)
   with workdir_lock.hold(workdir, "training"):
-    return _train(config, data, workdir)
+    return _train(run, workdir)
 
 
 @dataclasses.dataclass
@@ -184,15 +185,15 @@ def _open_data(data_cfg: DataConfig, local_batch: int, workdir: str) -> _Data:
   return data
 
 
-def _start(config: ml_collections.ConfigDict, ckpt: Checkpointer, data: _Data, mesh):
+def _start(run: RunConfig, ckpt: Checkpointer, data: _Data, mesh):
   """(start step, graphdef, state, state shardings): fresh (or train.init_from's params),
   or restored straight onto the shardings from the newest usable checkpoint."""
-  vocab_size = len(data.vocab)
+  vocab_size, config = len(data.vocab), run.config
   if not ckpt.all_steps():
     graphdef, state, shardings = step_lib.create_train_state(config, vocab_size, mesh,
                                                              config.seed)
-    if config.train.init_from:
-      state = _init_params(config, data.vocab, mesh, state)
+    if run.train.init_from:
+      state = _init_params(run, data.vocab, mesh, state)
     return 0, graphdef, state, shardings
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
   start, state = loop_lib.resume(ckpt, lambda s: _restore(ckpt, s, abstract, data.train))
@@ -200,22 +201,22 @@ def _start(config: ml_collections.ConfigDict, ckpt: Checkpointer, data: _Data, m
           step_lib.shardings_of(abstract))
 
 
-def _train(config: ml_collections.ConfigDict, data_cfg: DataConfig, workdir: str
-           ) -> TrainResult:
+def _train(run: RunConfig, workdir: str) -> TrainResult:
+  config = run.config  # for the step builders and the checkpoint record (train/step, checkpoint)
   mesh = sharding.make_mesh(config.mesh)  # its batch split: checked by preflight
-  data = _open_data(data_cfg, config.train.batch_size // jax.process_count(), workdir)
+  data = _open_data(run.data, run.train.batch_size // jax.process_count(), workdir)
   try:
     ckpt = Checkpointer(workdir, config, data.vocab)
-    start, graphdef, state, shardings = _start(config, ckpt, data, mesh)
+    start, graphdef, state, shardings = _start(run, ckpt, data, mesh)
     save_run_config(config, workdir)  # after the checks: a refused run leaves the old one
     logger = MetricLogger(workdir, resume_step=start)
-    hooks = _Hooks(config, mesh, data, logger,
+    hooks = _Hooks(run.train, mesh, data, logger,
                    step_lib.make_eval_step(graphdef, mesh, shardings))
     loop = loop_lib.Loop(
         train_step=step_lib.make_train_step(graphdef, config, mesh, shardings),
         next_batch=lambda step: _to_device(next(data.train), mesh), ckpt=ckpt, logger=logger,
-        mesh=mesh, num_steps=config.train.num_steps, log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every, data_iter=data.train,
+        mesh=mesh, num_steps=run.train.num_steps, log_every=run.train.log_every,
+        checkpoint_every=run.train.checkpoint_every, data_iter=data.train,
         log_fields=hooks.log_fields, progress=hooks.progress, dispatched=hooks.dispatched,
         validate=hooks.validate, after_step=hooks.after_step)
     out = loop_lib.run(loop, state, start)
@@ -235,9 +236,9 @@ class _Hooks:
   """What the planning run adds to the loop: throughput and data statistics in each log
   row, the validation loss saved with each checkpoint, the test-split eval loss."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, data: _Data,
-               logger: MetricLogger, eval_step):
-    self.config, self.mesh, self.data, self.logger = config, mesh, data, logger
+  def __init__(self, train_cfg: TrainConfig, mesh, data: _Data, logger: MetricLogger,
+               eval_step):
+    self.train_cfg, self.mesh, self.data, self.logger = train_cfg, mesh, data, logger
     self.eval_step = eval_step
     self.tokens, self.t0 = 0.0, time.perf_counter()  # loss tokens since the last log
     self.start = self.t0  # elapsed_s: wall seconds since this (re)start of training
@@ -272,7 +273,7 @@ class _Hooks:
     return valid["loss"]
 
   def after_step(self, step: int, state) -> None:
-    c = self.config.train
+    c = self.train_cfg
     if (step % c.eval_every == 0 or step == c.num_steps) and len(self.data.eval):
       ev = evaluate_loss(self.eval_step, state.params, self.data.eval, self.mesh,
                          c.eval_batches)

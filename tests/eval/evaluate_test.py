@@ -47,7 +47,7 @@ def run(tmp_path_factory):
   """A workdir with the dataset and an untrained checkpoint 2 (sampling needs no training)."""
   w = str(tmp_path_factory.mktemp("eval") / "run")
   c = eval_config()
-  generate.generate(c, w, workers=1)
+  generate.generate(config_lib.validate(c).data, w, workers=1)
   vocab = records.read_meta(records.data_dir(w))["vocab"]
   _, state, _ = step_lib.create_train_state(c, len(vocab), sharding.make_mesh(c.mesh), c.seed)
   ckpt = Checkpointer(w, c, vocab)
@@ -58,14 +58,14 @@ def run(tmp_path_factory):
 
 def test_a_tasks_file_is_scored_whole_beside_the_test_table(run, tmp_path):
   c = eval_config()
-  evaluate.evaluate(c, run)
+  evaluate.evaluate(config_lib.validate(c), run)
   test_table = open(os.path.join(run, "eval", "2", "results.json")).read()
   assert json.loads(test_table)["fast"]["num_tasks"] == 2
   tasks = tmp_path / "mine.jsonl"
   tasks.write_text("".join(json.dumps(maze(5, [(1, k)])) + "\n" for k in range(5)) + "\n"
                    + json.dumps(maze(5)) + "\n")
   c.eval.tasks_file = str(tasks)
-  results = evaluate.evaluate(c, run)
+  results = evaluate.evaluate(config_lib.validate(c), run)
   assert results["fast"]["num_tasks"] == 6  # not cut to eval.num_tasks=2
   assert open(os.path.join(run, "eval", "2", "results.json")).read() == test_table
   with open(os.path.join(run, "eval", "2", "tasks-mine", "results.json")) as f:
@@ -80,14 +80,14 @@ def test_a_maze_of_another_grid_size_is_refused(run, tmp_path):
   c = eval_config()
   c.eval.tasks_file = str(tasks)
   with pytest.raises(ValueError, match=f"{tasks}:2: a 3x3 maze task.*task.size=5"):
-    evaluate.evaluate(c, run)
+    evaluate.evaluate(config_lib.validate(c), run)
 
 
 def test_a_dataset_of_another_task_size_is_refused(run):
   c = eval_config()
   c.task.size = 6
   with pytest.raises(records.DatasetError, match="task.size: 5 -> 6"):
-    evaluate.evaluate(c, run)
+    evaluate.evaluate(config_lib.validate(c), run)
 
 
 def test_a_non_finite_latest_checkpoint_is_never_scored(run, capsys):
@@ -107,13 +107,13 @@ def test_a_non_finite_latest_checkpoint_is_never_scored(run, capsys):
   finally:
     ckpt.close()
   capsys.readouterr()
-  evaluate.evaluate(c, run)
+  evaluate.evaluate(config_lib.validate(c), run)
   out = capsys.readouterr().out
   assert "checkpoint 4" in out and "NaN/Inf" in out and "evaluating checkpoint 2" in out
   assert not os.path.exists(os.path.join(run, "eval", "4"))
   c.eval.checkpoint_step = 4
   with pytest.raises(CheckpointError, match="checkpoint 4 .* holds NaN/Inf"):
-    evaluate.evaluate(c, run)
+    evaluate.evaluate(config_lib.validate(c), run)
 
 
 def test_entry_point_user_errors_are_one_line(run):

@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from configs import maze as maze_configs
+from dualformer_jax import config as config_lib
 from dualformer_jax.eval import evaluate
 from dualformer_jax.eval.metrics import METRIC_KEYS
 from dualformer_jax.experiments import compare
@@ -266,7 +267,7 @@ def test_only_the_missing_modes_are_sampled_and_merged_with_the_saved(sweep, tmp
     return {"auto": sweep[1]["models"]["dualformer"]["auto"]}
 
   monkeypatch.setattr(evaluate, "evaluate", fake_evaluate)
-  c = compare.model_config(tiny_config(), "dualformer")
+  c = config_lib.validate(compare.model_config(tiny_config(), "dualformer"))
   metrics, per_task = compare.evaluate_at(c, os.path.join(workdir, "dualformer"), "dualformer",
                                           4, ("fast", "slow", "auto"))
   assert asked == ["auto"] and metrics == sweep[1]["models"]["dualformer"]

@@ -105,7 +105,8 @@ def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(s
       with open(os.path.join(path, "config.json")) as f:
         assert json.load(f)["seed"] == k
       curve = record["validation"]["slow"]
-      assert sorted(curve) == [str(s) for s in select.saved_steps(tiny_config(), path)]
+      saved = select.saved_steps(config_lib.validate(tiny_config()), path)
+      assert sorted(curve) == [str(s) for s in saved]
       chosen = record["selected_step"]["slow"]
       assert chosen == select.best(
           {int(s): _json(path, "eval", s, "valid", "results.json")["slow"] for s in curve})
@@ -173,7 +174,7 @@ def test_a_finetuning_run_starts_from_the_source_params(swept):
   vocab = records.read_meta(records.data_dir(swept[0]))["vocab"]
   mesh = sharding.make_mesh(c.mesh)
   fresh = step_lib.abstract_train_state(c, len(vocab), mesh, c.seed)  # shapes only: cheap
-  started = trainer._init_params(c, vocab, mesh, fresh)
+  started = trainer._init_params(config_lib.validate(c), vocab, mesh, fresh)
   _, source, _ = restore.restore_params(c, c.train.init_from, Vocab.from_list(vocab), mesh, 2)
   same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), started.params, source)
   assert all(jax.tree.leaves(same)) and started.step is fresh.step  # the step stays fresh

@@ -17,6 +17,7 @@ import pytest
 
 from configs import maze as maze_configs
 from dualformer_jax import workdir_lock
+from dualformer_jax.config import validate
 from dualformer_jax.data import generate, records
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train import trainer
@@ -48,7 +49,7 @@ def tiny_config(num_steps=8):
 def data_dir(tmp_path_factory):
   """One generated dataset, copied into each test's workdir."""
   d = tmp_path_factory.mktemp("maze5")
-  generate.generate(tiny_config(), str(d), workers=1)
+  generate.generate(validate(tiny_config()).data, str(d), workers=1)
   return d
 
 
@@ -62,7 +63,7 @@ def workdir_with_data(tmp_path, data_dir, name="run"):
 def trained(tmp_path_factory, data_dir):
   """A run trained 4 steps with checkpoints 2 and 4; tests work on copies (copy_run)."""
   w = workdir_with_data(tmp_path_factory.mktemp("trained"), data_dir)
-  trainer.train(tiny_config(num_steps=4), w)
+  trainer.train(validate(tiny_config(num_steps=4)), w)
   return w
 
 
@@ -90,7 +91,7 @@ def final_params(config, workdir):
 def test_trains_logs_and_writes_outputs(tmp_path, data_dir):
   c = tiny_config()
   w = workdir_with_data(tmp_path, data_dir)
-  result = trainer.train(c, w)
+  result = trainer.train(validate(c), w)
   assert result.step == 8 and not result.interrupted
   rows = [json.loads(l) for l in open(os.path.join(w, "metrics.jsonl"))]
   train_rows = [r for r in rows if "loss" in r]
@@ -105,7 +106,7 @@ def test_trains_logs_and_writes_outputs(tmp_path, data_dir):
 def test_preempted_then_resumed_equals_uninterrupted(tmp_path, data_dir, monkeypatch):
   c = tiny_config(num_steps=8)
   straight = workdir_with_data(tmp_path, data_dir, "straight")
-  trainer.train(c, straight)
+  trainer.train(validate(c), straight)
 
   interrupted = workdir_with_data(tmp_path, data_dir, "interrupted")
   make_step = step_lib.make_train_step
@@ -121,10 +122,10 @@ def test_preempted_then_resumed_equals_uninterrupted(tmp_path, data_dir, monkeyp
     return step
 
   monkeypatch.setattr(step_lib, "make_train_step", preempted_after_3)
-  result = trainer.train(c, interrupted)
+  result = trainer.train(validate(c), interrupted)
   assert result.interrupted and result.step == 3 and result.signal_number == signal.SIGTERM
   monkeypatch.setattr(step_lib, "make_train_step", make_step)
-  assert trainer.train(c, interrupted).step == 8
+  assert trainer.train(validate(c), interrupted).step == 8
 
   step_a, params_a = final_params(c, straight)
   step_b, params_b = final_params(c, interrupted)
@@ -138,7 +139,7 @@ def test_refuses_checkpoint_of_another_model(tmp_path, trained):
   other = tiny_config(num_steps=6)
   other.model.size = "s"
   with pytest.raises(CheckpointError, match="model.size: 'tiny' \\(checkpoint\\) vs 's'"):
-    trainer.train(other, w)
+    trainer.train(validate(other), w)
   # The refused run leaves the config of the run that trained the checkpoints.
   assert json.load(open(os.path.join(w, "config.json")))["model"]["size"] == "tiny"
 
@@ -150,11 +151,11 @@ def test_refuses_another_data_stream_or_dataset(tmp_path, trained):
   other.data.trace_mode = "complete"
   with pytest.raises(CheckpointError, match="data.trace_mode: 'dualformer' \\(checkpoint\\) "
                                             "vs 'complete' \\(now\\)"):
-    trainer.train(other, w)
+    trainer.train(validate(other), w)
   other = tiny_config(num_steps=6)
   other.task.size = 6
   with pytest.raises(records.DatasetError, match="task.size: 5 -> 6"):
-    trainer.train(other, w)
+    trainer.train(validate(other), w)
   assert steps_on_disk(w) == [2, 4]
 
 
@@ -166,7 +167,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, trained):
         with open(os.path.join(root, f), "wb") as fh:
           fh.write(b"\0garbage")
   with pytest.raises(CheckpointError, match=r"no usable checkpoint.*damaged: steps \[4, 2\]") as e:
-    trainer.train(tiny_config(num_steps=6), w)
+    trainer.train(validate(tiny_config(num_steps=6)), w)
   assert "\n" not in str(e.value)
 
 
@@ -194,7 +195,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, trai
   flip_a_byte(w, 4)
   with open(os.path.join(w, "metrics.jsonl"), "a") as f:
     f.write('{"step": 5, "lo')  # a write cut short
-  result = trainer.train(tiny_config(num_steps=6), w)
+  result = trainer.train(validate(tiny_config(num_steps=6)), w)
   out = capsys.readouterr().out
   # Damaged compressed bytes fail either in the decoder (orbax: "cannot restore") or,
   # decoded, in the checksum; which one depends on the trained bytes (seen once in six
@@ -217,7 +218,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, trained):
   c = tiny_config(num_steps=10)
   c.train.learning_rate, c.train.warmup_steps, c.train.log_every = 1e30, 0, 100
   with pytest.raises(FloatingPointError, match="step 6 holds NaN/Inf.*not saved.*\\(4\\) is kept"):
-    trainer.train(c, w)
+    trainer.train(validate(c), w)
   assert steps_on_disk(w) == [2, 4]
   _, params = final_params(c, w)
   assert all(np.isfinite(p).all() for p in params)
@@ -229,7 +230,7 @@ def test_no_test_example_fits_the_decoder(tmp_path, data_dir, capsys):
   c = tiny_config(num_steps=2)
   c.data.level_probs, c.data.max_decoder_len = (0.0, 0.0, 0.0, 0.0, 1.0), 64
   w = workdir_with_data(tmp_path, data_dir)
-  result = trainer.train(c, w)
+  result = trainer.train(validate(c), w)
   assert result.step == 2 and steps_on_disk(w) == [2]
   assert "none of the 8 test examples fits" in capsys.readouterr().out
   assert not any("eval_loss" in r for r in read_metrics(w))
@@ -245,9 +246,9 @@ def test_a_second_trainer_on_one_workdir_is_refused(tmp_path, data_dir):
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(workdir_lock.WorkdirBusy, match=f"in use by pid {holder.pid} on "):
-      trainer.train(tiny_config(num_steps=2), w)
+      trainer.train(validate(tiny_config(num_steps=2)), w)
     with pytest.raises(workdir_lock.WorkdirBusy, match="in use by pid"):
-      generate.generate(tiny_config(), w, workers=1)
+      generate.generate(validate(tiny_config()).data, w, workers=1)
   finally:
     holder.kill()
     holder.wait()
@@ -271,8 +272,16 @@ def test_preflight_names_a_bad_value_before_any_work(tmp_path, monkeypatch, fiel
   c = tiny_config()
   c.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
-    trainer.preflight(c)
+    trainer.preflight(validate(c))
   monkeypatch.setattr(trainer, "_train", lambda *a: pytest.fail("train went past preflight"))
   with pytest.raises(ValueError, match=message):
-    trainer.train(c, str(tmp_path / "run"))
+    trainer.train(validate(c), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_train_takes_a_checked_run_config_only(tmp_path):
+  """A bare ConfigDict has no typed pieces: train() refuses it before any work (config.validate
+  is the one way to a RunConfig)."""
+  with pytest.raises(AttributeError):
+    trainer.train(tiny_config(), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
