@@ -10,6 +10,8 @@ from flax import nnx
 
 from dualformer_jax import config as config_lib
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import transformer
+from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.schedule import make_schedule
@@ -112,7 +114,8 @@ def test_sharded_training_matches_single_device(single, mesh_shape, remat, atten
   mesh = _mesh(c, 8)
   abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  sharded_step = step_lib.make_train_step(step_lib.model_graphdef(c, V), c, mesh, shardings)
+  sharded_step = step_lib.make_train_step(
+      transformer.graphdef(ModelConfig.from_config(c.model, V)), c, mesh, shardings)
   ref = _copy(single["state"], single["shardings"])
   state = _copy(single["state"], shardings)
   for i in range(3):
