@@ -56,7 +56,7 @@ from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
                                      roofline, xla_figures)
 

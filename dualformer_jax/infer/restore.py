@@ -13,7 +13,8 @@ from jax.sharding import Mesh
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.errors import CheckpointError
 
 
 def sampling_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:

@@ -36,23 +36,13 @@ import orbax.checkpoint as ocp
 
 from dualformer_jax import distributed
 from dualformer_jax.train import integrity
+from dualformer_jax.train.errors import CheckpointError, CorruptCheckpoint
 
 # Config groups that must match for a checkpoint to fit the current run.
 _COMPAT_GROUPS = ("model", "task")
 # Model fields that choose how the same math runs, not what it computes.
 _EXECUTION_ONLY = ("remat", "attention")
 T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used by this run: ours (orbax) or a Hugging Face one
-  (lm/hf_checkpoint.py raises this class too)."""
-
-
-class CorruptCheckpoint(CheckpointError):
-  """One step cannot be used (unreadable, checksum mismatch, NaN/Inf); an earlier one may."""
-
-
 # The params' leaf paths in a saved train state's checksums (integrity.paths of TrainState).
 _PARAMS_PATH = ".params"
 # Shape overrides: 0 (the size's own) is left out, so checkpoints from before they existed fit.

@@ -10,8 +10,8 @@ import pytest
 from configs import maze as maze_configs
 from dualformer_jax.train import integrity
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import (Checkpointer, CheckpointError, CorruptCheckpoint,
-                                             compat_view, stream_view)
+from dualformer_jax.train.checkpoint import Checkpointer, compat_view, stream_view
+from dualformer_jax.train.errors import CheckpointError, CorruptCheckpoint
 
 
 def test_execution_only_model_fields_do_not_block_a_restore():
