@@ -163,7 +163,7 @@ def test_eval_step_sums_add_up(single):
     np.testing.assert_allclose(float(summary[k]), float(m[k]), rtol=1e-5, err_msg=k)
 
 
-def test_abstract_state_matches_created_state(single):
+def test_abstract_state_matches_created_state_and_the_params_alone(single):
   c = _config(2, 2, 2)
   mesh = _mesh(c, 8)
   abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
@@ -171,6 +171,10 @@ def test_abstract_state_matches_created_state(single):
   for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(single["state"])):
     assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (x.shape, x.dtype)
     assert a.sharding.mesh == mesh
+  # What evaluation restores (the params alone) is laid out as training saves them.
+  params = transformer.abstract_params(ModelConfig.from_config(c.model, V), mesh)
+  assert jax.tree.structure(params) == jax.tree.structure(abstract.params)
+  assert jax.tree.leaves(params) == jax.tree.leaves(abstract.params)
 
 
 def test_bad_batches_are_rejected(single):
