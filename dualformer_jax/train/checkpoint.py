@@ -12,6 +12,8 @@ Integrity: a state with NaN/Inf values is never saved (FloatingPointError), and
 each checkpoint records a checksum per array (train/integrity.py). Restore
 verifies both, so a damaged step (unreadable, changed bytes, non-finite) raises
 CorruptCheckpoint, and `newest_good` falls back to the previous step, saying so.
+`restore_params` (evaluation, bootstrapping) reads the params alone and verifies
+theirs, so sampling needs neither the optimizer state nor its abstract tree.
 
 Model selection: a step saved with a validation loss (the trainer's, on the
 valid split) is a candidate; the one with the lowest loss is kept besides the
