@@ -99,7 +99,7 @@ def _train() -> ml_collections.ConfigDict:
 
 def _eval() -> ml_collections.ConfigDict:
   g = ml_collections.ConfigDict()
-  g.modes = "slow,fast"  # comma-separated subset of slow,fast,auto (lm/evaluate.py)
+  g.modes = "slow,fast"  # comma-separated subset of slow,fast,auto (lm/math_eval.py)
   g.num_problems = 200  # first test problems scored
   g.num_samples = 20  # samples per problem for Pass@k (paper: Pass@20)
   g.pass_ks = (1, 5, 20)

@@ -47,15 +47,16 @@ from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
 from dualformer_jax.data.vocab import Vocab
-from dualformer_jax.infer import sampler
+from dualformer_jax.infer import modes, restore, sampler
 from dualformer_jax.lm import finetune, hf_checkpoint, math_data
 from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
                                      roofline, xla_figures)
 
@@ -165,8 +166,8 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
   shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
   shardings = step_lib.shardings_of(abstract)
-  train_step = step_lib.make_train_step(step_lib.model_graphdef(config, vocab_size), config,
-                                        mesh, shardings)
+  train_step = step_lib.make_train_step(transformer.graphdef(model_cfg), config, mesh,
+                                        shardings)
   rows = shd.batch_sharding(mesh)
   p = config.data.max_prompt_len
   example = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
@@ -183,23 +184,20 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
 
 def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) -> dict:
   """The sampler's program (infer/sampler.py) for prompts x samples rows, as the
-  evaluation calls it (params as trained on mesh, eval.dtype), lowered for mesh."""
+  evaluation calls it (params as trained on mesh, sampling dtype), lowered for mesh."""
 
   vocab_size = _vocab_size(config)
-  params = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed).params
-  sample_cfg = config.copy_and_resolve_references()
-  if config.eval.dtype:  # sampling in its own dtype, as the evaluation restores it
-    sample_cfg.model.dtype = config.eval.dtype
+  params = transformer.abstract_params(ModelConfig.from_config(config.model, vocab_size), mesh)
+  sample_cfg = restore.sampling_model_config(config, vocab_size)
   rows = shd.batch_sharding(mesh)
   p = config.data.max_prompt_len
   lowered = sampler.lower(
-      step_lib.model_graphdef(sample_cfg, vocab_size), params,
+      transformer.graphdef(sample_cfg), params,
       _sds((prompts, p), jnp.int32, rows), _sds((prompts * samples, 4), jnp.int32, rows),
       _sds((prompts * samples,), jnp.int32, rows), num_samples=samples, max_len=max_len,
       top_k=int(config.eval.top_k), mesh=mesh)
   with jax.set_mesh(mesh):
-    attention = attn_lib.resolve(sample_cfg.model.attention, t=p, s=p,
-                                 dtype=jnp.dtype(sample_cfg.model.dtype))
+    attention = attn_lib.resolve(sample_cfg.attention, t=p, s=p, dtype=sample_cfg.compute_dtype)
   return {"name": "sample", "attention": attention, "batch": prompts * samples,
           "dec_len": max_len, "lowered": lowered, "flops": None,
           "tokens": prompts * samples * max_len}
@@ -210,12 +208,11 @@ def _vocab_size(config: Any) -> int:
 
 
 def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) -> list[dict]:
-  """The train step and the evaluation's sampler program (eval.prompts_per_batch prompts,
-  rounded up to one per data x fsdp shard as eval/evaluate.py does, x eval.num_samples)."""
-  split = shd.batch_divisor(mesh)
-  prompts = -(-int(config.eval.prompts_per_batch) // split) * split
-  max_len = (config.eval.max_decode_len if config.eval.max_decode_len > 0
-             else config.data.max_decoder_len)
+  """The train step and the evaluation's sampler program (infer/modes.py's rules:
+  eval.prompts_per_batch prompts, rounded up to one per data x fsdp shard, x
+  eval.num_samples rows of the decode length)."""
+  prompts = modes.prompts_per_batch(int(config.eval.prompts_per_batch), mesh)
+  max_len = modes.decode_len(config.eval.max_decode_len, config.data.max_decoder_len)
   return [train_program(config, mesh, per_device_batch, dec_len),
           sample_program(config, mesh, prompts, int(config.eval.num_samples), max_len)]
 
@@ -253,7 +250,7 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   train = {"name": "lm_train", "attention": attention, "batch": batch, "dec_len": seq_len,
            "lowered": step.lower(abstract, batch_abstract),
            "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}
-  # The evaluation's sampler (lm/evaluate.py): eval.problems_per_batch prompts of up to
+  # The evaluation's sampler (lm/math_eval.py): eval.problems_per_batch prompts of up to
   # LM_PROMPT_LEN tokens x eval.num_samples rows, rows over the mesh the params are on.
   prompts, n = int(config.eval.problems_per_batch), int(config.eval.num_samples)
   width = min(LM_PROMPT_LEN, seq_len // 2)

@@ -11,20 +11,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.model.transformer import Transformer
-# The restore target is the whole train state (optimizer state included): a checkpoint's
-# checksums cover every array of it, so restoring the params alone would fail them.
-from dualformer_jax.train.step import abstract_train_state
-from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
-
-
-def model_graphdef(model_cfg: ModelConfig) -> nnx.GraphDef:
-  """The static half of the planning Transformer (nnx.merge(graphdef, params) rebuilds it);
-  no arrays are made."""
-  abstract_model = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(abstract_model, nnx.Param)
-  return graphdef
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.errors import CheckpointError
 
 
 def sampling_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
@@ -41,7 +31,8 @@ def sampling_model_config(config: ml_collections.ConfigDict, vocab_size: int) ->
 def restore_params(config: ml_collections.ConfigDict, workdir: str, vocab: Vocab, mesh: Mesh,
                    step: int) -> tuple[nnx.GraphDef, nnx.State, int]:
   """(graphdef, params, step) of checkpoint `step` of the run in `workdir`, the params on
-  `mesh`, the graphdef computing in the sampling dtype (sampling_model_config).
+  `mesh` (read alone, their checksums verified), the graphdef computing in the sampling
+  dtype (sampling_model_config).
 
   step -1, the latest, falls back to the newest usable step when later ones are
   damaged, saying so; an explicit step that is damaged is an error.
@@ -53,14 +44,15 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, vocab: Vocab
       raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
     if step >= 0 and step not in steps:
       raise CheckpointError(f"no checkpoint {step} in {ckpt.directory}; have {steps}")
-    abstract = abstract_train_state(config, len(vocab), mesh, config.seed)
+    abstract = transformer.abstract_params(ModelConfig.from_config(config.model, len(vocab)),
+                                           mesh)
     if step >= 0:
-      state = ckpt.restore(step, abstract, None)
+      params = ckpt.restore_params(step, abstract)
     else:
       say = print if jax.process_index() == 0 else (lambda _: None)
-      step, state, damaged = ckpt.newest_good(lambda s: ckpt.restore(s, abstract, None), say)
+      step, params, damaged = ckpt.newest_good(lambda s: ckpt.restore_params(s, abstract), say)
       if damaged:
         say(f"warning: checkpoints {damaged} are damaged: evaluating checkpoint {step}")
   finally:
     ckpt.close()
-  return model_graphdef(sampling_model_config(config, len(vocab))), state.params, step
+  return transformer.graphdef(sampling_model_config(config, len(vocab))), params, step

@@ -40,6 +40,7 @@ from dualformer_jax.lm import math_data as md
 from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
+from dualformer_jax.model import layers
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.train import loop as loop_lib
 from dualformer_jax.train import step as step_lib
@@ -231,14 +232,14 @@ def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
   starts from `init_params` (already placed by the checkpoint loader).
   """
   tx = step_lib.make_optimizer(c.train)
-  graphdef = step_lib.graphdef_of(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0)))
+  graphdef = layers.graphdef_of(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0)))
 
   def fresh(params=None) -> TrainState:
     if params is None:
       params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)
     return step_lib.new_state(params, tx)
 
-  abstract = step_lib.abstract_of(fresh, mesh)
+  abstract = shd.abstract_of(fresh, mesh)
   make_fresh = jax.jit(fresh, out_shardings=step_lib.shardings_of(abstract))
   if init_params is None:
     return graphdef, make_fresh, abstract

@@ -42,7 +42,7 @@ from dualformer_jax.lm.model import LM, LMConfig
 from dualformer_jax.model import sharding as sharding_lib
 # One error family for every checkpoint: here, a directory that does not hold the model
 # its config.json describes.
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 
 CONFIG, SINGLE, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")

@@ -46,6 +46,11 @@ def count_params(model: nnx.Module) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def graphdef_of(make_model: Callable[[], nnx.Module]) -> nnx.GraphDef:
+  """The static half of a model (nnx.merge(graphdef, params) rebuilds it); no arrays made."""
+  return nnx.split(nnx.eval_shape(make_model), nnx.Param)[0]
+
+
 # ------------------------------------------------------------------ RMSNorm
 
 def rms_norm(x_BxTxD: jax.Array, scale_D: jax.Array, eps: float, dtype: jnp.dtype) -> jax.Array:

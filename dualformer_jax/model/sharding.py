@@ -11,7 +11,7 @@ the models, `constrain_batch` keeps activations split the same way.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -125,6 +125,14 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]] = LOG
     return NamedSharding(mesh, P())
 
   return jax.tree.map(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def abstract_of(make: Callable[[], Any], mesh: Mesh) -> Any:
+  """ShapeDtypeStructs of `make()`'s pytree (params, a train state) with the mesh's shardings
+  (tree_shardings): an orbax restore target or a jit out_shardings source; no arrays made."""
+  abstract = jax.eval_shape(make)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, tree_shardings(abstract, mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

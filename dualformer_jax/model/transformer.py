@@ -33,12 +33,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
 from dualformer_jax.data.vocab import PAD_ID
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import layers
 from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.model.sharding import constrain_batch, replicate_table
+from dualformer_jax.model.sharding import abstract_of, constrain_batch, replicate_table
 
 
 def _attention_weights(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, ...]:
@@ -278,6 +279,16 @@ class Transformer(nnx.Module):
       self_k[i], self_v[i] = tuple(k_blocks), tuple(v_blocks)
     cache = cache._replace(self_k=tuple(self_k), self_v=tuple(self_v))
     return self._logits(x_Rx1xD)[:, 0], cache
+
+
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+  """The static half of the Transformer of `cfg` (nnx.merge(graphdef, params) rebuilds it)."""
+  return layers.graphdef_of(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def abstract_params(cfg: ModelConfig, mesh: Mesh) -> nnx.State:
+  """The params of `cfg` as ShapeDtypeStructs on `mesh` (a restore target); no arrays made."""
+  return abstract_of(lambda: nnx.state(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param), mesh)
 
 
 def _check_ids(name: str, ids: jax.Array, ndim: int) -> None:

@@ -12,6 +12,8 @@ Integrity: a state with NaN/Inf values is never saved (FloatingPointError), and
 each checkpoint records a checksum per array (train/integrity.py). Restore
 verifies both, so a damaged step (unreadable, changed bytes, non-finite) raises
 CorruptCheckpoint, and `newest_good` falls back to the previous step, saying so.
+`restore_params` (evaluation, bootstrapping) reads the params alone and verifies
+theirs, so sampling needs neither the optimizer state nor its abstract tree.
 
 Model selection: a step saved with a validation loss (the trainer's, on the
 valid split) is a candidate; the one with the lowest loss is kept besides the
@@ -21,12 +23,13 @@ latest `train.keep_checkpoints` (orbax asks `_KeepLatestAndBest`), and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import grain
 import jax
@@ -35,23 +38,15 @@ import orbax.checkpoint as ocp
 
 from dualformer_jax import distributed
 from dualformer_jax.train import integrity
+from dualformer_jax.train.errors import CheckpointError, CorruptCheckpoint
 
 # Config groups that must match for a checkpoint to fit the current run.
 _COMPAT_GROUPS = ("model", "task")
 # Model fields that choose how the same math runs, not what it computes.
 _EXECUTION_ONLY = ("remat", "attention")
 T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be used by this run: ours (orbax) or a Hugging Face one
-  (lm/hf_checkpoint.py raises this class too)."""
-
-
-class CorruptCheckpoint(CheckpointError):
-  """One step cannot be used (unreadable, checksum mismatch, NaN/Inf); an earlier one may."""
-
-
+# The params' leaf paths in a saved train state's checksums (integrity.paths of TrainState).
+_PARAMS_PATH = ".params"
 # Shape overrides: 0 (the size's own) is left out, so checkpoints from before they existed fit.
 _SHAPE_OVERRIDES = ("dim", "layers", "heads", "ffn")
 
@@ -282,25 +277,54 @@ class Checkpointer:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    try:
+    with self._reading(step):
       state = self.manager.restore(step, args=ocp.args.Composite(**items)).state
+    self._verify(step, state)
+    return state
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """The `params` of the saved train state alone, onto `abstract_params`'s shardings
+    (orbax partial restore: the optimizer state is not read), verified as `restore` does
+    against the recorded checksums of those arrays."""
+    self.check_compatible(step)
+    target = {"params": abstract_params}
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    # A reader of its own: the manager's "state" item is read by a StandardCheckpointHandler,
+    # which restores whole trees only (the files are the same PyTree format).
+    with self._reading(step), ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+      params = reader.restore(os.path.join(self.directory, str(step), "state"),
+                              args=args)["params"]
+    self._verify(step, params, prefix=_PARAMS_PATH)
+    return params
+
+  @contextlib.contextmanager
+  def _reading(self, step: int) -> Iterator[None]:
+    """Any error of orbax reading checkpoint `step` as one CorruptCheckpoint line."""
+    try:
+      yield
     except Exception as e:
       raise CorruptCheckpoint(f"cannot restore checkpoint {step} from {self.directory} "
                               f"({_one_line(e)})") from None
+
+  def _verify(self, step: int, tree: Any, prefix: str = "") -> None:
+    """CorruptCheckpoint unless `tree` (the saved state's subtree at `prefix`) matches the
+    checksums recorded for it and is finite."""
     # The checksum first: it names the cause (files changed after they were written),
     # and damaged bytes may or may not decode to NaN/Inf.
-    checksums, bad = integrity.digest(state)
+    checksums, bad = integrity.digest(tree)
     recorded = self.read_meta(step).get("checksums")
     if recorded is not None:  # older checkpoints have none
-      wrong = integrity.mismatches(recorded, checksums)
+      wrong = integrity.mismatches(integrity.subtree(recorded, prefix),
+                                   {prefix + k: v for k, v in checksums.items()})
       if wrong:
         raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} fails its checksum in "
                                 f"{len(wrong)} arrays (e.g. {wrong[0]}): its files changed "
                                 "after they were written")
     if bad:
       raise CorruptCheckpoint(f"checkpoint {step} in {self.directory} holds NaN/Inf values "
-                              f"({len(bad)} arrays, e.g. {bad[0]})")
-    return state
+                              f"({len(bad)} arrays, e.g. {prefix}{bad[0]})")
 
   def newest_good(self, restore_step: Callable[[int], T], say: Callable[[str], None],
                   steps: list[int] | None = None) -> tuple[int, T, list[int]]:

@@ -74,3 +74,9 @@ def digest(tree: Any) -> tuple[dict[str, str], list[str]]:
 def mismatches(recorded: dict[str, str], actual: dict[str, str]) -> list[str]:
   """Leaf paths whose checksum differs from the recorded one (or is missing on either side)."""
   return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))
+
+
+def subtree(checksums: dict[str, str], prefix: str) -> dict[str, str]:
+  """The checksums of the leaves under leaf path `prefix` (".params"); all when it is ""."""
+  return {k: v for k, v in checksums.items()
+          if not prefix or (k.startswith(prefix) and k[len(prefix):len(prefix) + 1] in "[.")}

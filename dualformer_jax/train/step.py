@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dualformer_jax.model import sharding as shd
 from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.model.transformer import Transformer
+from dualformer_jax.model import transformer
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train.schedule import make_schedule
 
@@ -70,21 +70,9 @@ def new_state(params: nnx.State, tx: optax.GradientTransformation) -> TrainState
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def abstract_of(init: Callable[..., TrainState], mesh: Mesh) -> TrainState:
-  """ShapeDtypeStructs of `init()`'s state with the mesh's shardings (an orbax restore
-  target, or jit's out_shardings via `shardings_of`); no arrays are made."""
-  abstract = jax.eval_shape(init)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shd.tree_shardings(abstract, mesh))
-
-
 def shardings_of(tree: Any) -> Any:
+  """The shardings of a tree of (abstract) arrays: jit's in/out_shardings."""
   return jax.tree.map(lambda x: x.sharding, tree)
-
-
-def graphdef_of(make_model: Callable[[], nnx.Module]) -> nnx.GraphDef:
-  """The static half of a model (nnx.merge(graphdef, params) rebuilds it); no arrays made."""
-  return nnx.split(nnx.eval_shape(make_model), nnx.Param)[0]
 
 
 def _micro_batches(batch: Batch, accum: int, mesh: Mesh) -> Batch:
@@ -187,22 +175,16 @@ def build_eval_step(loss: Loss, mesh: Mesh, param_shardings: nnx.State
 
 # ------------------------------------------------------------------ the planning model
 
-def _planning_init(config: Any, vocab_size: int, seed: int) -> Callable[[], TrainState]:
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+def _planning_init(config: Any, model_cfg: ModelConfig, seed: int) -> Callable[[], TrainState]:
   tx = make_optimizer(config.train)
   return lambda: new_state(
-      nnx.state(Transformer(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param), tx)
+      nnx.state(transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param), tx)
 
 
 def abstract_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int) -> TrainState:
   """The planning model's state as ShapeDtypeStructs with shardings; no arrays made."""
-  return abstract_of(_planning_init(config, vocab_size, seed), mesh)
-
-
-def model_graphdef(config: Any, vocab_size: int) -> nnx.GraphDef:
-  """The static half of the planning model (nnx.merge(graphdef, params) rebuilds it)."""
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  return graphdef_of(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)))
+  return shd.abstract_of(_planning_init(config, model_cfg, seed), mesh)
 
 
 def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
@@ -211,10 +193,11 @@ def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
 
   Params are created inside jit with out_shardings, so no unsharded copy exists.
   """
-  init = _planning_init(config, vocab_size, seed)
-  shardings = shardings_of(abstract_of(init, mesh))
+  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+  init = _planning_init(config, model_cfg, seed)
+  shardings = shardings_of(shd.abstract_of(init, mesh))
   state = jax.jit(init, out_shardings=shardings)()
-  return model_graphdef(config, vocab_size), state, shardings
+  return transformer.graphdef(model_cfg), state, shardings
 
 
 def _loss(graphdef: nnx.GraphDef, loss_norm: str) -> Loss:

@@ -44,7 +44,7 @@ from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.eval_batches import EvalBatches
 from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import train_iterator
-from dualformer_jax.model import sharding
+from dualformer_jax.model import sharding, transformer
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
 from dualformer_jax.train import planning_loss
@@ -197,8 +197,8 @@ def _start(run: RunConfig, ckpt: Checkpointer, data: _Data, mesh):
     return 0, graphdef, state, shardings
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
   start, state = loop_lib.resume(ckpt, lambda s: _restore(ckpt, s, abstract, data.train))
-  return (start, step_lib.model_graphdef(config, vocab_size), state,
-          step_lib.shardings_of(abstract))
+  return (start, transformer.graphdef(ModelConfig.from_config(config.model, vocab_size)),
+          state, step_lib.shardings_of(abstract))
 
 
 def _train(run: RunConfig, workdir: str) -> TrainResult:

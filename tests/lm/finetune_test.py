@@ -18,7 +18,7 @@ from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
 from dualformer_jax.lm import finetune
 from dualformer_jax.lm.model import LM, LMConfig
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.train.logger import read_metrics
 
 

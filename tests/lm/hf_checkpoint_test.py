@@ -4,6 +4,8 @@ onto a mesh, and the errors a broken checkpoint directory gets."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm.hf_checkpoint import CheckpointError
 from dualformer_jax.lm.model import log_probs
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.train import checkpoint as checkpoint_lib
 
 _log_probs = nnx.jit(log_probs)
 
@@ -144,6 +147,17 @@ def test_load_onto_a_mesh(checkpoints, hf_log_probs, example_ids, name):
 
 
 # --- errors ---------------------------------------------------------------------------
+
+
+def test_the_loader_raises_the_one_error_family_without_loading_orbax_or_grain():
+  """Scoring or exporting a Hugging Face checkpoint needs neither library."""
+  code = ("import sys; from dualformer_jax.lm import hf_checkpoint; "
+          "print([m for m in ('orbax.checkpoint', 'grain') if m in sys.modules])")
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True).stdout
+  assert out.strip().splitlines()[-1] == "[]"
+  assert CheckpointError is checkpoint_lib.CheckpointError
 
 
 def test_missing_config(checkpoints, tmp_path):

@@ -9,8 +9,9 @@ import pytest
 
 from configs import maze as maze_configs
 from dualformer_jax.train import integrity
-from dualformer_jax.train.checkpoint import (Checkpointer, CheckpointError, compat_view,
-                                             stream_view)
+from dualformer_jax.train import step as step_lib
+from dualformer_jax.train.checkpoint import Checkpointer, compat_view, stream_view
+from dualformer_jax.train.errors import CheckpointError, CorruptCheckpoint
 
 
 def test_execution_only_model_fields_do_not_block_a_restore():
@@ -108,3 +109,47 @@ def test_the_record_layouts_of_both_halves_are_those_of_older_checkpoints(tmp_pa
                                             r"\(checkpoint\) vs 16 \(now\)\)"):
     other.restore(3, abstract, None)
   other.close()
+
+
+def test_the_params_alone_are_read_and_checked_against_their_own_checksums(tmp_path):
+  """restore_params reads the params of a saved train state (not its optimizer state),
+  refuses a params array whose recorded checksum differs or that holds NaN, and is not
+  refused for a changed optimizer-state array it never read (a full restore is)."""
+  config = maze_configs.get_config("default")
+  config.train.keep_checkpoints = 5
+  params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3)}
+  state = step_lib.new_state(params, step_lib.make_optimizer(config.train))
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  ckpt = Checkpointer(str(tmp_path), config, ["x"])
+  ckpt.save(1, state, None)
+  ckpt.manager.wait_until_finished()
+  meta, sums = ckpt.read_meta(1), integrity.digest(state)[0]
+  got = ckpt.restore_params(1, abstract.params)
+  assert set(got) == {"w", "b"}
+  np.testing.assert_array_equal(got["w"], params["w"])
+
+  def save(step, tree, checksums):  # checksums None: a checkpoint from before they existed
+    record = {k: v for k, v in meta.items() if k != "checksums"}
+    if checksums is not None:
+      record["checksums"] = checksums
+    ckpt.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({**record, "step": step})))
+    ckpt.manager.wait_until_finished()
+
+  moment = next(k for k in sums if k.startswith(".opt_state") and "['w']" in k)
+  save(2, state, {**sums, ".params['w']": "1" * 16})
+  save(3, state, {**sums, moment: "1" * 16})
+  save(4, state.replace(params={**params, "b": jnp.full(3, jnp.nan)}), sums)
+  with pytest.raises(CorruptCheckpoint, match=r"checkpoint 2 .* checksum in 1 arrays "
+                                              r"\(e.g. .params\['w'\]\)"):
+    ckpt.restore_params(2, abstract.params)
+  np.testing.assert_array_equal(ckpt.restore_params(3, abstract.params)["w"], params["w"])
+  with pytest.raises(CorruptCheckpoint, match="checkpoint 3 .* checksum in 1 arrays"):
+    ckpt.restore(3, abstract, None)
+  with pytest.raises(CorruptCheckpoint, match=r"checkpoint 4 .* checksum in 1 arrays "
+                                              r"\(e.g. .params\['b'\]\)"):
+    ckpt.restore_params(4, abstract.params)
+  save(5, state.replace(params={**params, "b": jnp.full(3, jnp.nan)}), None)
+  with pytest.raises(CorruptCheckpoint, match=r"checkpoint 5 .* NaN/Inf .* .params\['b'\]"):
+    ckpt.restore_params(5, abstract.params)
+  ckpt.close()

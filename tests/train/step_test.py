@@ -10,6 +10,8 @@ from flax import nnx
 
 from dualformer_jax import config as config_lib
 from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import transformer
+from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.schedule import make_schedule
@@ -112,7 +114,8 @@ def test_sharded_training_matches_single_device(single, mesh_shape, remat, atten
   mesh = _mesh(c, 8)
   abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  sharded_step = step_lib.make_train_step(step_lib.model_graphdef(c, V), c, mesh, shardings)
+  sharded_step = step_lib.make_train_step(
+      transformer.graphdef(ModelConfig.from_config(c.model, V)), c, mesh, shardings)
   ref = _copy(single["state"], single["shardings"])
   state = _copy(single["state"], shardings)
   for i in range(3):
@@ -160,7 +163,7 @@ def test_eval_step_sums_add_up(single):
     np.testing.assert_allclose(float(summary[k]), float(m[k]), rtol=1e-5, err_msg=k)
 
 
-def test_abstract_state_matches_created_state(single):
+def test_abstract_state_matches_created_state_and_the_params_alone(single):
   c = _config(2, 2, 2)
   mesh = _mesh(c, 8)
   abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
@@ -168,6 +171,10 @@ def test_abstract_state_matches_created_state(single):
   for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(single["state"])):
     assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (x.shape, x.dtype)
     assert a.sharding.mesh == mesh
+  # What evaluation restores (the params alone) is laid out as training saves them.
+  params = transformer.abstract_params(ModelConfig.from_config(c.model, V), mesh)
+  assert jax.tree.structure(params) == jax.tree.structure(abstract.params)
+  assert jax.tree.leaves(params) == jax.tree.leaves(abstract.params)
 
 
 def test_bad_batches_are_rejected(single):
