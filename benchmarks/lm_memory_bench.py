@@ -88,22 +88,22 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
 
   from dualformer_jax.lm import finetune as train_lib
   from dualformer_jax.lm.model import LMConfig
-  from dualformer_jax.model import sharding as shd
+  from dualformer_jax.model import sharding
 
   if jax.device_count() != devices:
     raise RuntimeError(f"expected {devices} devices, jax has {jax.device_count()} "
                        "(XLA_FLAGS set after jax was imported?)")
   c = _math_config(args)
-  mesh = shd.make_mesh(c.mesh)
+  mesh = sharding.make_mesh(c.mesh)
   batch = args.per_device_batch * devices
   c.train.batch_size = batch
-  shd.check_batch_size(batch, mesh)
+  sharding.check_batch_size(batch, mesh)
   lm_cfg = LMConfig(**MODELS[args.model], dtype="bfloat16", param_dtype=args.param_dtype,
                     attention="auto", remat="full")
   graphdef, _, abstract = train_lib.init_state(c, lm_cfg, mesh, None)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
   step = train_lib.make_train_step(graphdef, c.train, mesh, shardings)
-  bs = shd.batch_sharding(mesh)
+  bs = sharding.batch_sharding(mesh)
   shape = (batch, args.seq_len)
   example = {"ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),
              "loss_mask": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=bs),

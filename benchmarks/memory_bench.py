@@ -48,7 +48,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from dualformer_jax import compile as compile_lib  # noqa: E402
 from dualformer_jax import config as config_lib  # noqa: E402
-from dualformer_jax.model import sharding as shd  # noqa: E402
+from dualformer_jax.model import sharding  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file[:preset]")
 flags.DEFINE_string("dec_lens", "", "comma-separated decoder lengths (default: the preset's)")
@@ -79,7 +79,7 @@ def sampler_row(config, samples: int, max_len: int) -> dict:
   """Compiles (never runs) the sampler for one prompt x `samples` rows, single device."""
   mc = config_lib.base_config().mesh
   mc.data = 1
-  prog = compile_lib.sample_program(config, shd.make_mesh(mc, jax.devices()[:1]), 1, samples,
+  prog = compile_lib.sample_program(config, sharding.make_mesh(mc, jax.devices()[:1]), 1, samples,
                                     max_len)
   return {"samples": samples, "max_len": max_len, **_figures(prog["lowered"].compile())}
 
@@ -88,7 +88,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   config_lib.validate(config)
-  mesh = shd.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh)
   lens = ([int(x) for x in FLAGS.dec_lens.split(",") if x.strip()] if FLAGS.dec_lens
           else [config.data.max_decoder_len])
   rows = []

@@ -70,7 +70,7 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from dualformer_jax import config as config_lib
-  from dualformer_jax.model import sharding as shd
+  from dualformer_jax.model import sharding
   from dualformer_jax.model.model_config import ModelConfig
   from dualformer_jax.train import step as step_lib
 
@@ -83,11 +83,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   c.mesh.data = args.devices
   c.train.batch_size = b
   config_lib.validate(c)
-  mesh = shd.make_mesh(c.mesh, devices=jax.devices()[:args.devices])
+  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:args.devices])
   graphdef, state, shardings = step_lib.create_train_state(c, v, mesh, seed=0)
   train_step = step_lib.make_train_step(graphdef, c, mesh, shardings)
   rng = np.random.default_rng(0)
-  batch = shd.shard_batch({
+  batch = sharding.shard_batch({
       "enc_ids": rng.integers(3, v, (b, p)).astype(np.int32),
       "dec_ids": rng.integers(3, v, (b, t)).astype(np.int32),
       "targets": rng.integers(3, v, (b, t)).astype(np.int32),

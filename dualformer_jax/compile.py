@@ -51,7 +51,7 @@ from dualformer_jax.infer import modes, restore, sampler
 from dualformer_jax.lm import finetune, hf_checkpoint, math_data
 from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.tasks import make_task
@@ -152,8 +152,8 @@ def advice(config: Any, fig: dict, chip: Chip, per_device_batch: int, split: int
 
 # ------------------------------------------------------------------ programs
 
-def _sds(shape, dtype, sharding):
-  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+def _sds(shape, dtype, placement):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=placement)
 
 
 def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dict:
@@ -162,13 +162,13 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
 
   vocab_size = _vocab_size(config)
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  batch = per_device_batch * shd.batch_divisor(mesh)
-  shd.check_batch_size(batch, mesh, int(config.train.grad_accum))
+  batch = per_device_batch * sharding.batch_divisor(mesh)
+  sharding.check_batch_size(batch, mesh, int(config.train.grad_accum))
   abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
   shardings = step_lib.shardings_of(abstract)
   train_step = step_lib.make_train_step(transformer.graphdef(model_cfg), config, mesh,
                                         shardings)
-  rows = shd.batch_sharding(mesh)
+  rows = sharding.batch_sharding(mesh)
   p = config.data.max_prompt_len
   example = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
       ("dec_ids", jnp.int32), ("targets", jnp.int32), ("trace_mask", jnp.float32),
@@ -189,7 +189,7 @@ def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) 
   vocab_size = _vocab_size(config)
   params = transformer.abstract_params(ModelConfig.from_config(config.model, vocab_size), mesh)
   sample_cfg = restore.sampling_model_config(config, vocab_size)
-  rows = shd.batch_sharding(mesh)
+  rows = sharding.batch_sharding(mesh)
   p = config.data.max_prompt_len
   lowered = sampler.lower(
       transformer.graphdef(sample_cfg), params,
@@ -235,12 +235,12 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
   else:
     raise ValueError("configs/math.py: set lm.checkpoint to a Hugging Face directory, or pass "
                      f"--lm_shape (one of {sorted(LM_SHAPES)}) to compile without the weights")
-  batch = per_device_batch * shd.batch_divisor(mesh)
-  shd.check_batch_size(batch, mesh)
+  batch = per_device_batch * sharding.batch_divisor(mesh)
+  sharding.check_batch_size(batch, mesh)
   graphdef, _, abstract = finetune.init_state(config, lm_cfg, mesh, None)
   shardings = step_lib.shardings_of(abstract)
   step = finetune.make_train_step(graphdef, config.train, mesh, shardings)
-  rows = shd.batch_sharding(mesh)
+  rows = sharding.batch_sharding(mesh)
   batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
                     "valid": _sds((batch, seq_len), jnp.bool_, rows),
                     "loss_mask": _sds((batch, seq_len), jnp.bool_, rows)}
@@ -278,8 +278,8 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
     finetune.validate(checked)
   else:
     (finetune.validate if is_lm else config_lib.validate)(config)
-  mesh = shd.make_mesh(config.mesh, devices)
-  split = shd.batch_divisor(mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  split = sharding.batch_divisor(mesh)
   if not per_device_batch:
     if config.train.batch_size % split:
       raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "

@@ -26,7 +26,7 @@ from dualformer_jax import distributed, workdir_lock
 from dualformer_jax.data import generate, records
 from dualformer_jax.eval import evaluate
 from dualformer_jax.train import trainer
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "config file[:preset], e.g. configs/maze.py:paper_30", lock_config=True)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dualformer_jax import compile as compile_lib
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -54,11 +54,11 @@ def test_meshes_over_pods_and_slices():
   before = dict(os.environ)
   pod = compile_lib.topology_devices("v5p:4x4x4")
   assert dict(os.environ) == before  # no TPU host names left for a later `main` to see
-  mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1)), pod)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=8, tensor=1)), pod)
   assert dict(mesh.shape) == {"data": 8, "fsdp": 8, "tensor": 1}
   two = compile_lib.topology_devices("v5e:2x2", num_slices=2)
-  mesh = shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1)), two)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=2, tensor=1)), two)
   slice_of = [[d.slice_index for d in row.flat] for row in mesh.devices]
   assert slice_of == [[0, 0], [0, 0], [1, 1], [1, 1]]  # rows of the data axis
   with pytest.raises(ValueError, match="multiple of the 2 slices"):
-    shd.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=8, tensor=1)), two)
+    sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=8, tensor=1)), two)

@@ -7,7 +7,7 @@ import pytest
 from configs import maze
 from dualformer_jax import compile as compile_lib
 from dualformer_jax import roofline
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 
 
 def _tiny_maze(remat: str):
@@ -20,7 +20,7 @@ def _tiny_maze(remat: str):
 def test_analytic_flops_match_xla_where_xla_sees_every_op():
   """Without loops (no remat scan, plain attention) XLA counts every matmul once, so its
   count checks the analytic one; with remat's scan over layers it sees one layer."""
-  mesh = shd.make_mesh(_tiny_maze("none").mesh, jax.devices()[:1])
+  mesh = sharding.make_mesh(_tiny_maze("none").mesh, jax.devices()[:1])
   flat = compile_lib.planning_programs(_tiny_maze("none"), mesh, 8, 128)[0]
   xla = roofline.xla_figures(flat["lowered"].compile())["xla_flops"]
   analytic = flat["flops"]["hardware_flops"]

@@ -44,7 +44,8 @@ from dualformer_jax.data import generate, records
 from dualformer_jax.eval import evaluate
 from dualformer_jax.experiments import report
 from dualformer_jax.train import trainer
-from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.errors import CheckpointError
 
 # name -> (data.trace_mode, the modes it is evaluated in)
 MODELS = {

@@ -41,7 +41,7 @@ from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
 from dualformer_jax.model import layers
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 from dualformer_jax.train import loop as loop_lib
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.checkpoint import Checkpointer
@@ -239,7 +239,7 @@ def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
       params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)
     return step_lib.new_state(params, tx)
 
-  abstract = shd.abstract_of(fresh, mesh)
+  abstract = sharding.abstract_of(fresh, mesh)
   make_fresh = jax.jit(fresh, out_shardings=step_lib.shardings_of(abstract))
   if init_params is None:
     return graphdef, make_fresh, abstract
@@ -256,8 +256,8 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
   init_params: loads the params to fine-tune (only called for a fresh start).
   """
   num_steps = c.train.num_steps if num_steps is None else num_steps
-  mesh = shd.make_mesh(c.mesh)
-  shd.check_batch_size(c.train.batch_size, mesh)
+  mesh = sharding.make_mesh(c.mesh)
+  sharding.check_batch_size(c.train.batch_size, mesh)
   batches = step_dropping.train_batches(data.train, p, c.data.seed, c.train.batch_size,
                                         c.data.max_len, data.tok.pad_id)
   graphdef, make_state, abstract = init_state(c, lm_cfg, mesh, init_params)
@@ -276,7 +276,7 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
 
   loop = loop_lib.Loop(
       train_step=make_train_step(graphdef, c.train, mesh, step_lib.shardings_of(abstract)),
-      next_batch=lambda step: shd.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS},
+      next_batch=lambda step: sharding.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS},
                                               mesh),
       ckpt=ckpt, logger=MetricLogger(run_dir, resume_step=start), mesh=mesh,
       num_steps=num_steps, log_every=c.train.log_every,
@@ -304,7 +304,7 @@ def model_source(c: ml_collections.ConfigDict, tok: md.Tokenizer
                      f"model only {lm_cfg.vocab_size} embeddings")
 
   def init_params():
-    model = hf_checkpoint.load(c.lm.checkpoint, shd.make_mesh(c.mesh), **overrides)
+    model = hf_checkpoint.load(c.lm.checkpoint, sharding.make_mesh(c.mesh), **overrides)
     return nnx.state(model, nnx.Param)
 
   return lm_cfg, init_params
@@ -325,7 +325,7 @@ def run(c: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict:
 def preflight(c: ml_collections.ConfigDict) -> None:
   """ValueError for a mesh that does not fit the devices or a batch it cannot split, before
   any data is read or file written (train() would find them only after both)."""
-  shd.check_batch_size(c.train.batch_size, shd.make_mesh(c.mesh))
+  sharding.check_batch_size(c.train.batch_size, sharding.make_mesh(c.mesh))
 
 
 def _run(c: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:

@@ -39,7 +39,7 @@ from safetensors.numpy import save_file
 
 from dualformer_jax import io_utils
 from dualformer_jax.lm.model import LM, LMConfig
-from dualformer_jax.model import sharding as sharding_lib
+from dualformer_jax.model import sharding
 # One error family for every checkpoint: here, a directory that does not hold the model
 # its config.json describes.
 from dualformer_jax.train.errors import CheckpointError
@@ -242,7 +242,7 @@ def _read_all(ckpt_dir: str, flat, shapes, needed, by_name, dtype, mesh) -> None
     if mesh is None:
       value = jax.numpy.asarray(read((slice(None),) * len(shape)))
     else:
-      spec = sharding_lib.logical_to_spec(var.get_metadata()["out_sharding"], shape, mesh)
+      spec = sharding.logical_to_spec(var.get_metadata()["out_sharding"], shape, mesh)
       value = jax.make_array_from_callback(shape, NamedSharding(mesh, spec), read)
     var.set_value(value)
 

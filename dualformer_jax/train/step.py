@@ -19,7 +19,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.model import transformer
 from dualformer_jax.train import planning_loss
@@ -80,7 +80,7 @@ def _micro_batches(batch: Batch, accum: int, mesh: Mesh) -> Batch:
 
   Strided rows keep each device's share of every micro-batch local (no reshuffle).
   """
-  spec = NamedSharding(mesh, P(None, shd.BATCH_AXES))
+  spec = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
 
   def split(x):
     x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
@@ -114,7 +114,7 @@ def _under_mesh(mesh: Mesh, loss: Loss, grad_accum: int, jitted: Callable) -> Ca
   def prepare(args):
     state, batch = args[0], args[1]
     loss.check(batch)
-    shd.check_batch_size(batch[loss.keys[0]].shape[0], mesh, grad_accum)
+    sharding.check_batch_size(batch[loss.keys[0]].shape[0], mesh, grad_accum)
     return (state, {k: batch[k] for k in loss.keys}, *args[2:])
 
   def call(*args):
@@ -158,8 +158,8 @@ def build_train_step(loss: Loss, train_cfg: Any, mesh: Mesh, state_shardings: Tr
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return _under_mesh(mesh, loss, grad_accum, jax.jit(
-      train_step, in_shardings=(state_shardings, shd.batch_sharding(mesh)),
-      out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0))
+      train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0))
 
 
 def build_eval_step(loss: Loss, mesh: Mesh, param_shardings: nnx.State
@@ -169,8 +169,8 @@ def build_eval_step(loss: Loss, mesh: Mesh, param_shardings: nnx.State
     return loss.objective(params, batch, jnp.ones((), jnp.float32))[1]
 
   return _under_mesh(mesh, loss, 1, jax.jit(
-      eval_step, in_shardings=(param_shardings, shd.batch_sharding(mesh)),
-      out_shardings=shd.replicated(mesh)))
+      eval_step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh)))
 
 
 # ------------------------------------------------------------------ the planning model
@@ -184,7 +184,7 @@ def _planning_init(config: Any, model_cfg: ModelConfig, seed: int) -> Callable[[
 def abstract_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int) -> TrainState:
   """The planning model's state as ShapeDtypeStructs with shardings; no arrays made."""
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  return shd.abstract_of(_planning_init(config, model_cfg, seed), mesh)
+  return sharding.abstract_of(_planning_init(config, model_cfg, seed), mesh)
 
 
 def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
@@ -195,7 +195,7 @@ def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
   """
   model_cfg = ModelConfig.from_config(config.model, vocab_size)
   init = _planning_init(config, model_cfg, seed)
-  shardings = shardings_of(shd.abstract_of(init, mesh))
+  shardings = shardings_of(sharding.abstract_of(init, mesh))
   state = jax.jit(init, out_shardings=shardings)()
   return transformer.graphdef(model_cfg), state, shardings
 

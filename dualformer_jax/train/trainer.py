@@ -50,7 +50,8 @@ from dualformer_jax.tasks import make_task
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train import loop as loop_lib
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import Checkpointer, CheckpointError
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.train.logger import MetricLogger, plot_loss
 from dualformer_jax.train.loop import say
 from dualformer_jax.train.schedule import make_schedule

@@ -20,7 +20,8 @@ from dualformer_jax.eval import evaluate
 from dualformer_jax.infer import restore
 from dualformer_jax.model import sharding
 from dualformer_jax.train import step as step_lib
-from dualformer_jax.train.checkpoint import CheckpointError, Checkpointer
+from dualformer_jax.train.checkpoint import Checkpointer
+from dualformer_jax.train.errors import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Overrides as --config flags too, so the entry-point test runs on the same dataset.

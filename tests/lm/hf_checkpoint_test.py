@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm.hf_checkpoint import CheckpointError
 from dualformer_jax.lm.model import log_probs
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 from dualformer_jax.train import checkpoint as checkpoint_lib
 
 _log_probs = nnx.jit(log_probs)
@@ -115,7 +115,7 @@ def test_bfloat16_on_disk(checkpoints, tmp_path):
 
 
 def _mesh(fsdp=4, tensor=2):
-  return shd.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=tensor)))
+  return sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=fsdp, tensor=tensor)))
 
 
 @pytest.mark.parametrize("name", ["llama3", "llama31_tied"])
@@ -141,7 +141,7 @@ def test_load_onto_a_mesh(checkpoints, hf_log_probs, example_ids, name):
   want = hf_log_probs(hf, ids, valid)
   keep = valid[:, 1:]
   with jax.set_mesh(mesh):
-    batch = shd.shard_batch({"ids": ids, "valid": valid}, mesh)
+    batch = sharding.shard_batch({"ids": ids, "valid": valid}, mesh)
     got = np.asarray(_log_probs(sharded, batch["ids"], batch["valid"]))
   np.testing.assert_allclose(got[keep], want[keep], atol=1e-4)
 

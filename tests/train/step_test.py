@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from dualformer_jax import config as config_lib
-from dualformer_jax.model import sharding as shd
+from dualformer_jax.model import sharding
 from dualformer_jax.model import transformer
 from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.train import planning_loss
@@ -52,7 +52,7 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
 
 
 def _mesh(c, n: int):
-  return shd.make_mesh(c.mesh, devices=jax.devices()[:n])
+  return sharding.make_mesh(c.mesh, devices=jax.devices()[:n])
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_sharded_training_matches_single_device(single, mesh_shape, remat, atten
   for i in range(3):
     batch = _batch(10 + i)
     ref, m_ref = single["step"](ref, batch)
-    state, m = sharded_step(state, shd.shard_batch(batch, mesh))
+    state, m = sharded_step(state, sharding.shard_batch(batch, mesh))
     # float32 reductions run in another order across devices: agree to 1e-5 relative.
     np.testing.assert_allclose(float(m["loss"]), float(m_ref["loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(m["grad_norm"]), float(m_ref["grad_norm"]), rtol=1e-4)

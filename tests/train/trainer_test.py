@@ -21,7 +21,7 @@ from dualformer_jax.config import validate
 from dualformer_jax.data import generate, records
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train import trainer
-from dualformer_jax.train.checkpoint import CheckpointError
+from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.train.logger import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
