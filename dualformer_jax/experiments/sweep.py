@@ -108,7 +108,7 @@ def check_config(config: ml_collections.ConfigDict) -> RunConfig:
     steps.append(config.bootstrap.finetune_steps)
   select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
-  trainer.preflight(run)  # mesh, model, schedule
+  trainer.preflight(run)  # mesh, schedule (the model: validate)
   return run
 
 

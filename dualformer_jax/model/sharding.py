@@ -38,10 +38,10 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 class MeshConfig:
   """`config.mesh`, typed (field comments: config._mesh); its sizes are checked against
   the devices by mesh_shape, when a mesh is made."""
-  data: int = -1
-  fsdp: int = 1
-  tensor: int = 1
-  cpu_devices: int = 1
+  data: int  # -1: all devices not used by the other axes
+  fsdp: int
+  tensor: int
+  cpu_devices: int  # applied by config.configure_jax, not here
 
   @classmethod
   def from_config(cls, mesh_cfg: Any) -> "MeshConfig":
