@@ -68,18 +68,18 @@ def _figures(compiled) -> dict:
                                            3)}
 
 
-def train_row(config, mesh, dec_len: int, per_device_batch: int) -> dict:
+def train_row(run, mesh, dec_len: int, per_device_batch: int) -> dict:
   """Compiles (never runs) the trainer's train step at one decoder length."""
-  prog = compile_lib.train_program(config, mesh, per_device_batch, dec_len)
+  prog = compile_lib.train_program(run, mesh, per_device_batch, dec_len)
   return {"dec_len": dec_len, "per_device_batch": per_device_batch,
           "attention": prog["attention"], **_figures(prog["lowered"].compile())}
 
 
-def sampler_row(config, samples: int, max_len: int) -> dict:
+def sampler_row(run, samples: int, max_len: int) -> dict:
   """Compiles (never runs) the sampler for one prompt x `samples` rows, single device."""
   mc = config_lib.base_config().mesh
   mc.data = 1
-  prog = compile_lib.sample_program(config, sharding.make_mesh(mc, jax.devices()[:1]), 1, samples,
+  prog = compile_lib.sample_program(run, sharding.make_mesh(mc, jax.devices()[:1]), 1, samples,
                                     max_len)
   return {"samples": samples, "max_len": max_len, **_figures(prog["lowered"].compile())}
 
@@ -87,19 +87,19 @@ def sampler_row(config, samples: int, max_len: int) -> dict:
 def main(argv):
   del argv
   config = _CONFIG.value
-  config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
+  run = config_lib.validate(config)
+  mesh = sharding.make_mesh(run.mesh)
   lens = ([int(x) for x in FLAGS.dec_lens.split(",") if x.strip()] if FLAGS.dec_lens
           else [config.data.max_decoder_len])
   rows = []
   for dec_len in lens:
-    row = train_row(config, mesh, dec_len, FLAGS.per_device_batch)
+    row = train_row(run, mesh, dec_len, FLAGS.per_device_batch)
     rows.append(row)
     print(f"train step, dec_len {dec_len}, {FLAGS.per_device_batch} per device on "
           f"{dict(mesh.shape)}: temp {row['temp_bytes'] / GIB:.2f} GiB, arguments "
           f"{row['argument_bytes'] / GIB:.2f} GiB, output {row['output_bytes'] / GIB:.2f} GiB "
           f"({row['attention']} attention)", flush=True)
-  samp = sampler_row(config, FLAGS.samples, config.data.max_decoder_len)
+  samp = sampler_row(run, FLAGS.samples, config.data.max_decoder_len)
   print(f"sampler, 1 prompt x {FLAGS.samples} rows x {samp['max_len']} tokens: temp "
         f"{samp['temp_bytes'] / GIB:.2f} GiB, arguments {samp['argument_bytes'] / GIB:.2f} GiB")
   print(json.dumps({"model": config.model.size, "dtype": config.model.dtype,

@@ -65,13 +65,14 @@ def model_flops_per_step(dim: int, layers: int, ffn: int, vocab: int, batch: int
 
 def run_one(name: str, args: argparse.Namespace) -> dict:
   """Times one variant in this process (XLA flags already set by the parent)."""
+  import dataclasses
+
   import jax
   import numpy as np
 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from dualformer_jax import config as config_lib
   from dualformer_jax.model import sharding
-  from dualformer_jax.model.model_config import ModelConfig
   from dualformer_jax.train import step as step_lib
 
   dtype, remat, mult, _ = VARIANTS[name]
@@ -82,10 +83,11 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   c.model.dim, c.model.ffn, c.model.layers = args.dim, args.ffn, args.layers
   c.mesh.data = args.devices
   c.train.batch_size = b
-  config_lib.validate(c)
-  mesh = sharding.make_mesh(c.mesh, devices=jax.devices()[:args.devices])
-  graphdef, state, shardings = step_lib.create_train_state(c, v, mesh, seed=0)
-  train_step = step_lib.make_train_step(graphdef, c, mesh, shardings)
+  run = config_lib.validate(c)
+  mc = dataclasses.replace(run.model, vocab_size=v)  # the benchmark's vocabulary
+  mesh = sharding.make_mesh(run.mesh, devices=jax.devices()[:args.devices])
+  graphdef, state, shardings = step_lib.create_train_state(mc, run.train, mesh, seed=0)
+  train_step = step_lib.make_train_step(graphdef, run.train, mesh, shardings)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
       "enc_ids": rng.integers(3, v, (b, p)).astype(np.int32),
@@ -111,7 +113,6 @@ def run_one(name: str, args: argparse.Namespace) -> dict:
   # CPU seconds / cores: what a step would take with the cores to itself (a
   # contention-robust figure for comparing variants; XLA keeps both cores busy).
   cpu_step = min(cpu_times) / (os.cpu_count() or 1)
-  mc = ModelConfig.from_config(c.model, v)
   flops = model_flops_per_step(mc.dim, mc.layers, mc.ffn, v, b, p, t)
   return {
       "variant": name, "dtype": dtype, "remat": remat, "attention": c.model.attention,

@@ -46,15 +46,13 @@ from jax.experimental import topologies
 from ml_collections import config_flags
 
 from dualformer_jax import config as config_lib
-from dualformer_jax.data.vocab import Vocab
+from dualformer_jax.config import RunConfig
 from dualformer_jax.infer import modes, restore, sampler
 from dualformer_jax.lm import finetune, hf_checkpoint, math_data
 from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding
 from dualformer_jax.model import transformer
-from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.tasks import make_task
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.roofline import (CHIPS, GIB, Chip, lm_flops, out_of_memory, planning_flops,
@@ -156,20 +154,19 @@ def _sds(shape, dtype, placement):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=placement)
 
 
-def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dict:
+def train_program(run: RunConfig, mesh, per_device_batch: int, dec_len: int) -> dict:
   """The planning trainer's own train step (train/step.py), lowered for mesh, at
   per_device_batch examples per data x fsdp shard and dec_len decoder tokens."""
 
-  vocab_size = _vocab_size(config)
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
+  model_cfg = run.model
   batch = per_device_batch * sharding.batch_divisor(mesh)
-  sharding.check_batch_size(batch, mesh, int(config.train.grad_accum))
-  abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
+  sharding.check_batch_size(batch, mesh, run.train.grad_accum)
+  abstract = step_lib.abstract_train_state(model_cfg, run.train, mesh, run.seed)
   shardings = step_lib.shardings_of(abstract)
-  train_step = step_lib.make_train_step(transformer.graphdef(model_cfg), config, mesh,
+  train_step = step_lib.make_train_step(transformer.graphdef(model_cfg), run.train, mesh,
                                         shardings)
   rows = sharding.batch_sharding(mesh)
-  p = config.data.max_prompt_len
+  p = run.data.max_prompt_len
   example = {k: _sds((batch, dec_len), dt, rows) for k, dt in (
       ("dec_ids", jnp.int32), ("targets", jnp.int32), ("trace_mask", jnp.float32),
       ("plan_mask", jnp.float32))}
@@ -182,20 +179,19 @@ def train_program(config: Any, mesh, per_device_batch: int, dec_len: int) -> dic
           "flops": planning_flops(model_cfg, batch, p, dec_len), "tokens": batch * dec_len}
 
 
-def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) -> dict:
+def sample_program(run: RunConfig, mesh, prompts: int, samples: int, max_len: int) -> dict:
   """The sampler's program (infer/sampler.py) for prompts x samples rows, as the
   evaluation calls it (params as trained on mesh, sampling dtype), lowered for mesh."""
 
-  vocab_size = _vocab_size(config)
-  params = transformer.abstract_params(ModelConfig.from_config(config.model, vocab_size), mesh)
-  sample_cfg = restore.sampling_model_config(config, vocab_size)
+  params = transformer.abstract_params(run.model, mesh)
+  sample_cfg = restore.sampling_model_config(run.model, run.eval.dtype)
   rows = sharding.batch_sharding(mesh)
-  p = config.data.max_prompt_len
+  p = run.data.max_prompt_len
   lowered = sampler.lower(
       transformer.graphdef(sample_cfg), params,
       _sds((prompts, p), jnp.int32, rows), _sds((prompts * samples, 4), jnp.int32, rows),
       _sds((prompts * samples,), jnp.int32, rows), num_samples=samples, max_len=max_len,
-      top_k=int(config.eval.top_k), mesh=mesh)
+      top_k=run.eval.top_k, mesh=mesh)
   with jax.set_mesh(mesh):
     attention = attn_lib.resolve(sample_cfg.attention, t=p, s=p, dtype=sample_cfg.compute_dtype)
   return {"name": "sample", "attention": attention, "batch": prompts * samples,
@@ -203,18 +199,15 @@ def sample_program(config: Any, mesh, prompts: int, samples: int, max_len: int) 
           "tokens": prompts * samples * max_len}
 
 
-def _vocab_size(config: Any) -> int:
-  return len(Vocab(make_task(config.task).vocabulary()))
-
-
-def planning_programs(config: Any, mesh, per_device_batch: int, dec_len: int) -> list[dict]:
+def planning_programs(run: RunConfig, mesh, per_device_batch: int, dec_len: int
+                      ) -> list[dict]:
   """The train step and the evaluation's sampler program (infer/modes.py's rules:
   eval.prompts_per_batch prompts, rounded up to one per data x fsdp shard, x
   eval.num_samples rows of the decode length)."""
-  prompts = modes.prompts_per_batch(int(config.eval.prompts_per_batch), mesh)
-  max_len = modes.decode_len(config.eval.max_decode_len, config.data.max_decoder_len)
-  return [train_program(config, mesh, per_device_batch, dec_len),
-          sample_program(config, mesh, prompts, int(config.eval.num_samples), max_len)]
+  prompts = modes.prompts_per_batch(run.eval.prompts_per_batch, mesh)
+  max_len = modes.decode_len(run.eval.max_decode_len, run.data.max_decoder_len)
+  return [train_program(run, mesh, per_device_batch, dec_len),
+          sample_program(run, mesh, prompts, run.eval.num_samples, max_len)]
 
 
 def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
@@ -276,8 +269,10 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
     checked = config.copy_and_resolve_references()
     checked.task.source, checked.lm.checkpoint = "synthetic", ""
     finetune.validate(checked)
+  elif is_lm:
+    finetune.validate(config)
   else:
-    (finetune.validate if is_lm else config_lib.validate)(config)
+    run = config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
   split = sharding.batch_divisor(mesh)
   if not per_device_batch:
@@ -292,7 +287,7 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
     programs = lm_programs(config, mesh, per_device_batch, dec_len, lm_shape)
   else:
     dec_len = dec_len or int(config.data.max_decoder_len)
-    programs = planning_programs(config, mesh, per_device_batch, dec_len)
+    programs = planning_programs(run, mesh, per_device_batch, dec_len)
   report = {"chips": len(devices), "device_kind": devices[0].device_kind,
             "hbm_bytes": chip.hbm_bytes, "mesh": dict(mesh.shape),
             "per_device_batch": per_device_batch, "programs": []}

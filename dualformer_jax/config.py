@@ -4,8 +4,10 @@
 their presets; `validate()` runs once at each entry point, before any work, so
 a bad value fails at once with a message that names the field. It returns a
 RunConfig: the typed pieces library code takes (data/data_config.DataConfig,
-train/train_config.TrainConfig, eval/eval_config.EvalConfig), each checking
-its own fields when built, so the library never re-validates a ConfigDict.
+train/train_config.TrainConfig, eval/eval_config.EvalConfig,
+model/model_config.ModelConfig, model/sharding.MeshConfig, the seed), each
+checking its own fields when built, so the library never re-validates a
+ConfigDict.
 
 Each rule has one home, where the value is used: task and data fields
 (data/data_config, which calls dropping.check_level_probs), train and eval
@@ -13,8 +15,8 @@ fields (train/train_config, eval/eval_config), mesh sizes
 (model/sharding.mesh_shape), grad accumulation (model/sharding.check_batch_size),
 model size, dtype, remat and attention (model/model_config.ModelConfig), the
 learning-rate schedule (train/schedule.warmup_cosine). validate() holds only
-mesh.cpu_devices. train/trainer.preflight calls the mesh, model and schedule
-owners before any work (main.py, compare and sweep: before the dataset is
+mesh.cpu_devices. train/trainer.preflight calls the mesh and schedule owners
+(they need the devices and the batch split) before any work (main.py, compare and sweep: before the dataset is
 generated), so they too fail before a file is written.
 
 Who validates: the entry points (main.py, compare / sweep / tune's run, the
@@ -31,7 +33,11 @@ import sys
 import ml_collections
 
 from dualformer_jax.data.data_config import DataConfig, fail
+from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval.eval_config import EvalConfig
+from dualformer_jax.model.model_config import ModelConfig
+from dualformer_jax.model.sharding import MeshConfig
+from dualformer_jax.tasks import make_task
 from dualformer_jax.train.train_config import TrainConfig
 
 
@@ -217,14 +223,16 @@ class RunConfig:
   """A checked planning run: its typed pieces, and the ConfigDict they came from.
 
   Built by validate(); a piece is changed by dataclasses.replace (which checks
-  it again), never by editing `config`. `config` still travels for the code
-  that reads model, mesh and seed from it (train/step, train/checkpoint's
-  record, infer/restore) and for config.json; the data, train and eval fields
-  are read from the pieces."""
+  it again), never by editing `config`. Library code reads the pieces; `config`
+  travels only to what records the whole config (the checkpoint's record,
+  config.json)."""
   config: ml_collections.ConfigDict
   data: DataConfig
   train: TrainConfig
   eval: EvalConfig
+  model: ModelConfig  # resolved with the size of the task's Vocab (specials included)
+  mesh: MeshConfig
+  seed: int  # model init and sampling keys
 
 
 def validate(c: ml_collections.ConfigDict) -> RunConfig:
@@ -232,7 +240,9 @@ def validate(c: ml_collections.ConfigDict) -> RunConfig:
   data = DataConfig.from_config(c)
   if c.mesh.cpu_devices < 1:
     fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
-  return RunConfig(c, data, TrainConfig.from_config(c.train), EvalConfig.from_config(c.eval))
+  model = ModelConfig.from_config(c.model, len(Vocab(make_task(data.task).vocabulary())))
+  return RunConfig(c, data, TrainConfig.from_config(c.train), EvalConfig.from_config(c.eval),
+                   model, MeshConfig.from_config(c.mesh), int(c.seed))
 
 
 def configure_jax(c: ml_collections.ConfigDict) -> None:

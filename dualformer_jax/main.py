@@ -78,7 +78,7 @@ def main(argv):
 
 
 def _run(run: config_lib.RunConfig, workdir: str, mode: str, multi_process: bool) -> None:
-  if mode != "generate":  # every mesh / model / schedule value, before any file is written
+  if mode != "generate":  # every mesh / schedule value, before any file is written
     trainer.preflight(run, training=mode != "evaluate")
   os.makedirs(workdir, exist_ok=True)
   if mode in ("all", "generate"):

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import maze as maze_configs
+from dualformer_jax import config as config_lib
 from dualformer_jax import distributed
 from dualformer_jax.data import dataset, train_stream
 from dualformer_jax.data.data_config import DataConfig
@@ -95,7 +96,9 @@ def restored_params(workdir: Path, step: int) -> list[np.ndarray]:
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
   vocab = json.load(open(workdir / "data" / "meta.json"))["vocab"]
-  abstract = step_lib.abstract_train_state(config(), len(vocab), mesh, 0)
+  run = config_lib.validate(config())
+  assert run.model.vocab_size == len(vocab)
+  abstract = step_lib.abstract_train_state(run.model, run.train, mesh, 0)
   with ocp.CheckpointManager(workdir / "checkpoints") as m:
     state = m.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract))).state

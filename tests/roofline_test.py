@@ -6,6 +6,7 @@ import pytest
 
 from configs import maze
 from dualformer_jax import compile as compile_lib
+from dualformer_jax import config as config_lib
 from dualformer_jax import roofline
 from dualformer_jax.model import sharding
 
@@ -21,13 +22,13 @@ def test_analytic_flops_match_xla_where_xla_sees_every_op():
   """Without loops (no remat scan, plain attention) XLA counts every matmul once, so its
   count checks the analytic one; with remat's scan over layers it sees one layer."""
   mesh = sharding.make_mesh(_tiny_maze("none").mesh, jax.devices()[:1])
-  flat = compile_lib.planning_programs(_tiny_maze("none"), mesh, 8, 128)[0]
+  flat = compile_lib.planning_programs(config_lib.validate(_tiny_maze("none")), mesh, 8, 128)[0]
   xla = roofline.xla_figures(flat["lowered"].compile())["xla_flops"]
   analytic = flat["flops"]["hardware_flops"]
   # XLA also counts softmax / norm arithmetic and the causal half that plain attention
   # computes and masks: a few percent above the matmuls.
   assert analytic <= xla <= 1.15 * analytic
-  looped = compile_lib.planning_programs(_tiny_maze("full"), mesh, 8, 128)[0]
+  looped = compile_lib.planning_programs(config_lib.validate(_tiny_maze("full")), mesh, 8, 128)[0]
   assert looped["flops"]["hardware_flops"] == pytest.approx(analytic * 4 / 3)
   assert roofline.xla_figures(looped["lowered"].compile())["xla_flops"] < 0.8 * analytic
 

@@ -129,23 +129,23 @@ def _compact(v: Verdict) -> Verdict:
 def evaluate(run: RunConfig, workdir: str) -> dict:
   """Samples and scores every mode of `run.eval.modes`; returns mode -> metrics (on every
   process). Process 0 also writes each task's counts (metrics.per_task) to per_task.json."""
-  ev, data, config = run.eval, run.data, run.config  # config: model, mesh, seed (restore)
+  ev, data = run.eval, run.data
   directory = records.data_dir(workdir)
   meta = records.read_meta(directory)
   generate.check_dataset_config(meta, data, directory)
   vocab = Vocab.from_list(meta["vocab"])
   task = make_task(data.task)
   tasks = load_tasks(ev, task, directory, vocab, data.task.size)
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, params, step = restore.restore_params(config, workdir, vocab, mesh,
-                                                  ev.checkpoint_step)
+  mesh = sharding.make_mesh(run.mesh)
+  graphdef, params, step = restore.restore_params(run.config, run.model, ev.dtype, workdir,
+                                                  vocab, mesh, ev.checkpoint_step)
   settings = modes.Settings(
       num_samples=ev.num_samples,
       max_len=modes.decode_len(ev.max_decode_len, data.max_decoder_len),
       temperature=ev.temperature, top_k=ev.top_k,
       prompts_per_batch=modes.prompts_per_batch(ev.prompts_per_batch, mesh))
   num_pictures = min(ev.num_pictures, len(tasks))
-  key = jax.random.key(config.seed)
+  key = jax.random.key(run.seed)
   results, per_task, pictures = {}, {}, {}
   for mode in ev.mode_list:
     verdicts, pictures[mode] = _sample_and_check(graphdef, params, vocab, mesh, task, tasks,

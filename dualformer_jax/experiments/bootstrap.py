@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from dualformer_jax import config as config_lib
+from dualformer_jax.config import RunConfig
 from dualformer_jax.data import dataset as dataset_lib
 from dualformer_jax.data import dropping, generate, records
 from dualformer_jax.data.vocab import Vocab
@@ -99,18 +100,20 @@ def shortest_optimal(task: Task, prompt: list[str], optimal_len: int,
   return best
 
 
-def sample_responses(config: ml_collections.ConfigDict, path: str, step: int,
+def sample_responses(run: RunConfig, path: str, step: int,
                      prompts: Sequence[list[str]], key: jax.Array) -> list[list[list[str]]]:
   """bootstrap.samples slow-mode responses (string tokens, specials stripped) per prompt from
   checkpoint `step` of the run in `path`, at bootstrap.temperature."""
   vocab = Vocab.from_list(records.read_meta(records.data_dir(path))["vocab"])
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, params, _ = restore.restore_params(config, path, vocab, mesh, step)
+  mesh = sharding.make_mesh(run.mesh)
+  graphdef, params, _ = restore.restore_params(run.config, run.model, run.eval.dtype, path,
+                                               vocab, mesh, step)
+  boot, ev = run.config.bootstrap, run.eval
   settings = modes.Settings(
-      num_samples=config.bootstrap.samples,
-      max_len=modes.decode_len(config.eval.max_decode_len, config.data.max_decoder_len),
-      temperature=config.bootstrap.temperature, top_k=config.eval.top_k,
-      prompts_per_batch=modes.prompts_per_batch(config.eval.prompts_per_batch, mesh))
+      num_samples=boot.samples,
+      max_len=modes.decode_len(ev.max_decode_len, run.data.max_decoder_len),
+      temperature=boot.temperature, top_k=ev.top_k,
+      prompts_per_batch=modes.prompts_per_batch(ev.prompts_per_batch, mesh))
   out = [None] * len(prompts)
   for i, rows_SxL in modes.sample_prompts(graphdef, params, vocab, mesh, prompts, MODE, key,
                                           settings, desc="bootstrap samples"):
@@ -139,17 +142,17 @@ def _write_split(task: Task, src: dataset_lib.StoredDataset, split: str, respons
           "mean_trace_len_before": float(np.mean(src_lens))}
 
 
-def build_round_dataset(config: ml_collections.ConfigDict, source: str, source_step: int,
+def build_round_dataset(run: RunConfig, source: str, source_step: int,
                         source_train_tasks: int, out_dir: str, record: dict) -> dict:
   """The round's dataset in `out_dir` from the model in run dir `source`; returns meta.json."""
   src = dataset_lib.open_dataset(records.data_dir(source), source_train_tasks)
-  task = make_task(config.task)
+  task = make_task(run.data.task)
   shutil.rmtree(out_dir, ignore_errors=True)  # an interrupted build is redone whole
   os.makedirs(out_dir)
-  key = jax.random.fold_in(jax.random.key(config.seed), record["round"])
+  key = jax.random.fold_in(jax.random.key(run.seed), record["round"])
   splits = ("train", records.VALID)
   prompts = {s: [src.vocab.decode(r["prompt"]) for r in src.records(s)] for s in splits}
-  responses = sample_responses(config, source, source_step,
+  responses = sample_responses(run, source, source_step,
                                prompts["train"] + prompts[records.VALID], key)  # one restore
   stats = {}
   for split, part in zip(splits, (responses[:len(prompts["train"])],
@@ -199,31 +202,32 @@ def round_config(config: ml_collections.ConfigDict, meta: dict, source: str,
   return c
 
 
-def run(config: ml_collections.ConfigDict, point_dir: str, start_step: int,
+def run(source_run: RunConfig, point_dir: str, start_step: int,
         score: Callable[..., tuple[object, int]] = compare.train_and_evaluate
         ) -> Iterator[tuple[str, tuple[object, int]]]:
   """Rounds 1..bootstrap.rounds at the sweep point in `point_dir`, whose Complete-Trace run
-  is scored at `start_step`; yields (model name, score's answer) per round. `score(run,
+  (`source_run`) is scored at `start_step`; yields (model name, score's answer) per round. `score(run,
   path, name, modes)` trains and scores a round and returns (its result, the step the next
   round starts from): compare.train_and_evaluate's (mode -> metrics, scored step), or
   select.score's (record, selected step)."""
   if jax.process_count() > 1:
     raise RuntimeError("bootstrapping runs in one process")
+  config = source_run.config  # bootstrap.*, and the base of each round's config
   source, step = os.path.join(point_dir, SOURCE_MODEL), start_step
-  train_tasks = config.data.train_tasks
+  train_tasks = source_run.data.train_tasks
   for r in range(1, config.bootstrap.rounds + 1):
     name = round_name(r)
     path = os.path.join(point_dir, name)
     out_dir = records.data_dir(path)
     record = {"round": r, "source": os.path.relpath(source, point_dir), "source_step": step,
               "samples": config.bootstrap.samples,
-              "temperature": config.bootstrap.temperature, "seed": config.seed}
+              "temperature": config.bootstrap.temperature, "seed": source_run.seed}
     meta = _existing(out_dir, record)
     if meta is None:
       print(f"[{name}] sampling {config.bootstrap.samples} responses per train and valid task "
             f"from {record['source']} (step {step})", flush=True)
       start = time.perf_counter()
-      meta = build_round_dataset(config, source, step, train_tasks, out_dir, record)
+      meta = build_round_dataset(source_run, source, step, train_tasks, out_dir, record)
       compare.add_time(path, "sample_s", time.perf_counter() - start)
     scored = score(config_lib.validate(round_config(config, meta, source, step)), path, name,
                    (MODE,))

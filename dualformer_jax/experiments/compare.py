@@ -145,8 +145,8 @@ def eval_settings(run: RunConfig) -> dict:
   # Sorted, as ConfigDict.to_dict was: eval_settings.json keeps its key order.
   out = {f"eval.{k}": v for k, v in sorted(dataclasses.asdict(run.eval).items())
          if k not in _EVAL_NOT_SETTINGS}
-  out["eval.dtype"] = run.eval.dtype or run.config.model.dtype  # "" samples in model.dtype
-  out["seed"] = run.config.seed
+  out["eval.dtype"] = run.eval.dtype or run.model.dtype  # "" samples in model.dtype
+  out["seed"] = run.seed
   return json.loads(json.dumps(out, default=list))
 
 

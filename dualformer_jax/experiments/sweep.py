@@ -108,7 +108,7 @@ def check_config(config: ml_collections.ConfigDict) -> RunConfig:
     steps.append(config.bootstrap.finetune_steps)
   select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
-  trainer.preflight(run)  # mesh, model, schedule
+  trainer.preflight(run)  # mesh, schedule (the model: validate)
   return run
 
 
@@ -132,15 +132,16 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, n: int, k: int, me
   where = compare.run_dir(point, f"seed{k}")
   summary = compare.new_summary(config, meta)
   summary["seed"] = config.seed + k
+  runs = {}
   for name in models_of(config):
     print(f"[{n} tasks, seed {k}] {name}", flush=True)
+    runs[name] = config_lib.validate(run_config(config, n, k, name, tuned))
     compare.add_model(summary, where, name, select.score(
-        config_lib.validate(run_config(config, n, k, name, tuned)),
-        compare.run_dir(where, name), name, compare.MODELS[name][1]))
+        runs[name], compare.run_dir(where, name), name, compare.MODELS[name][1]))
   if config.bootstrap.rounds and n == config.bootstrap.num_train:
-    c = run_config(config, n, k, bootstrap.SOURCE_MODEL, tuned)
     start = summary["selected_step"][bootstrap.SOURCE_MODEL]
-    for name, scored in bootstrap.run(c, where, start, select.score):
+    for name, scored in bootstrap.run(runs[bootstrap.SOURCE_MODEL], where, start,
+                                      select.score):
       compare.add_model(summary, where, name, scored)
   io_utils.write_json(os.path.join(where, compare.SUMMARY), summary, indent=1, default=list)
   return summary

@@ -17,22 +17,23 @@ from dualformer_jax.train.checkpoint import Checkpointer
 from dualformer_jax.train.errors import CheckpointError
 
 
-def sampling_model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-  """The model that samples: config.model, computing in eval.dtype when that is set.
+def sampling_model_config(model_cfg: ModelConfig, eval_dtype: str) -> ModelConfig:
+  """The model that samples: `model_cfg`, computing in eval_dtype when that is set.
 
   Params are float32 whatever the compute dtype, so a model trained in bfloat16
   samples in float32 from the same checkpoint."""
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  if config.eval.dtype and config.eval.dtype != model_cfg.dtype:
-    model_cfg = dataclasses.replace(model_cfg, dtype=config.eval.dtype)
+  if eval_dtype and eval_dtype != model_cfg.dtype:
+    model_cfg = dataclasses.replace(model_cfg, dtype=eval_dtype)
   return model_cfg
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, vocab: Vocab, mesh: Mesh,
-                   step: int) -> tuple[nnx.GraphDef, nnx.State, int]:
+def restore_params(config: ml_collections.ConfigDict, model_cfg: ModelConfig, eval_dtype: str,
+                   workdir: str, vocab: Vocab, mesh: Mesh, step: int
+                   ) -> tuple[nnx.GraphDef, nnx.State, int]:
   """(graphdef, params, step) of checkpoint `step` of the run in `workdir`, the params on
   `mesh` (read alone, their checksums verified), the graphdef computing in the sampling
-  dtype (sampling_model_config).
+  dtype (sampling_model_config). `config`, the run's whole config, is the record the
+  checkpoint is checked against (train/checkpoint.compat_view).
 
   step -1, the latest, falls back to the newest usable step when later ones are
   damaged, saying so; an explicit step that is damaged is an error.
@@ -44,8 +45,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, vocab: Vocab
       raise CheckpointError(f"no checkpoint in {ckpt.directory}; train first (--mode=train)")
     if step >= 0 and step not in steps:
       raise CheckpointError(f"no checkpoint {step} in {ckpt.directory}; have {steps}")
-    abstract = transformer.abstract_params(ModelConfig.from_config(config.model, len(vocab)),
-                                           mesh)
+    abstract = transformer.abstract_params(model_cfg, mesh)
     if step >= 0:
       params = ckpt.restore_params(step, abstract)
     else:
@@ -55,4 +55,4 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, vocab: Vocab
         say(f"warning: checkpoints {damaged} are damaged: evaluating checkpoint {step}")
   finally:
     ckpt.close()
-  return transformer.graphdef(sampling_model_config(config, len(vocab))), params, step
+  return transformer.graphdef(sampling_model_config(model_cfg, eval_dtype)), params, step

@@ -10,6 +10,7 @@ the models, `constrain_batch` keeps activations split the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,6 +32,20 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("norm", None),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """`config.mesh`, typed (field comments: config._mesh); its sizes are checked against
+  the devices by mesh_shape, when a mesh is made."""
+  data: int  # -1: all devices not used by the other axes
+  fsdp: int
+  tensor: int
+  cpu_devices: int  # applied by config.configure_jax, not here
+
+  @classmethod
+  def from_config(cls, mesh_cfg: Any) -> "MeshConfig":
+    return cls(**{f.name: int(mesh_cfg[f.name]) for f in dataclasses.fields(cls)})
 
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:

@@ -24,6 +24,7 @@ from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.model import transformer
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train.schedule import make_schedule
+from dualformer_jax.train.train_config import TrainConfig
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -175,26 +176,26 @@ def build_eval_step(loss: Loss, mesh: Mesh, param_shardings: nnx.State
 
 # ------------------------------------------------------------------ the planning model
 
-def _planning_init(config: Any, model_cfg: ModelConfig, seed: int) -> Callable[[], TrainState]:
-  tx = make_optimizer(config.train)
+def _planning_init(model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
+                   ) -> Callable[[], TrainState]:
+  tx = make_optimizer(train_cfg)
   return lambda: new_state(
       nnx.state(transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed)), nnx.Param), tx)
 
 
-def abstract_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int) -> TrainState:
+def abstract_train_state(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, seed: int
+                         ) -> TrainState:
   """The planning model's state as ShapeDtypeStructs with shardings; no arrays made."""
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  return sharding.abstract_of(_planning_init(config, model_cfg, seed), mesh)
+  return sharding.abstract_of(_planning_init(model_cfg, train_cfg, seed), mesh)
 
 
-def create_train_state(config: Any, vocab_size: int, mesh: Mesh, seed: int
+def create_train_state(model_cfg: ModelConfig, train_cfg: TrainConfig, mesh: Mesh, seed: int
                        ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """Freshly initialised, sharded train state: (graphdef, state, state_shardings).
 
   Params are created inside jit with out_shardings, so no unsharded copy exists.
   """
-  model_cfg = ModelConfig.from_config(config.model, vocab_size)
-  init = _planning_init(config, model_cfg, seed)
+  init = _planning_init(model_cfg, train_cfg, seed)
   shardings = shardings_of(sharding.abstract_of(init, mesh))
   state = jax.jit(init, out_shardings=shardings)()
   return transformer.graphdef(model_cfg), state, shardings
@@ -209,14 +210,15 @@ def _loss(graphdef: nnx.GraphDef, loss_norm: str) -> Loss:
       means=planning_loss.summarize, check=planning_loss.check_batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, config: Any, mesh: Mesh, state_shardings: TrainState
+def make_train_step(graphdef: nnx.GraphDef, train_cfg: TrainConfig, mesh: Mesh,
+                    state_shardings: TrainState
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """The planning model's train step: objective normalised per config.train.loss_norm
-  (planning_loss.loss_weights), config.train.grad_accum micro-batches. Metrics: loss,
+  """The planning model's train step: objective normalised per train_cfg.loss_norm
+  (planning_loss.loss_weights), train_cfg.grad_accum micro-batches. Metrics: loss,
   trace_loss, plan_loss, accuracy (token means), loss/trace/plan token counts,
   grad_norm, learning_rate."""
-  return build_train_step(_loss(graphdef, str(config.train.loss_norm)), config.train, mesh,
-                          state_shardings, int(config.train.grad_accum))
+  return build_train_step(_loss(graphdef, str(train_cfg.loss_norm)), train_cfg, mesh,
+                          state_shardings, int(train_cfg.grad_accum))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: Mesh, state_shardings: TrainState

@@ -45,8 +45,6 @@ from dualformer_jax.data.eval_batches import EvalBatches
 from dualformer_jax.data.stats import PipelineStats
 from dualformer_jax.data.train_stream import train_iterator
 from dualformer_jax.model import sharding, transformer
-from dualformer_jax.model.model_config import ModelConfig
-from dualformer_jax.tasks import make_task
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train import loop as loop_lib
 from dualformer_jax.train import step as step_lib
@@ -112,15 +110,15 @@ def evaluate_loss(eval_step, params, eval_data, mesh, num_batches: int) -> dict:
 def _init_params(run: RunConfig, vocab: list[str], mesh, state):
   """`state` with its params replaced by those of checkpoint train.init_step of run
   train.init_from (-1: its latest); the optimizer state and step stay fresh."""
-  t, config = run.train, run.config
-  source = Checkpointer(t.init_from, config, vocab)
+  t = run.train
+  source = Checkpointer(t.init_from, run.config, vocab)
   try:
     steps = source.all_steps()
     step = t.init_step if t.init_step >= 0 else max(steps, default=-1)
     if step not in steps:
       raise CheckpointError(f"train.init_from={t.init_from!r}: no checkpoint "
                             f"{t.init_step} in {source.directory}; have {steps}")
-    abstract = step_lib.abstract_train_state(config, len(vocab), mesh, config.seed)
+    abstract = step_lib.abstract_train_state(run.model, t, mesh, run.seed)
     params = source.restore(step, abstract, None).params
   finally:
     source.close()
@@ -129,14 +127,14 @@ def _init_params(run: RunConfig, vocab: list[str], mesh, state):
 
 
 def preflight(run: RunConfig, training: bool = True) -> None:
-  """ValueError (or DistributedError) for what only the mesh, model or schedule builders
-  check: mesh sizes, model.size / dim / attention / remat / dtype, and for a training the
-  batch split and the learning-rate schedule. Called by the entry points before any work
+  """ValueError (or DistributedError) for what only the mesh and schedule builders check:
+  mesh sizes, and for a training the batch split and the learning-rate schedule. Called by the entry points before any work
   (main.py: before generating the dataset), so a bad value fails at once, before a file
   is written; train() calls it too, before it takes the lock, for a caller that did not
   (a notebook, a test). Builds no arrays (the RunConfig's pieces checked themselves)."""
-  mesh = sharding.make_mesh(run.config.mesh)
-  ModelConfig.from_config(run.config.model, len(make_task(run.data.task).vocabulary()))
+  if not isinstance(run, RunConfig):  # a bare ConfigDict has the same group names
+    raise TypeError(f"expected a RunConfig (config.validate), got {type(run).__name__}")
+  mesh = sharding.make_mesh(run.mesh)
   if training:  # eval.dtype: EvalConfig; eval batches fit any mesh (evaluate.py)
     sharding.check_batch_size(run.train.batch_size, mesh, run.train.grad_accum)
     distributed.check_batch_split(mesh, run.train.batch_size)
@@ -189,32 +187,32 @@ def _open_data(data_cfg: DataConfig, local_batch: int, workdir: str) -> _Data:
 def _start(run: RunConfig, ckpt: Checkpointer, data: _Data, mesh):
   """(start step, graphdef, state, state shardings): fresh (or train.init_from's params),
   or restored straight onto the shardings from the newest usable checkpoint."""
-  vocab_size, config = len(data.vocab), run.config
+  if len(data.vocab) != run.model.vocab_size:  # only a hand-made dataset can differ
+    raise records.DatasetError(f"the dataset's vocabulary has {len(data.vocab)} tokens, the "
+                               f"task's {run.model.vocab_size}")
   if not ckpt.all_steps():
-    graphdef, state, shardings = step_lib.create_train_state(config, vocab_size, mesh,
-                                                             config.seed)
+    graphdef, state, shardings = step_lib.create_train_state(run.model, run.train, mesh,
+                                                             run.seed)
     if run.train.init_from:
       state = _init_params(run, data.vocab, mesh, state)
     return 0, graphdef, state, shardings
-  abstract = step_lib.abstract_train_state(config, vocab_size, mesh, config.seed)
+  abstract = step_lib.abstract_train_state(run.model, run.train, mesh, run.seed)
   start, state = loop_lib.resume(ckpt, lambda s: _restore(ckpt, s, abstract, data.train))
-  return (start, transformer.graphdef(ModelConfig.from_config(config.model, vocab_size)),
-          state, step_lib.shardings_of(abstract))
+  return start, transformer.graphdef(run.model), state, step_lib.shardings_of(abstract)
 
 
 def _train(run: RunConfig, workdir: str) -> TrainResult:
-  config = run.config  # for the step builders and the checkpoint record (train/step, checkpoint)
-  mesh = sharding.make_mesh(config.mesh)  # its batch split: checked by preflight
+  mesh = sharding.make_mesh(run.mesh)  # its batch split: checked by preflight
   data = _open_data(run.data, run.train.batch_size // jax.process_count(), workdir)
   try:
-    ckpt = Checkpointer(workdir, config, data.vocab)
+    ckpt = Checkpointer(workdir, run.config, data.vocab)  # the record: the whole config
     start, graphdef, state, shardings = _start(run, ckpt, data, mesh)
-    save_run_config(config, workdir)  # after the checks: a refused run leaves the old one
+    save_run_config(run.config, workdir)  # after the checks: a refused run leaves the old one
     logger = MetricLogger(workdir, resume_step=start)
     hooks = _Hooks(run.train, mesh, data, logger,
                    step_lib.make_eval_step(graphdef, mesh, shardings))
     loop = loop_lib.Loop(
-        train_step=step_lib.make_train_step(graphdef, config, mesh, shardings),
+        train_step=step_lib.make_train_step(graphdef, run.train, mesh, shardings),
         next_batch=lambda step: _to_device(next(data.train), mesh), ckpt=ckpt, logger=logger,
         mesh=mesh, num_steps=run.train.num_steps, log_every=run.train.log_every,
         checkpoint_every=run.train.checkpoint_every, data_iter=data.train,

@@ -50,7 +50,8 @@ def run(tmp_path_factory):
   c = eval_config()
   generate.generate(config_lib.validate(c).data, w, workers=1)
   vocab = records.read_meta(records.data_dir(w))["vocab"]
-  _, state, _ = step_lib.create_train_state(c, len(vocab), sharding.make_mesh(c.mesh), c.seed)
+  r = config_lib.validate(c)
+  _, state, _ = step_lib.create_train_state(r.model, r.train, sharding.make_mesh(r.mesh), r.seed)
   ckpt = Checkpointer(w, c, vocab)
   ckpt.save(2, state, None)
   ckpt.close()
@@ -96,7 +97,8 @@ def test_a_non_finite_latest_checkpoint_is_never_scored(run, capsys):
   back to 2 and says so; asking for 4 by number is an error, never a table."""
   c = eval_config()
   vocab = records.read_meta(records.data_dir(run))["vocab"]
-  abstract = step_lib.abstract_train_state(c, len(vocab), sharding.make_mesh(c.mesh), c.seed)
+  r = config_lib.validate(c)
+  abstract = step_lib.abstract_train_state(r.model, r.train, sharding.make_mesh(r.mesh), r.seed)
   ckpt = Checkpointer(run, c, vocab)
   try:
     state = ckpt.restore(2, abstract, None)
@@ -137,12 +139,13 @@ def test_eval_dtype_sets_the_sampling_compute_dtype_only(run):
   dtypes = {}
   for dtype in ("", "float32"):
     c.eval.dtype = dtype
-    graphdef, params, step = restore.restore_params(c, run, Vocab(vocab), mesh,
-                                                    c.eval.checkpoint_step)
+    r = config_lib.validate(c)
+    graphdef, params, step = restore.restore_params(c, r.model, r.eval.dtype, run, Vocab(vocab),
+                                                    mesh, r.eval.checkpoint_step)
     dtypes[dtype] = nnx.merge(graphdef, params).cfg.dtype
     assert step in (2, 4)  # 4 if no other test has damaged it
   assert dtypes == {"": "bfloat16", "float32": "float32"}
-  assert restore.sampling_model_config(c, len(vocab)).dtype == "float32"
+  assert restore.sampling_model_config(r.model, r.eval.dtype).dtype == "float32"
   assert c.model.dtype == "bfloat16"
   c.eval.dtype = "float16"
   with pytest.raises(ValueError, match="eval.dtype='float16'"):

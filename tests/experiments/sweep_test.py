@@ -172,10 +172,12 @@ def test_a_finetuning_run_starts_from_the_source_params(swept):
   c = bootstrap.round_config(tiny_config(), {"counts": {"train": 16, "valid": 8}},
                              os.path.join(swept[0], "16", "seed0", "complete_trace"), 2)
   vocab = records.read_meta(records.data_dir(swept[0]))["vocab"]
-  mesh = sharding.make_mesh(c.mesh)
-  fresh = step_lib.abstract_train_state(c, len(vocab), mesh, c.seed)  # shapes only: cheap
-  started = trainer._init_params(config_lib.validate(c), vocab, mesh, fresh)
-  _, source, _ = restore.restore_params(c, c.train.init_from, Vocab.from_list(vocab), mesh, 2)
+  r = config_lib.validate(c)
+  mesh = sharding.make_mesh(r.mesh)
+  fresh = step_lib.abstract_train_state(r.model, r.train, mesh, r.seed)  # shapes only: cheap
+  started = trainer._init_params(r, vocab, mesh, fresh)
+  _, source, _ = restore.restore_params(c, r.model, r.eval.dtype, r.train.init_from,
+                                        Vocab.from_list(vocab), mesh, 2)
   same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), started.params, source)
   assert all(jax.tree.leaves(same)) and started.step is fresh.step  # the step stays fresh
 

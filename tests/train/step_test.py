@@ -1,5 +1,6 @@
 """Train / eval steps (the generic builder with the planning loss): overfitting, sharded == single device, grad accumulation, metrics."""
 
+import dataclasses
 import functools
 
 import jax
@@ -11,7 +12,6 @@ from flax import nnx
 from dualformer_jax import config as config_lib
 from dualformer_jax.model import sharding
 from dualformer_jax.model import transformer
-from dualformer_jax.model.model_config import ModelConfig
 from dualformer_jax.train import planning_loss
 from dualformer_jax.train import step as step_lib
 from dualformer_jax.train.schedule import make_schedule
@@ -19,9 +19,12 @@ from dualformer_jax.train.schedule import make_schedule
 V, B, P, T = 20, 8, 8, 12
 
 
-def _config(data=-1, fsdp=1, tensor=1, grad_accum=1):
+def _config(data=-1, fsdp=1, tensor=1, grad_accum=1, remat="none", attention="auto"
+            ) -> config_lib.RunConfig:
+  """A checked tiny run whose model has this file's V-token vocabulary."""
   c = config_lib.base_config()
   c.model.size = "tiny"
+  c.model.remat, c.model.attention = remat, attention
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = data, fsdp, tensor
   c.train.batch_size = B
   c.train.learning_rate = 3e-3
@@ -29,8 +32,8 @@ def _config(data=-1, fsdp=1, tensor=1, grad_accum=1):
   c.train.num_steps = 150
   c.train.weight_decay = 0.01
   c.train.grad_accum = grad_accum
-  config_lib.validate(c)
-  return c
+  run = config_lib.validate(c)
+  return dataclasses.replace(run, model=dataclasses.replace(run.model, vocab_size=V))
 
 
 def _batch(seed: int) -> dict[str, np.ndarray]:
@@ -51,8 +54,8 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
           "plan_mask": plan, "level": rng.integers(0, 5, B).astype(np.int32)}
 
 
-def _mesh(c, n: int):
-  return sharding.make_mesh(c.mesh, devices=jax.devices()[:n])
+def _mesh(run, n: int):
+  return sharding.make_mesh(run.mesh, devices=jax.devices()[:n])
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,8 @@ def single():
   """One-device state (kept pristine: tests take copies) and its jitted step."""
   c = _config()
   mesh = _mesh(c, 1)
-  graphdef, state, shardings = step_lib.create_train_state(c, V, mesh, seed=0)
-  step = step_lib.make_train_step(graphdef, c, mesh, shardings)
+  graphdef, state, shardings = step_lib.create_train_state(c.model, c.train, mesh, seed=0)
+  step = step_lib.make_train_step(graphdef, c.train, mesh, shardings)
   return dict(config=c, mesh=mesh, graphdef=graphdef, state=state, shardings=shardings, step=step)
 
 
@@ -109,13 +112,12 @@ def test_metrics_and_state_after_one_step(single):
 def test_sharded_training_matches_single_device(single, mesh_shape, remat, attention):
   """Also: remat (a checkpointed scan over stacked block params) and blockwise attention
   under fsdp and tensor sharding compute what the plain single-device step does."""
-  c = _config(*mesh_shape)
-  c.model.remat, c.model.attention = remat, attention
+  c = _config(*mesh_shape, remat=remat, attention=attention)
   mesh = _mesh(c, 8)
-  abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
+  abstract = step_lib.abstract_train_state(c.model, c.train, mesh, seed=0)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  sharded_step = step_lib.make_train_step(
-      transformer.graphdef(ModelConfig.from_config(c.model, V)), c, mesh, shardings)
+  sharded_step = step_lib.make_train_step(transformer.graphdef(c.model), c.train, mesh,
+                                          shardings)
   ref = _copy(single["state"], single["shardings"])
   state = _copy(single["state"], shardings)
   for i in range(3):
@@ -138,9 +140,9 @@ def test_grad_accumulation_equals_full_batch(single):
   for accum in (1, 2):
     c = _config(data=2, grad_accum=accum)
     mesh = _mesh(c, 2)
-    abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
+    abstract = step_lib.abstract_train_state(c.model, c.train, mesh, seed=0)
     shardings = jax.tree.map(lambda a: a.sharding, abstract)
-    step = step_lib.make_train_step(single["graphdef"], c, mesh, shardings)
+    step = step_lib.make_train_step(single["graphdef"], c.train, mesh, shardings)
     results.append(step(_copy(single["state"], shardings), _batch(20)))
   (full, m_full), (acc, m_acc) = results
   for k in ("loss", "trace_loss", "plan_loss", "accuracy", "loss_tokens", "grad_norm"):
@@ -166,13 +168,13 @@ def test_eval_step_sums_add_up(single):
 def test_abstract_state_matches_created_state_and_the_params_alone(single):
   c = _config(2, 2, 2)
   mesh = _mesh(c, 8)
-  abstract = step_lib.abstract_train_state(c, V, mesh, seed=0)
+  abstract = step_lib.abstract_train_state(c.model, c.train, mesh, seed=0)
   assert jax.tree.structure(abstract) == jax.tree.structure(single["state"])
   for a, x in zip(jax.tree.leaves(abstract), jax.tree.leaves(single["state"])):
     assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (x.shape, x.dtype)
     assert a.sharding.mesh == mesh
   # What evaluation restores (the params alone) is laid out as training saves them.
-  params = transformer.abstract_params(ModelConfig.from_config(c.model, V), mesh)
+  params = transformer.abstract_params(c.model, mesh)
   assert jax.tree.structure(params) == jax.tree.structure(abstract.params)
   assert jax.tree.leaves(params) == jax.tree.leaves(abstract.params)
 
@@ -186,8 +188,9 @@ def test_bad_batches_are_rejected(single):
     single["step"](state, {**batch, "targets": batch["targets"][:, :-1]})
   c = _config(2, 2, 2)
   mesh = _mesh(c, 8)
-  shardings = jax.tree.map(lambda a: a.sharding, step_lib.abstract_train_state(c, V, mesh, 0))
-  step = step_lib.make_train_step(single["graphdef"], c, mesh, shardings)
+  shardings = jax.tree.map(lambda a: a.sharding,
+                           step_lib.abstract_train_state(c.model, c.train, mesh, 0))
+  step = step_lib.make_train_step(single["graphdef"], c.train, mesh, shardings)
   with pytest.raises(ValueError, match="micro-batch size 6 .* data\\*fsdp=4"):
     step(_copy(single["state"], shardings), {k: v[:6] for k, v in batch.items()})
 

@@ -81,7 +81,9 @@ def final_params(config, workdir):
   mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), devices=jax.devices()[:1],
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
   meta = json.load(open(os.path.join(workdir, "data", "meta.json")))
-  abstract = step_lib.abstract_train_state(config, len(meta["vocab"]), mesh, config.seed)
+  run = validate(config)
+  assert run.model.vocab_size == len(meta["vocab"])
+  abstract = step_lib.abstract_train_state(run.model, run.train, mesh, run.seed)
   with ocp.CheckpointManager(os.path.join(workdir, "checkpoints")) as m:
     restored = m.restore(m.latest_step(), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
@@ -282,6 +284,6 @@ def test_preflight_names_a_bad_value_before_any_work(tmp_path, monkeypatch, fiel
 def test_train_takes_a_checked_run_config_only(tmp_path):
   """A bare ConfigDict has no typed pieces: train() refuses it before any work (config.validate
   is the one way to a RunConfig)."""
-  with pytest.raises(AttributeError):
+  with pytest.raises(TypeError, match="expected a RunConfig"):
     trainer.train(tiny_config(), str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
