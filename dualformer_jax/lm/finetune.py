@@ -1,6 +1,7 @@
 """Fine-tuning a decoder-only LM on step-by-step math with step dropping: the math run.
 
-`run` is what `main.py --config=configs/math.py` calls: it trains one model per
+`run` is what `main.py --config=configs/math.py` calls with the MathRun that
+lm/math_config.validate built from the config: it trains one model per
 p in `data.drop_probs` (each in `<workdir>/p<p>/`, resuming from its newest
 checkpoint), evaluates each per mode (lm/math_eval.py) and prints one table.
 
@@ -256,6 +257,7 @@ def run(math_run: MathRun, workdir: str, mode: str = "all") -> dict:
   """Trains (mode all | train) and evaluates (all | evaluate) one model per p; prints and
   writes (<workdir>/math_results.json) the table. Returns {run name: results}.
 
+  math_run: built by math_config.validate at the entry point, trusted here.
   A signal stops the run after a checkpoint (KeyboardInterrupt): rerun to resume.
   """
   preflight(math_run)

@@ -1,7 +1,7 @@
 """The math run's typed config (configs/math.py): frozen pieces, each checked when built.
 
 As config.RunConfig for the planning half: an entry point (main._run_math,
-compile, benchmarks/lm_memory_bench) calls finetune.validate once, and the
+compile, benchmarks/lm_memory_bench) calls validate (below) once, and the
 library code (lm/finetune.py, lm/math_eval.py, compile.lm_programs) takes the
 pieces and trusts them. The mesh is the planning half's MeshConfig; the other
 groups differ from the planning ones in their fields, so they are their own
@@ -174,7 +174,7 @@ class MathEvalConfig:
 @dataclasses.dataclass(frozen=True)
 class MathRun:
   """A checked math run: its typed pieces, and the ConfigDict they came from (for
-  results.json). Built by finetune.validate; change a piece with dataclasses.replace."""
+  results.json). Built by validate; change a piece with dataclasses.replace."""
   config: ml_collections.ConfigDict
   task: MathTaskConfig
   data: MathDataConfig
