@@ -68,17 +68,21 @@ def _set_device_count(n: int) -> None:
   os.environ["JAX_PLATFORMS"] = "cpu"
 
 
-def _math_config(args: argparse.Namespace):
-  """configs/math.py:paper with this run's mesh and batch."""
+def _math_run(args: argparse.Namespace, batch: int):
+  """configs/math.py:paper with this run's mesh, batch and length, validated; the model's
+  shape is the benchmark's, so it reads no data (synthetic) and no checkpoint."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location("math_config", os.path.join(ROOT, "configs",
-                                                                            "math.py"))
+
+  from dualformer_jax.lm import math_config
+  spec = importlib.util.spec_from_file_location("math_preset",
+                                                os.path.join(ROOT, "configs", "math.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("paper")
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, args.fsdp, args.tensor
-  c.data.max_len = args.seq_len
-  return c
+  c.data.max_len, c.train.batch_size = args.seq_len, batch
+  c.task.source, c.lm.checkpoint = "synthetic", ""
+  return math_config.validate(c)
 
 
 def measure(args: argparse.Namespace, devices: int) -> dict:
@@ -93,16 +97,15 @@ def measure(args: argparse.Namespace, devices: int) -> dict:
   if jax.device_count() != devices:
     raise RuntimeError(f"expected {devices} devices, jax has {jax.device_count()} "
                        "(XLA_FLAGS set after jax was imported?)")
-  c = _math_config(args)
-  mesh = sharding.make_mesh(c.mesh)
   batch = args.per_device_batch * devices
-  c.train.batch_size = batch
+  run = _math_run(args, batch)
+  mesh = sharding.make_mesh(run.mesh)
   sharding.check_batch_size(batch, mesh)
   lm_cfg = LMConfig(**MODELS[args.model], dtype="bfloat16", param_dtype=args.param_dtype,
                     attention="auto", remat="full")
-  graphdef, _, abstract = train_lib.init_state(c, lm_cfg, mesh, None)
+  graphdef, _, abstract = train_lib.init_state(run.train, run.seed, lm_cfg, mesh, None)
   shardings = jax.tree.map(lambda a: a.sharding, abstract)
-  step = train_lib.make_train_step(graphdef, c.train, mesh, shardings)
+  step = train_lib.make_train_step(graphdef, run.train, mesh, shardings)
   bs = sharding.batch_sharding(mesh)
   shape = (batch, args.seq_len)
   example = {"ids": jax.ShapeDtypeStruct(shape, jnp.int32, sharding=bs),

@@ -48,7 +48,8 @@ from ml_collections import config_flags
 from dualformer_jax import config as config_lib
 from dualformer_jax.config import RunConfig
 from dualformer_jax.infer import modes, restore, sampler
-from dualformer_jax.lm import finetune, hf_checkpoint, math_data
+from dualformer_jax.lm import finetune, hf_checkpoint, math_config, math_data
+from dualformer_jax.lm.math_config import MathRun
 from dualformer_jax.lm.model import LMConfig
 from dualformer_jax.model import attention as attn_lib
 from dualformer_jax.model import sharding
@@ -123,24 +124,25 @@ def chip_of(device) -> Chip:
                    f"roofline.CHIPS (known: {sorted(CHIPS)})")
 
 
-def advice(config: Any, fig: dict, chip: Chip, per_device_batch: int, split: int = 1) -> str:
+def advice(run: RunConfig | MathRun, fig: dict, chip: Chip, per_device_batch: int,
+           split: int = 1) -> str:
   """Which knob would make a program that does not fit fit."""
   over = ((fig["peak_bytes"] or 0) - chip.hbm_bytes) / GIB
   if fig.get("name") == "sample":
     return (f"over by {over:.2f} GiB per chip; try fewer rows per sampler call: "
-            f"eval.prompts_per_batch={config.eval.prompts_per_batch} (rounded up to "
+            f"eval.prompts_per_batch={run.eval.prompts_per_batch} (rounded up to "
             f"{split}, one prompt per data x fsdp shard) x eval.num_samples="
-            f"{config.eval.num_samples}, a shorter eval.max_decode_len, or a chip with more HBM")
+            f"{run.eval.num_samples}, a shorter eval.max_decode_len, or a chip with more HBM")
   if fig.get("name") == "lm_sample":
     return (f"over by {over:.2f} GiB per chip; try fewer rows per sampler call: "
-            f"eval.problems_per_batch={config.eval.problems_per_batch} x eval.num_samples="
-            f"{config.eval.num_samples} (rows split over data x fsdp = {split} when they "
+            f"eval.problems_per_batch={run.eval.problems_per_batch} x eval.num_samples="
+            f"{run.eval.num_samples} (rows split over data x fsdp = {split} when they "
             "divide), a larger mesh.fsdp, or a chip with more HBM")
   knobs = []
   if per_device_batch > 1:
     knobs.append(f"--per_device_batch={per_device_batch // 2} (with train.grad_accum to keep "
                  "the global batch)")
-  remat = config.model.remat if "model" in config else config.lm.remat
+  remat = run.lm.remat if isinstance(run, MathRun) else run.model.remat
   if remat != "full":
     knobs.append("model remat 'full'")
   knobs.append("a larger mesh.fsdp (params and optimizer state split over more chips) or "
@@ -210,29 +212,27 @@ def planning_programs(run: RunConfig, mesh, per_device_batch: int, dec_len: int
           sample_program(run, mesh, prompts, run.eval.num_samples, max_len)]
 
 
-def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape: str
+def lm_programs(run: MathRun, mesh, per_device_batch: int, seq_len: int, lm_shape: str
                 ) -> list[dict]:
   """The language model's train step (lm/finetune.py) for the checkpoint's shape, lowered."""
-
-  overrides = dict(dtype=config.lm.dtype, param_dtype=config.lm.param_dtype,
-                   attention=config.lm.attention, remat=config.lm.remat)
+  overrides = run.lm.execution()
   if lm_shape:
     if lm_shape not in LM_SHAPES:
       raise ValueError(f"--lm_shape={lm_shape!r}: expected one of {sorted(LM_SHAPES)}")
     lm_cfg = LMConfig.from_hf(LM_SHAPES[lm_shape], **overrides)
-  elif config.lm.checkpoint:
-    lm_cfg = hf_checkpoint.read_config(os.path.expanduser(config.lm.checkpoint), **overrides)
-  elif config.task.source == "synthetic":  # trained from scratch on its word vocabulary
-    lm_cfg = finetune.scratch_config(config, math_data.WordVocab.for_synthetic(
-        config.task.max_value, config.task.max_operand))
+  elif run.lm.checkpoint:
+    lm_cfg = hf_checkpoint.read_config(os.path.expanduser(run.lm.checkpoint), **overrides)
+  elif run.task.source == "synthetic":  # trained from scratch on its word vocabulary
+    lm_cfg = finetune.scratch_config(run.lm, run.data.max_len, math_data.WordVocab.for_synthetic(
+        run.task.max_value, run.task.max_operand))
   else:
     raise ValueError("configs/math.py: set lm.checkpoint to a Hugging Face directory, or pass "
                      f"--lm_shape (one of {sorted(LM_SHAPES)}) to compile without the weights")
   batch = per_device_batch * sharding.batch_divisor(mesh)
   sharding.check_batch_size(batch, mesh)
-  graphdef, _, abstract = finetune.init_state(config, lm_cfg, mesh, None)
+  graphdef, _, abstract = finetune.init_state(run.train, run.seed, lm_cfg, mesh, None)
   shardings = step_lib.shardings_of(abstract)
-  step = finetune.make_train_step(graphdef, config.train, mesh, shardings)
+  step = finetune.make_train_step(graphdef, run.train, mesh, shardings)
   rows = sharding.batch_sharding(mesh)
   batch_abstract = {"ids": _sds((batch, seq_len), jnp.int32, rows),
                     "valid": _sds((batch, seq_len), jnp.bool_, rows),
@@ -245,14 +245,14 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
            "flops": lm_flops(lm_cfg, batch, seq_len), "tokens": batch * seq_len}
   # The evaluation's sampler (lm/math_eval.py): eval.problems_per_batch prompts of up to
   # LM_PROMPT_LEN tokens x eval.num_samples rows, rows over the mesh the params are on.
-  prompts, n = int(config.eval.problems_per_batch), int(config.eval.num_samples)
+  prompts, n = int(run.eval.problems_per_batch), int(run.eval.num_samples)
   width = min(LM_PROMPT_LEN, seq_len // 2)
   eos = lm_cfg.eos_id if lm_cfg.eos_id is not None else 0
   lowered = sampler.lower(
       graphdef, abstract.params, jax.ShapeDtypeStruct((prompts, 0), jnp.int32),
       jax.ShapeDtypeStruct((prompts * n, width), jnp.int32),
       jax.ShapeDtypeStruct((prompts * n,), jnp.int32), num_samples=n, max_len=seq_len,
-      top_k=int(config.eval.top_k), eos_id=eos, pad_id=lm_cfg.pad_id, mesh=mesh)
+      top_k=int(run.eval.top_k), eos_id=eos, pad_id=lm_cfg.pad_id, mesh=mesh)
   sample = {"name": "lm_sample", "attention": "cached", "batch": prompts * n,
             "dec_len": seq_len, "lowered": lowered, "flops": None,
             "tokens": prompts * n * seq_len}
@@ -262,31 +262,29 @@ def lm_programs(config: Any, mesh, per_device_batch: int, seq_len: int, lm_shape
 def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec_len: int = 0,
                    lm_shape: str = "", log=print) -> dict:
   """Lowers and compiles the preset's programs for `devices`; the report as a dict."""
-
-
   is_lm = config.task.name == "math"
   if is_lm and lm_shape:  # the shape stands in for the checkpoint; no data is read
     checked = config.copy_and_resolve_references()
     checked.task.source, checked.lm.checkpoint = "synthetic", ""
-    finetune.validate(checked)
+    run = math_config.validate(checked)
   elif is_lm:
-    finetune.validate(config)
+    run = math_config.validate(config)
   else:
     run = config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(run.mesh, devices)
   split = sharding.batch_divisor(mesh)
   if not per_device_batch:
-    if config.train.batch_size % split:
-      raise ValueError(f"train.batch_size={config.train.batch_size} does not split over "
+    if run.train.batch_size % split:
+      raise ValueError(f"train.batch_size={run.train.batch_size} does not split over "
                        f"data x fsdp = {split} chips of mesh {dict(mesh.shape)}: pass "
                        "--per_device_batch")
-    per_device_batch = config.train.batch_size // split
+    per_device_batch = run.train.batch_size // split
   chip = chip_of(devices[0])
   if is_lm:
-    dec_len = dec_len or int(config.data.max_len)
-    programs = lm_programs(config, mesh, per_device_batch, dec_len, lm_shape)
+    dec_len = dec_len or int(run.data.max_len)
+    programs = lm_programs(run, mesh, per_device_batch, dec_len, lm_shape)
   else:
-    dec_len = dec_len or int(config.data.max_decoder_len)
+    dec_len = dec_len or int(run.data.max_decoder_len)
     programs = planning_programs(run, mesh, per_device_batch, dec_len)
   report = {"chips": len(devices), "device_kind": devices[0].device_kind,
             "hbm_bytes": chip.hbm_bytes, "mesh": dict(mesh.shape),
@@ -295,13 +293,13 @@ def compile_preset(config: Any, devices: list, *, per_device_batch: int = 0, dec
     t0 = time.perf_counter()
     try:
       fig = roofline(xla_figures(prog["lowered"].compile()), chip, len(devices), prog["flops"],
-                     prog["tokens"], int(config.train.num_steps))
+                     prog["tokens"], int(run.train.num_steps))
     except jax.errors.JaxRuntimeError as e:
       fig = out_of_memory(e, chip)
     row = {"name": prog["name"], "attention": prog["attention"], "batch": prog["batch"],
            "dec_len": prog["dec_len"], **fig, "compile_s": round(time.perf_counter() - t0, 1)}
     if not row["fits"]:
-      row["advice"] = advice(config, row, chip, per_device_batch, split)
+      row["advice"] = advice(run, row, chip, per_device_batch, split)
     report["programs"].append(row)
     log(describe(row, chip))
   return report

@@ -111,17 +111,17 @@ def _run(run: config_lib.RunConfig, workdir: str, mode: str, multi_process: bool
 
 def _run_math(config, workdir: str, mode: str) -> None:
   """Step dropping for language models: train one LM per drop probability, evaluate, print."""
-  from dualformer_jax.lm import finetune
+  from dualformer_jax.lm import finetune, math_config
   if mode == "generate":
     raise app.UsageError("configs/math.py builds its data in memory: use --mode=all, train or "
                          "evaluate")
   try:
-    finetune.validate(config)
+    run = math_config.validate(config)  # the one check of the config: library code trusts it
   except ValueError as e:
     raise app.UsageError(str(e))
   config_lib.configure_jax(config)
   try:
-    finetune.run(config, workdir, mode)
+    finetune.run(run, workdir, mode)
   except (CheckpointError, FloatingPointError, ValueError,
           workdir_lock.WorkdirBusy, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -62,3 +62,21 @@ def test_meshes_over_pods_and_slices():
   assert slice_of == [[0, 0], [0, 0], [1, 1], [1, 1]]  # rows of the data axis
   with pytest.raises(ValueError, match="multiple of the 2 slices"):
     sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=8, tensor=1)), two)
+
+
+def test_lm_programs_lower_from_the_typed_run():
+  """compile.lm_programs takes the MathRun that math_config.validate builds: the LM's train
+  step and sampler lower on CPU at the from-scratch shape; nothing is compiled."""
+  import jax
+
+  from configs import math as math_configs
+  from dualformer_jax.lm import math_config
+  c = math_configs.get_config("default")
+  c.lm.dim, c.lm.num_layers, c.lm.ffn_dim = 32, 1, 64
+  run = math_config.validate(c)
+  mesh = sharding.make_mesh(run.mesh, jax.devices()[:1])
+  train, sample = compile_lib.lm_programs(run, mesh, 2, 48, "")
+  assert (train["name"], train["batch"], train["dec_len"], train["tokens"]) == (
+      "lm_train", 2, 48, 96)
+  assert (sample["name"], sample["batch"]) == ("lm_sample", 50 * 20)  # problems x samples
+  assert train["lowered"] is not None and sample["lowered"] is not None

@@ -7,7 +7,7 @@ from configs import maze as maze_configs
 from configs import sokoban as sokoban_configs
 from dualformer_jax import config as config_lib
 from dualformer_jax.experiments import compare, sweep, tune
-from dualformer_jax.lm import finetune as lm_train
+from dualformer_jax.lm import math_config
 
 PRESETS = ([(maze_configs, p) for p in ("default", "long", "compare", "sweep", "sweep_seeds",
                                         "tune", "paper_15", "paper_20", "paper_25", "paper_30")]
@@ -107,6 +107,6 @@ def test_math_paper_preset_pairs_the_baseline_with_the_papers_p():
   c = math_configs.get_config("paper")
   assert tuple(c.data.drop_probs) == (0.0, 0.1)
   c.task.source, c.lm.checkpoint = "synthetic", ""  # validate() checks files: only the probs
-  lm_train.validate(c)
-  lm_train.validate(math_configs.get_config("default"))
+  math_config.validate(c)
+  math_config.validate(math_configs.get_config("default"))
   assert math_configs.with_baseline(0.3, 0.0, 0.1, 0.3) == (0.0, 0.3, 0.1)

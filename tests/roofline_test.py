@@ -46,6 +46,6 @@ def test_roofline_and_advice():
   assert row["mfu_bound"] == pytest.approx(1.5e12 / row["roofline_s"] / 1e12)
   assert row["days"] == pytest.approx(row["roofline_s"])
   config = _tiny_maze("dots")
-  text = compile_lib.advice(config, row, chip, per_device_batch=8)
+  text = compile_lib.advice(config_lib.validate(config), row, chip, per_device_batch=8)
   assert text.startswith("over by 3.00 GiB") and "--per_device_batch=4" in text
   assert "remat 'full'" in text

@@ -1,6 +1,7 @@
 """Fine-tuning a decoder-only LM on step-by-step math with step dropping: the math run.
 
-`run` is what `main.py --config=configs/math.py` calls: it trains one model per
+`run` is what `main.py --config=configs/math.py` calls with the MathRun that
+lm/math_config.validate built from the config: it trains one model per
 p in `data.drop_probs` (each in `<workdir>/p<p>/`, resuming from its newest
 checkpoint), evaluates each per mode (lm/math_eval.py) and prints one table.
 
@@ -28,7 +29,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from flax import nnx
 from tqdm import tqdm
@@ -37,6 +37,7 @@ from dualformer_jax import workdir_lock
 from dualformer_jax.lm import math_eval as eval_lib
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
+from dualformer_jax.lm.math_config import MathLMConfig, MathRun, MathTrainConfig
 from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
@@ -51,64 +52,6 @@ from dualformer_jax.train.step import TrainState
 BATCH_KEYS = ("ids", "loss_mask", "valid")
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-  """ValueError naming the first bad field of a math config."""
-  def fail(field, why):
-    raise ValueError(f"config.{field}={_get(c, field)!r}: {why}")
-
-  if c.task.source not in ("synthetic", "jsonl"):
-    fail("task.source", "expected synthetic or jsonl")
-  probs = tuple(c.data.drop_probs)
-  if not probs or len(set(probs)) != len(probs):
-    fail("data.drop_probs", "need one or more distinct probabilities")
-  for p in probs:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-      fail("data.drop_probs", "every p must be a number in [0, 1)")
-  if c.task.source == "synthetic":
-    if not 1 <= c.task.min_ops <= c.task.max_ops:
-      fail("task.min_ops", "need 1 <= min_ops <= max_ops")
-    if c.task.max_value < 3 or c.task.max_operand < 2:
-      fail("task.max_value", "need max_value >= 3 and max_operand >= 2")
-    if c.data.num_train < 1 or c.data.num_test < 1:
-      fail("data.num_train", "both splits need >= 1 problem")
-  else:
-    if not c.lm.checkpoint:
-      fail("lm.checkpoint", "task.source=jsonl fine-tunes a Hugging Face checkpoint directory "
-           "(its tokenizer.json tokenizes the text)")
-    for field in ("train_file", "test_file"):
-      path = c.data[field]
-      if not path or not os.path.isfile(path):
-        fail(f"data.{field}", "task.source=jsonl needs an existing JSON-lines file")
-  if c.lm.checkpoint and not os.path.isfile(os.path.join(c.lm.checkpoint, "config.json")):
-    fail("lm.checkpoint", "no config.json there: not a Hugging Face checkpoint directory")
-  if not c.lm.checkpoint and (c.lm.dim % c.lm.num_heads or c.lm.num_heads % c.lm.num_kv_heads):
-    fail("lm.num_heads", "num_heads must divide dim and be a multiple of num_kv_heads")
-  for field in ("dtype", "param_dtype"):
-    if c.lm[field] not in lm_model.DTYPES:
-      fail(f"lm.{field}", f"expected one of {lm_model.DTYPES}")
-  for field in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-    if c.train[field] < 1:
-      fail(f"train.{field}", "must be >= 1")
-  if c.train.learning_rate <= 0 or c.train.warmup_steps < 0:
-    fail("train.learning_rate", "need learning_rate > 0 and warmup_steps >= 0")
-  if c.data.max_len < 8:
-    fail("data.max_len", "must be >= 8")
-  if c.mesh.cpu_devices < 1:
-    fail("mesh.cpu_devices", "must be >= 1 (CPU devices of this host)")
-  eval_lib.parse_modes(c.eval.modes)
-  ks = tuple(c.eval.pass_ks)
-  if not ks or min(ks) < 1 or max(ks) > c.eval.num_samples:
-    fail("eval.pass_ks", f"need 1 <= k <= eval.num_samples={c.eval.num_samples}")
-  if c.eval.num_problems < 1 or c.eval.problems_per_batch < 1 or c.eval.temperature <= 0:
-    fail("eval.num_problems", "num_problems, problems_per_batch >= 1 and temperature > 0")
-
-
-def _get(c, dotted):
-  for part in dotted.split("."):
-    c = c[part]
-  return c
-
-
 @dataclasses.dataclass
 class MathData:
   tok: md.Tokenizer
@@ -117,22 +60,22 @@ class MathData:
   skipped: int  # training examples longer than data.max_len
 
 
-def load_data(c: ml_collections.ConfigDict) -> MathData:
-  """Tokenizer, tokenized training examples and the test problems of the config."""
-  if c.task.source == "synthetic":
-    train, test = md.synthetic_splits(c.data.num_train, c.data.num_test, c.data.seed,
-                                      c.task.min_ops, c.task.max_ops, c.task.max_value,
-                                      c.task.max_operand)
+def load_data(run: MathRun) -> MathData:
+  """Tokenizer, tokenized training examples and the test problems of the run."""
+  task, data = run.task, run.data
+  if task.source == "synthetic":
+    train, test = md.synthetic_splits(data.num_train, data.num_test, data.seed, task.min_ops,
+                                      task.max_ops, task.max_value, task.max_operand)
   else:
-    train, test = md.read_jsonl(c.data.train_file), md.read_jsonl(c.data.test_file)
+    train, test = md.read_jsonl(data.train_file), md.read_jsonl(data.test_file)
   # A checkpoint reads every text (synthetic too) with its own tokenizer.json.
-  tok = (lm_tokenizer.Tokenizer(c.lm.checkpoint) if c.lm.checkpoint
-         else md.WordVocab.for_synthetic(c.task.max_value, c.task.max_operand))
-  kept, skipped = md.tokenize_all(tok, train, c.data.max_len)
+  tok = (lm_tokenizer.Tokenizer(run.lm.checkpoint) if run.lm.checkpoint
+         else md.WordVocab.for_synthetic(task.max_value, task.max_operand))
+  kept, skipped = md.tokenize_all(tok, train, data.max_len)
   # Test problems whose complete reference solution fits, as for training.
-  test = [e for e in test if md.may_fit(tok, e, c.data.max_len)
-          and md.tokenize(tok, e).full_len <= c.data.max_len]
-  return MathData(tok, kept, test[:c.eval.num_problems], skipped)
+  test = [e for e in test if md.may_fit(tok, e, data.max_len)
+          and md.tokenize(tok, e).full_len <= data.max_len]
+  return MathData(tok, kept, test[:run.eval.num_problems], skipped)
 
 
 def _sums(model: nnx.Module, batch: dict) -> dict[str, jax.Array]:
@@ -177,22 +120,23 @@ def lm_loss(graphdef: nnx.GraphDef) -> step_lib.Loss:
                        means=_means)
 
 
-def make_train_step(graphdef: nnx.GraphDef, train_cfg: Any, mesh: jax.sharding.Mesh,
+def make_train_step(graphdef: nnx.GraphDef, train_cfg: MathTrainConfig, mesh: jax.sharding.Mesh,
                     state_shardings: TrainState) -> Callable:
   """train_step(state, batch) -> (state, metrics); jitted once, state donated."""
   return step_lib.build_train_step(lm_loss(graphdef), train_cfg, mesh, state_shardings)
 
 
-def _record(c: ml_collections.ConfigDict, p: float, lm_cfg: Any) -> dict:
+def _record(run: MathRun, p: float, lm_cfg: lm_model.LMConfig) -> dict:
   """What a checkpoint must share with the run that resumes it: the data it reads, how it
   is optimised and the model. train.num_steps may change (to train longer), as in the
   planning trainer; so may the eval, log and checkpoint settings."""
-  data = {k: c.data[k] for k in ("num_train", "num_test", "max_len")}
-  if c.task.source == "jsonl":  # its bytes: a moved file is the same data, an edited one not
-    data["train_file_sha256"] = _sha256(c.data.train_file)
-  return {"p": float(p), "data_seed": int(c.data.seed), "seed": int(c.seed),
-          "task": c.task.to_dict(), "model": model_record(lm_cfg), "data": data,
-          "train": {k: c.train[k] for k in OPTIMISATION}, "lm_checkpoint": c.lm.checkpoint}
+  data = {k: getattr(run.data, k) for k in ("num_train", "num_test", "max_len")}
+  if run.task.source == "jsonl":  # its bytes: a moved file is the same data, an edited one not
+    data["train_file_sha256"] = _sha256(run.data.train_file)
+  return {"p": float(p), "data_seed": int(run.data.seed), "seed": run.seed,
+          "task": run.task.record(), "model": model_record(lm_cfg), "data": data,
+          "train": {k: getattr(run.train, k) for k in OPTIMISATION},
+          "lm_checkpoint": run.lm.checkpoint}
 
 
 # config.train fields that shape the optimisation (not num_steps: a run may train longer).
@@ -213,17 +157,16 @@ def model_record(lm_cfg: lm_model.LMConfig) -> dict:
   return {k: v for k, v in dataclasses.asdict(lm_cfg).items() if k not in ("attention", "remat")}
 
 
-def scratch_config(c: ml_collections.ConfigDict, tok: md.Tokenizer) -> lm_model.LMConfig:
-  """The from-scratch architecture of `config.lm` for this tokenizer."""
+def scratch_config(lm: MathLMConfig, max_len: int, tok: md.Tokenizer) -> lm_model.LMConfig:
+  """The from-scratch architecture of `config.lm` for this tokenizer and data.max_len."""
   return lm_model.LMConfig(
-      vocab_size=tok.vocab_size, dim=c.lm.dim, num_layers=c.lm.num_layers,
-      num_heads=c.lm.num_heads, num_kv_heads=c.lm.num_kv_heads, ffn_dim=c.lm.ffn_dim,
-      rope_theta=float(c.lm.rope_theta), max_position_embeddings=c.data.max_len,
-      dtype=c.lm.dtype, param_dtype=c.lm.param_dtype, attention=c.lm.attention,
-      remat=c.lm.remat, bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+      vocab_size=tok.vocab_size, dim=lm.dim, num_layers=lm.num_layers,
+      num_heads=lm.num_heads, num_kv_heads=lm.num_kv_heads, ffn_dim=lm.ffn_dim,
+      rope_theta=float(lm.rope_theta), max_position_embeddings=max_len,
+      bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, **lm.execution())
 
 
-def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
+def init_state(train_cfg: MathTrainConfig, seed: int, lm_cfg: lm_model.LMConfig, mesh,
                init_params: Callable[[], Any] | None
                ) -> tuple[nnx.GraphDef, Callable[[], TrainState], TrainState]:
   """(graphdef, make_state, abstract state with shardings); no arrays are made here.
@@ -231,12 +174,12 @@ def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
   From scratch, the params are created inside jit with the shardings; fine-tuning
   starts from `init_params` (already placed by the checkpoint loader).
   """
-  tx = step_lib.make_optimizer(c.train)
+  tx = step_lib.make_optimizer(train_cfg)
   graphdef = layers.graphdef_of(lambda: lm_model.LM(lm_cfg, rngs=nnx.Rngs(0)))
 
   def fresh(params=None) -> TrainState:
     if params is None:
-      params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(c.seed)), nnx.Param)
+      params = nnx.state(lm_model.LM(lm_cfg, rngs=nnx.Rngs(seed)), nnx.Param)
     return step_lib.new_state(params, tx)
 
   abstract = sharding.abstract_of(fresh, mesh)
@@ -246,7 +189,7 @@ def init_state(c: ml_collections.ConfigDict, lm_cfg: Any, mesh,
   return graphdef, lambda: make_fresh(init_params()), abstract
 
 
-def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, lm_cfg: Any,
+def train(run: MathRun, run_dir: str, p: float, data: MathData, lm_cfg: lm_model.LMConfig,
           init_params: Callable[[], Any] | None = None, num_steps: int | None = None
           ) -> tuple[nnx.GraphDef, TrainState, int]:
   """Trains (or resumes) one model with step drop probability p up to `num_steps`
@@ -255,13 +198,14 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
   A signal saves the last finished step and returns its number (0: ran to the end).
   init_params: loads the params to fine-tune (only called for a fresh start).
   """
-  num_steps = c.train.num_steps if num_steps is None else num_steps
-  mesh = sharding.make_mesh(c.mesh)
-  sharding.check_batch_size(c.train.batch_size, mesh)
-  batches = step_dropping.train_batches(data.train, p, c.data.seed, c.train.batch_size,
-                                        c.data.max_len, data.tok.pad_id)
-  graphdef, make_state, abstract = init_state(c, lm_cfg, mesh, init_params)
-  ckpt = Checkpointer.with_record(run_dir, c.train.keep_checkpoints, _record(c, p, lm_cfg))
+  train_cfg = run.train
+  num_steps = train_cfg.num_steps if num_steps is None else num_steps
+  mesh = sharding.make_mesh(run.mesh)
+  sharding.check_batch_size(train_cfg.batch_size, mesh)
+  batches = step_dropping.train_batches(data.train, p, run.data.seed, train_cfg.batch_size,
+                                        run.data.max_len, data.tok.pad_id)
+  graphdef, make_state, abstract = init_state(train_cfg, run.seed, lm_cfg, mesh, init_params)
+  ckpt = Checkpointer.with_record(run_dir, train_cfg.keep_checkpoints, _record(run, p, lm_cfg))
   if ckpt.all_steps():  # batches are addressed by step: the state is all a resume needs
     start, state = loop_lib.resume(ckpt, lambda s: ckpt.restore(s, abstract, None))
   else:
@@ -275,89 +219,88 @@ def train(c: ml_collections.ConfigDict, run_dir: str, p: float, data: MathData, 
     return {"seconds": elapsed}
 
   loop = loop_lib.Loop(
-      train_step=make_train_step(graphdef, c.train, mesh, step_lib.shardings_of(abstract)),
+      train_step=make_train_step(graphdef, train_cfg, mesh, step_lib.shardings_of(abstract)),
       next_batch=lambda step: sharding.shard_batch({k: batches[step - 1][k] for k in BATCH_KEYS},
                                               mesh),
       ckpt=ckpt, logger=MetricLogger(run_dir, resume_step=start), mesh=mesh,
-      num_steps=num_steps, log_every=c.train.log_every,
-      checkpoint_every=c.train.checkpoint_every, desc=f"train p={p:g}", log_fields=seconds,
+      num_steps=num_steps, log_every=train_cfg.log_every,
+      checkpoint_every=train_cfg.checkpoint_every, desc=f"train p={p:g}", log_fields=seconds,
       progress=lambda step, row: ({"loss": f"{row['loss']:.4f}",
                                    "acc": f"{row['accuracy']:.3f}"}, None))
   out = loop_lib.run(loop, state, start)
   return graphdef, out.state, out.signal_number
 
 
-def model_source(c: ml_collections.ConfigDict, tok: md.Tokenizer
+def model_source(run: MathRun, tok: md.Tokenizer
                  ) -> tuple[lm_model.LMConfig, Callable[[], Any] | None]:
   """(architecture, params loader): `config.lm` from scratch, or the HF checkpoint's.
 
   The loader reads the checkpoint straight into the mesh's shardings (each
   device's slice only); it is called once, for a fresh start, never on resume.
   """
-  if not c.lm.checkpoint:
-    return scratch_config(c, tok), None
-  overrides = dict(dtype=c.lm.dtype, param_dtype=c.lm.param_dtype, attention=c.lm.attention,
-                   remat=c.lm.remat)
-  lm_cfg = hf_checkpoint.read_config(c.lm.checkpoint, **overrides)
+  lm = run.lm
+  if not lm.checkpoint:
+    return scratch_config(lm, run.data.max_len, tok), None
+  lm_cfg = hf_checkpoint.read_config(lm.checkpoint, **lm.execution())
   if tok.vocab_size > lm_cfg.vocab_size:
-    raise ValueError(f"{c.lm.checkpoint}: tokenizer.json has {tok.vocab_size} tokens but the "
+    raise ValueError(f"{lm.checkpoint}: tokenizer.json has {tok.vocab_size} tokens but the "
                      f"model only {lm_cfg.vocab_size} embeddings")
 
   def init_params():
-    model = hf_checkpoint.load(c.lm.checkpoint, sharding.make_mesh(c.mesh), **overrides)
+    model = hf_checkpoint.load(lm.checkpoint, sharding.make_mesh(run.mesh), **lm.execution())
     return nnx.state(model, nnx.Param)
 
   return lm_cfg, init_params
 
 
-def run(c: ml_collections.ConfigDict, workdir: str, mode: str = "all") -> dict:
+def run(math_run: MathRun, workdir: str, mode: str = "all") -> dict:
   """Trains (mode all | train) and evaluates (all | evaluate) one model per p; prints and
   writes (<workdir>/math_results.json) the table. Returns {run name: results}.
 
+  math_run: built by math_config.validate at the entry point, trusted here.
   A signal stops the run after a checkpoint (KeyboardInterrupt): rerun to resume.
   """
-  validate(c)
-  preflight(c)
+  preflight(math_run)
   with workdir_lock.hold(workdir, "math run"):
-    return _run(c, workdir, mode)
+    return _run(math_run, workdir, mode)
 
 
-def preflight(c: ml_collections.ConfigDict) -> None:
+def preflight(run: MathRun) -> None:
   """ValueError for a mesh that does not fit the devices or a batch it cannot split, before
   any data is read or file written (train() would find them only after both)."""
-  sharding.check_batch_size(c.train.batch_size, sharding.make_mesh(c.mesh))
+  sharding.check_batch_size(run.train.batch_size, sharding.make_mesh(run.mesh))
 
 
-def _run(c: ml_collections.ConfigDict, workdir: str, mode: str) -> dict:
-  data = load_data(c)
+def _run(run: MathRun, workdir: str, mode: str) -> dict:
+  data = load_data(run)
   if data.skipped:
     tqdm.write(f"{data.skipped} training examples are longer than data.max_len="
-               f"{c.data.max_len} tokens and were left out")
-  lm_cfg, init_params = model_source(c, data.tok)
+               f"{run.data.max_len} tokens and were left out")
+  lm_cfg, init_params = model_source(run, data.tok)
   results = {}
-  for p in c.data.drop_probs:
+  for p in run.data.drop_probs:
     run_dir = os.path.join(workdir, f"p{p:g}")
     os.makedirs(run_dir, exist_ok=True)
     steps = None if mode in ("all", "train") else 0
-    graphdef, state, signum = train(c, run_dir, p, data, lm_cfg, init_params, num_steps=steps)
+    graphdef, state, signum = train(run, run_dir, p, data, lm_cfg, init_params, num_steps=steps)
     if signum:
       raise KeyboardInterrupt(f"stopped by signal {signum}; rerun the command to resume")
-    if int(state.step) == 0 and not c.lm.checkpoint:  # step 0 of a checkpoint: as loaded
+    if int(state.step) == 0 and not run.lm.checkpoint:  # step 0 of a checkpoint: as loaded
       raise ValueError(f"{run_dir} has no checkpoint to evaluate: train first (--mode=all)")
     if mode == "train":
       continue
-    res = eval_lib.evaluate_model(graphdef, state.params, data.tok, data.test, c.eval,
-                                  c.data.max_len, c.seed)
+    res = eval_lib.evaluate_model(graphdef, state.params, data.tok, data.test, run.eval,
+                                  run.data.max_len, run.seed)
     name = f"p={p:g}"
     results[name] = res
-    text = eval_lib.table({name: res}, c.eval.pass_ks)
+    text = eval_lib.table({name: res}, run.eval.pass_ks)
     eval_lib.write_results(os.path.join(run_dir, "results.json"), res,
-                           json.loads(c.to_json()), text)
+                           json.loads(run.config.to_json()), text)
     del state
   if results:
-    text = eval_lib.table(results, c.eval.pass_ks)
+    text = eval_lib.table(results, run.eval.pass_ks)
     eval_lib.write_results(os.path.join(workdir, "math_results.json"), results,
-                           json.loads(c.to_json()), text)
+                           json.loads(run.config.to_json()), text)
     print(f"\n{len(data.test)} test problems; Greedy@1 and Pass@k in %, greedy lengths "
           f"(solution tokens, steps)\n{text}")
   return results

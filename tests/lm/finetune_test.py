@@ -1,6 +1,7 @@
 """lm/finetune.py: the math run end to end at tiny scale (from scratch and fine-tuning a
 checkpoint with its tokenizer.json), resume, refusals, and the per-sequence loss."""
 
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from configs import math as math_configs
 from dualformer_jax import workdir_lock
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
-from dualformer_jax.lm import finetune
+from dualformer_jax.lm import finetune, math_config
 from dualformer_jax.lm.model import LM, LMConfig
 from dualformer_jax.train.errors import CheckpointError
 from dualformer_jax.train.logger import read_metrics
@@ -35,8 +36,16 @@ def tiny_config(num_steps=12, **overrides):
   return c
 
 
+def tiny_run(num_steps=12, **overrides) -> math_config.MathRun:
+  return math_config.validate(tiny_config(num_steps, **overrides))
+
+
+def _scratch(run: math_config.MathRun, data: finetune.MathData):
+  return finetune.scratch_config(run.lm, run.data.max_len, data.tok)
+
+
 def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
-  c = tiny_config(num_steps=8, **{"data.drop_probs": (0.0, 0.5)})
+  c = tiny_run(num_steps=8, **{"data.drop_probs": (0.0, 0.5)})
   results = finetune.run(c, str(tmp_path))
   assert set(results) == {"p=0", "p=0.5"}
   for res in results.values():
@@ -50,20 +59,19 @@ def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
   assert [r["step"] for r in rows] == [4, 8] and all(np.isfinite(r["loss"]) for r in rows)
 
   # More steps resume from step 8 (not from scratch); evaluation only reads the checkpoint.
-  c2 = tiny_config(num_steps=12, **{"data.drop_probs": (0.0,)})
-  _, state, _ = finetune.train(c2, str(tmp_path / "p0"), 0.0, finetune.load_data(c2),
-                               finetune.scratch_config(c2, finetune.load_data(c2).tok))
+  c2 = tiny_run(num_steps=12, **{"data.drop_probs": (0.0,)})
+  data = finetune.load_data(c2)
+  _, state, _ = finetune.train(c2, str(tmp_path / "p0"), 0.0, data, _scratch(c2, data))
   assert int(state.step) == 12
   assert [r["step"] for r in read_metrics(str(tmp_path / "p0"))] == [4, 8, 12]
 
   # A checkpoint trained with p = 0 is not resumed as p = 0.5's.
-  data = finetune.load_data(c2)
   with pytest.raises(CheckpointError, match="other p"):
-    finetune.train(c2, str(tmp_path / "p0"), 0.5, data, finetune.scratch_config(c2, data.tok))
+    finetune.train(c2, str(tmp_path / "p0"), 0.5, data, _scratch(c2, data))
   # ... nor with another architecture.
-  c3 = tiny_config(num_steps=12, **{"lm.dim": 64})
+  c3 = tiny_run(num_steps=12, **{"lm.dim": 64})
   with pytest.raises(CheckpointError, match="other model"):
-    finetune.train(c3, str(tmp_path / "p0"), 0.0, data, finetune.scratch_config(c3, data.tok))
+    finetune.train(c3, str(tmp_path / "p0"), 0.0, data, _scratch(c3, data))
 
 
 @pytest.mark.parametrize("field,value", [("data.num_train", 150), ("train.batch_size", 16),
@@ -72,28 +80,28 @@ def test_scratch_run_trains_evaluates_and_resumes(tmp_path):
 def test_a_resume_with_other_data_or_optimisation_is_refused(trained_p0, field, value):
   """The checkpoint's record covers the data and the optimisation: a resume that would go
   on with other ones is refused naming the field, before any step."""
-  c = tiny_config(num_steps=8, **{field: value})
+  c = tiny_run(num_steps=8, **{field: value})
   data = finetune.load_data(c)
   want = re.escape(f"other {field} ({field}: ") + r".* \(checkpoint\) vs " + re.escape(
       f"{value!r} (now)")
   with pytest.raises(CheckpointError, match=want):
-    finetune.train(c, trained_p0, 0.0, data, finetune.scratch_config(c, data.tok))
+    finetune.train(c, trained_p0, 0.0, data, _scratch(c, data))
 
 
 @pytest.fixture(scope="module")
 def trained_p0(tmp_path_factory):
   """A run directory with a 4-step checkpoint of tiny_config, p = 0."""
   run_dir = str(tmp_path_factory.mktemp("p0"))
-  c = tiny_config(num_steps=4)
+  c = tiny_run(num_steps=4)
   data = finetune.load_data(c)
-  finetune.train(c, run_dir, 0.0, data, finetune.scratch_config(c, data.tok))
+  finetune.train(c, run_dir, 0.0, data, _scratch(c, data))
   return run_dir
 
 
 def test_a_second_math_run_on_one_workdir_is_refused(tmp_path):
   with workdir_lock.hold(str(tmp_path), "another math run"):
     with pytest.raises(workdir_lock.WorkdirBusy, match="another math run"):
-      finetune.run(tiny_config(num_steps=4), str(tmp_path))
+      finetune.run(tiny_run(num_steps=4), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == [workdir_lock.LOCK_NAME]  # nothing trained
 
 
@@ -101,7 +109,7 @@ def test_a_mesh_that_does_not_fit_fails_before_any_file(tmp_path):
   workdir = tmp_path / "run"
   for overrides in ({"mesh.fsdp": 3}, {"train.batch_size": 12}):
     with pytest.raises(ValueError, match="config.mesh|batch size 12"):
-      finetune.run(tiny_config(num_steps=4, **overrides), str(workdir))
+      finetune.run(tiny_run(num_steps=4, **overrides), str(workdir))
   assert not workdir.exists()
 
 
@@ -130,17 +138,15 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
   hf_checkpoint.save(base, str(ckpt))
   tok.save(str(ckpt / "tokenizer.json"))
 
-  c = tiny_config(num_steps=4, **{
+  c = tiny_run(num_steps=4, **{
       "task.source": "jsonl", "lm.checkpoint": str(ckpt), "data.drop_probs": (0.3,),
       "data.train_file": str(tmp_path / "train.jsonl"),
       "data.test_file": str(tmp_path / "test.jsonl"), "mesh.fsdp": 2, "mesh.tensor": 2,
       "train.learning_rate": 1e-9})
-  finetune.validate(c)
   data = finetune.load_data(c)
   assert data.tok.pad_id == data.tok.eos_id == 2 and len(data.train) == 64
   # Synthetic problems read with the checkpoint's tokenizer.json, not the word vocabulary.
-  synthetic = tiny_config(**{"lm.checkpoint": str(ckpt)})
-  finetune.validate(synthetic)
+  synthetic = tiny_run(**{"lm.checkpoint": str(ckpt)})
   assert finetune.load_data(synthetic).tok.vocab_size == tok.get_vocab_size()
   # --mode=evaluate before any training scores the checkpoint as loaded.
   before = finetune.run(c, str(tmp_path / "before"), mode="evaluate")
@@ -167,7 +173,7 @@ def test_fine_tunes_a_checkpoint_on_json_lines(tmp_path):
 
 
 def test_config_errors_name_the_field(tmp_path):
-  finetune.validate(tiny_config())
+  math_config.validate(tiny_config())
   bad = [({"data.drop_probs": (0.1, 1.0)}, "data.drop_probs"),
          ({"data.drop_probs": ()}, "data.drop_probs"),
          ({"eval.pass_ks": (1, 50)}, "eval.pass_ks"),
@@ -180,12 +186,29 @@ def test_config_errors_name_the_field(tmp_path):
          ({"mesh.cpu_devices": -1}, "mesh.cpu_devices")]
   for overrides, field in bad:
     with pytest.raises(ValueError, match=field):
-      finetune.validate(tiny_config(**overrides))
+      math_config.validate(tiny_config(**overrides))
   paper = math_configs.get_config("paper")
   with pytest.raises(ValueError, match="lm.checkpoint"):
-    finetune.validate(paper)
+    math_config.validate(paper)
   with pytest.raises(ValueError, match="unknown preset"):
     math_configs.get_config("papr")
+
+
+def test_the_typed_run_records_what_older_checkpoints_recorded():
+  """The record built from the frozen pieces holds the ConfigDict's values, key order
+  included, as the record built from the ConfigDict did (so older checkpoints restore)."""
+  c = tiny_config(**{"data.drop_probs": (0.0, 0.2)})
+  run = math_config.validate(c)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    run.train.batch_size = 16
+  data = finetune.load_data(run)
+  lm_cfg = _scratch(run, data)
+  before = {"p": 0.2, "data_seed": c.data.seed, "seed": c.seed, "task": c.task.to_dict(),
+            "model": finetune.model_record(lm_cfg),
+            "data": {k: c.data[k] for k in ("num_train", "num_test", "max_len")},
+            "train": {k: c.train[k] for k in finetune.OPTIMISATION},
+            "lm_checkpoint": c.lm.checkpoint}
+  assert json.dumps(finetune._record(run, 0.2, lm_cfg)) == json.dumps(before)
 
 
 def test_loss_is_the_mean_of_per_sequence_means():
