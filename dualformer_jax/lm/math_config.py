@@ -20,6 +20,7 @@ from dualformer_jax.data.data_config import fail
 from dualformer_jax.lm import math_eval
 from dualformer_jax.lm.model import DTYPES
 from dualformer_jax.model.sharding import MeshConfig
+from dualformer_jax.train.train_config import OptimizerConfig
 
 SOURCES = ("synthetic", "jsonl")
 
@@ -124,27 +125,12 @@ class MathLMConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MathTrainConfig:
-  """`config.train` (field comments: configs/math._train). train_config.TrainConfig's
-  optimisation fields, without its planning ones (grad_accum, loss_norm, evals, init)."""
-  num_steps: int
-  batch_size: int
-  learning_rate: float
-  warmup_steps: int
-  final_lr_frac: float
-  weight_decay: float
-  b1: float
-  b2: float
-  grad_clip: float
-  log_every: int
-  checkpoint_every: int
-  keep_checkpoints: int
+class MathTrainConfig(OptimizerConfig):
+  """`config.train` (field comments: configs/math._train): the shared optimizer and loop
+  fields, without the planning trainer's (grad_accum, loss_norm, evals, init)."""
 
   def __post_init__(self):
-    for field in ("num_steps", "batch_size", "log_every", "checkpoint_every",
-                  "keep_checkpoints"):
-      if getattr(self, field) < 1:
-        fail(f"train.{field}", getattr(self, field), "must be >= 1")
+    super().__post_init__()
     if self.learning_rate <= 0 or self.warmup_steps < 0:
       fail("train.learning_rate", self.learning_rate,
            "need learning_rate > 0 and warmup_steps >= 0")

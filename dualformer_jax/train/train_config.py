@@ -18,8 +18,11 @@ LOSS_NORMS = ("sequence", "token")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """`config.train`, typed and checked (field comments: config._train)."""
+class OptimizerConfig:
+  """The training fields both halves share: the optimizer and schedule
+  (train/step.make_optimizer, train/schedule) and the loop's steps, logs and saves.
+  The language model trains with exactly these (lm/math_config); the planning
+  trainer adds its own below."""
   num_steps: int
   batch_size: int
   learning_rate: float
@@ -29,21 +32,31 @@ class TrainConfig:
   b1: float
   b2: float
   grad_clip: float
-  grad_accum: int
-  loss_norm: str  # LOSS_NORMS
   log_every: int
-  eval_every: int
-  eval_batches: int
   checkpoint_every: int
   keep_checkpoints: int
+
+  def __post_init__(self):
+    for field in ("num_steps", "batch_size", "log_every", "checkpoint_every",
+                  "keep_checkpoints"):
+      if getattr(self, field) < 1:
+        fail(f"train.{field}", getattr(self, field), "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(OptimizerConfig):
+  """`config.train`, typed and checked (field comments: config._train)."""
+  grad_accum: int
+  loss_norm: str  # LOSS_NORMS
+  eval_every: int
+  eval_batches: int
   init_from: str
   init_step: int
 
   def __post_init__(self):
-    for field in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every",
-                  "keep_checkpoints"):
-      if getattr(self, field) < 1:
-        fail(f"train.{field}", getattr(self, field), "must be >= 1")
+    super().__post_init__()
+    if self.eval_every < 1:
+      fail("train.eval_every", self.eval_every, "must be >= 1")
     if self.init_step < -1:
       fail("train.init_step", self.init_step, "must be a step >= 0, or -1 (the latest)")
     if self.loss_norm not in LOSS_NORMS:
