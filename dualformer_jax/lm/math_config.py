@@ -17,7 +17,6 @@ from typing import Any
 import ml_collections
 
 from dualformer_jax.data.data_config import fail
-from dualformer_jax.lm import math_eval
 from dualformer_jax.lm.model import DTYPES
 from dualformer_jax.model.sharding import MeshConfig
 from dualformer_jax.train.train_config import OptimizerConfig
@@ -136,6 +135,17 @@ class MathTrainConfig(OptimizerConfig):
            "need learning_rate > 0 and warmup_steps >= 0")
 
 
+MODES = ("slow", "fast", "auto")  # lm/math_eval.py: what each forces after the prompt
+
+
+def parse_modes(modes: str) -> list[str]:
+  """`eval.modes` parsed: a comma-separated subset of MODES, each once."""
+  out = [m.strip() for m in modes.split(",") if m.strip()]
+  if not out or any(m not in MODES for m in out) or len(set(out)) != len(out):
+    raise ValueError(f"eval.modes={modes!r}: expected a comma-separated subset of {MODES}")
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class MathEvalConfig:
   """`config.eval` (field comments: configs/math._eval); scored by lm/math_eval.py."""
@@ -148,13 +158,17 @@ class MathEvalConfig:
   problems_per_batch: int
 
   def __post_init__(self):
-    math_eval.parse_modes(self.modes)
+    parse_modes(self.modes)
     ks = self.pass_ks
     if not ks or min(ks) < 1 or max(ks) > self.num_samples:
       fail("eval.pass_ks", ks, f"need 1 <= k <= eval.num_samples={self.num_samples}")
     if self.num_problems < 1 or self.problems_per_batch < 1 or self.temperature <= 0:
       fail("eval.num_problems", self.num_problems,
            "num_problems, problems_per_batch >= 1 and temperature > 0")
+
+  @property
+  def mode_list(self) -> list[str]:
+    return parse_modes(self.modes)
 
 
 @dataclasses.dataclass(frozen=True)

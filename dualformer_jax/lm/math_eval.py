@@ -23,7 +23,7 @@ included), and steps (STEP_MARK occurrences).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -35,18 +35,9 @@ from dualformer_jax.infer import sampler as sampler_lib
 from dualformer_jax.lm import answers
 from dualformer_jax.lm import math_data as md
 
-if TYPE_CHECKING:  # math_config imports this module (parse_modes)
-  from dualformer_jax.lm.math_config import MathEvalConfig
+from dualformer_jax.lm.math_config import MathEvalConfig
 
-MODES = ("slow", "fast", "auto")
 _MODE_MARK = {"slow": md.STEP_MARK, "fast": md.ANSWER_MARK, "auto": ""}
-
-
-def parse_modes(modes: str) -> list[str]:
-  out = [m.strip() for m in modes.split(",") if m.strip()]
-  if not out or any(m not in MODES for m in out) or len(set(out)) != len(out):
-    raise ValueError(f"eval.modes={modes!r}: expected a comma-separated subset of {MODES}")
-  return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -141,7 +132,7 @@ def evaluate_model(graphdef: nnx.GraphDef, params: Any, tok: md.Tokenizer,
   n = int(eval_cfg.num_samples)
   key = jax.random.key(seed)
   results = {}
-  for m, mode in enumerate(parse_modes(eval_cfg.modes)):
+  for m, mode in enumerate(eval_cfg.mode_list):
     greedy = _run_mode(graphdef, params, tok, examples, eval_cfg, max_len,
                        jax.random.fold_in(key, 2 * m), mode=mode, num_samples=1, top_k=1)
     sampled = _run_mode(graphdef, params, tok, examples, eval_cfg, max_len,

@@ -31,13 +31,6 @@ def test_count_marks_counts_non_overlapping_runs():
   assert ev.count_marks(np.asarray([5, 5, 5, 5, 5]), np.asarray([5, 5])) == 2
 
 
-def test_modes_are_validated():
-  assert ev.parse_modes(" slow, auto ") == ["slow", "auto"]
-  for bad in ("", "slow,slow", "slow,quick"):
-    with pytest.raises(ValueError, match="eval.modes"):
-      ev.parse_modes(bad)
-
-
 def test_table_has_one_row_per_run_and_mode():
   res = {"greedy_at_1": 0.5, "pass_at_1": 0.25, "pass_at_4": 0.75, "mean_tokens": 12.0,
          "mean_steps": 2.5}
