@@ -22,6 +22,8 @@ Each p trains in <workdir>/p<p>/ (checkpoints, metrics.jsonl, results.json);
 
 import ml_collections
 
+from dualformer_jax import config as config_lib
+
 BASELINE_P = 0.0  # no step dropping: the run every other p is compared against
 
 
@@ -72,10 +74,7 @@ def _lm() -> ml_collections.ConfigDict:
 
 
 def _mesh() -> ml_collections.ConfigDict:
-  g = ml_collections.ConfigDict()
-  g.data = -1  # -1: all devices not used by the other axes
-  g.fsdp = 1
-  g.tensor = 1
+  g = config_lib.mesh_group()
   g.cpu_devices = 1  # CPU devices of the host (config.py); 2 is measured for planning only
   return g
 

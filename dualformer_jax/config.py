@@ -103,7 +103,8 @@ def _model() -> ml_collections.ConfigDict:
   return g
 
 
-def _mesh() -> ml_collections.ConfigDict:
+def mesh_group() -> ml_collections.ConfigDict:
+  """`config.mesh` with its defaults (configs/math.py shares it)."""
   g = ml_collections.ConfigDict()
   g.data = -1  # -1: all devices not used by the other axes
   g.fsdp = 1
@@ -209,7 +210,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = _task()
   c.data = _data()
   c.model = _model()
-  c.mesh = _mesh()
+  c.mesh = mesh_group()
   c.train = _train()
   c.eval = _eval()
   c.sweep = _sweep()
