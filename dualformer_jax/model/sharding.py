@@ -36,7 +36,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """`config.mesh`, typed (field comments: config._mesh); its sizes are checked against
+  """`config.mesh`, typed (field comments: config.mesh_group); its sizes are checked against
   the devices by mesh_shape, when a mesh is made."""
   data: int  # -1: all devices not used by the other axes
   fsdp: int
