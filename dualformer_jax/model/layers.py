@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from dualformer_jax.model.model_config import REMAT_POLICIES
@@ -83,36 +82,43 @@ class RopeScaling:
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None
-                  ) -> np.ndarray:
-  """Inverse frequencies [K/2] float32, computed as transformers does (Llama 3.1 scaling too)."""
+                  ) -> jax.Array:
+  """Inverse frequencies [K/2] float32 (Llama 3.1 scaling too), traced into the caller's jit.
+
+  theta ** (-i / K), not transformers' 1 / theta ** (i / K): the two differ in
+  float32 rounding only (the LM's parity tests hold), and this form, with the
+  two-halves rotation in `rope`, keeps the planning model's training bitwise
+  what it was when the committed tables were made (other forms move bf16
+  training by rounding, which over thousands of steps moves the tables by as
+  much as a change of seed).
+  """
   k = head_dim
-  inv = (1.0 / (np.float32(theta) ** (np.arange(0, k, 2).astype(np.float32) / k)))
-  inv = inv.astype(np.float32)
+  inv = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
   if scaling is None:
     return inv
   sc, old = scaling, scaling.original_max_position_embeddings
   low_wavelen, high_wavelen = old / sc.low_freq_factor, old / sc.high_freq_factor
   wavelen = 2 * math.pi / inv
-  scaled = np.where(wavelen > low_wavelen, inv / sc.factor, inv)
+  scaled = jnp.where(wavelen > low_wavelen, inv / sc.factor, inv)
   smooth = (old / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
   smoothed = (1 - smooth) * scaled / sc.factor + smooth * scaled
   medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-  return np.where(medium, smoothed, scaled).astype(np.float32)
+  return jnp.where(medium, smoothed, scaled).astype(jnp.float32)
 
 
-def rope(x_BxTxNxK: jax.Array, pos_T: jax.Array, inv_freq_K2: jax.Array | np.ndarray
+def rope(x_BxTxNxK: jax.Array, pos_T: jax.Array, inv_freq_K2: jax.Array
          ) -> jax.Array:
   """Rotate-half RoPE (HF's convention: pairs are (i, i + K/2)) at positions pos_T.
 
   The same positions for every row; computed in float32, returned in x's dtype.
   """
-  ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * jnp.asarray(inv_freq_K2)[None, :]
-  ang_TxK = jnp.concatenate([ang_TxK2, ang_TxK2], axis=-1)
-  cos, sin = jnp.cos(ang_TxK)[None, :, None, :], jnp.sin(ang_TxK)[None, :, None, :]
+  ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
+  cos, sin = jnp.cos(ang_TxK2)[None, :, None, :], jnp.sin(ang_TxK2)[None, :, None, :]
   x = x_BxTxNxK.astype(jnp.float32)
   half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BxTxNxK.dtype)
+  x1, x2 = x[..., :half], x[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxK.dtype)
 
 
 # ------------------------------------------------------------------ projections, SwiGLU
