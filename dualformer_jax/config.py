@@ -187,6 +187,10 @@ def _tune() -> ml_collections.ConfigDict:
   g.learning_rates = ()
   g.num_steps = ()
   g.num_train = 0  # train tasks of the tuning runs; 0 = data.num_train
+  # A folder (e.g. results/maze_tune) that keeps each finished run's validation row as
+  # <model>/<run>.json: a later tuning, on any machine, takes those rows instead of
+  # training again. "" = only the workdir.
+  g.record_dir = ""
   return g
 
 

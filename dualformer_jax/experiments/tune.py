@@ -16,10 +16,15 @@ Workdir layout:
                                     with its validation samples in eval/<steps>/valid/
   tune.json, tune.md                every run's validation metrics, and the chosen settings
 Each run or evaluation that exists is skipped, so an interrupted tuning resumes.
+With tune.record_dir, each finished run's row (its validation metrics and the config it
+ran with) is also kept there as <model>/<run>.json, small enough for git: a tuning on
+another machine takes the rows it finds (refusing one recorded with another config)
+and trains only the rest.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import ml_collections
@@ -68,6 +73,9 @@ def check_config(config: ml_collections.ConfigDict) -> DataConfig:
   for name in models:
     trainer.preflight(config_lib.validate(
         model_config(config, name, max(t.learning_rates), max(t.num_steps))))
+    for lr in t.learning_rates:  # a record of another config is refused before any work
+      for steps in t.num_steps:
+        recorded_row(record_path(config, name, lr, steps), model_config(config, name, lr, steps))
   return data
 
 
@@ -83,6 +91,13 @@ def run_name(lr: float, steps: int) -> str:
   return f"lr{lr:g}_steps{steps}"
 
 
+def record_path(config: ml_collections.ConfigDict, name: str, lr: float, steps: int) -> str:
+  """Where tune.record_dir keeps the row of one grid run ("" without a record_dir)."""
+  if not config.tune.record_dir:
+    return ""
+  return os.path.join(config.tune.record_dir, name, run_name(lr, steps) + ".json")
+
+
 def tune_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> dict:
   """Every grid run of model `name`; returns {"runs": [...], "chosen": {...}}."""
   modes = compare.MODELS[name][1]
@@ -90,16 +105,66 @@ def tune_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> di
   runs = []
   for lr in config.tune.learning_rates:
     for steps in config.tune.num_steps:
-      run = config_lib.validate(model_config(config, name, lr, steps))
-      path = compare.run_dir(model_dir, run_name(lr, steps))
-      print(f"[tune {name}] lr {lr:g}, {steps} steps", flush=True)
-      compare.ensure_trained(run, path, name)
-      valid = compare.evaluate_at(select.valid_config(run), path, name, steps, modes)[0]
-      runs.append({"learning_rate": float(lr), "num_steps": int(steps), "valid": valid,
-                   "score": float(np.mean([valid[m]["1_optimal"] for m in modes])),
-                   "swc": float(np.mean([valid[m]["swc"] for m in modes])),
-                   "wall_s": compare.wall_times(path)})
+      run_config = model_config(config, name, lr, steps)
+      record = record_path(config, name, lr, steps)
+      row = recorded_row(record, run_config)
+      if row is None:
+        row = tune_run(config_lib.validate(run_config), model_dir, name, lr, steps, modes)
+        if record:
+          io_utils.write_json(record, {**row, "config": _fingerprint(run_config)}, indent=1,
+                              default=list)
+      else:
+        print(f"[tune {name}] lr {lr:g}, {steps} steps: recorded in {record}", flush=True)
+      runs.append(row)
   return {"runs": runs, "chosen": choose(runs)}
+
+
+def tune_run(run: config_lib.RunConfig, model_dir: str, name: str, lr: float, steps: int,
+             modes: tuple[str, ...]) -> dict:
+  """Trains one grid setting (or finishes it) and scores its last step on valid."""
+  path = compare.run_dir(model_dir, run_name(lr, steps))
+  print(f"[tune {name}] lr {lr:g}, {steps} steps", flush=True)
+  compare.ensure_trained(run, path, name)
+  valid = compare.evaluate_at(select.valid_config(run), path, name, steps, modes)[0]
+  return {"learning_rate": float(lr), "num_steps": int(steps), "valid": valid,
+          "score": float(np.mean([valid[m]["1_optimal"] for m in modes])),
+          "swc": float(np.mean([valid[m]["swc"] for m in modes])),
+          "wall_s": compare.wall_times(path)}
+
+
+# Fields that say where or how fast a run goes, not what it computes.
+_NOT_RESULTS = ("compilation_cache_dir", "tune.record_dir", "data.num_workers",
+                "data.gen_workers")
+
+
+def _fingerprint(run_config: ml_collections.ConfigDict) -> dict:
+  d = run_config.to_dict()
+  for field in _NOT_RESULTS:
+    group, _, key = field.rpartition(".")
+    (d.get(group, {}) if group else d).pop(key, None)
+  return json.loads(json.dumps(d, default=list))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def recorded_row(record: str, run_config: ml_collections.ConfigDict) -> dict | None:
+  """The row kept in `record` (None: no record); ValueError if it ran with another config."""
+  if not record or not os.path.exists(record):
+    return None
+  row = io_utils.read_json(record, "tuning record")
+  want, got = _fingerprint(run_config), row.pop("config", None)
+  if got != want:
+    flat_want, flat_got = _flat(want), _flat(got or {})
+    fields = sorted(k for k in set(flat_want) | set(flat_got)
+                    if flat_want.get(k) != flat_got.get(k))
+    raise ValueError(f"{record}: recorded with another config ({', '.join(fields[:5])} "
+                     f"differ); delete it or set another tune.record_dir")
+  return row
 
 
 def choose(runs: list[dict]) -> dict:

@@ -125,3 +125,42 @@ def test_a_tune_json_without_choices_is_refused(tmp_path):
   c.sweep.tuned = str(bad)
   with pytest.raises(ValueError, match="no 'chosen' object"):
     sweep.check_config(c)
+
+
+def _fake_tune(c, workdir):
+  """tune.run with training and sampling faked; returns (out, settings trained)."""
+  trained = []
+
+  def evaluate_at(run, path, name, step, modes):
+    return {m: _valid(0.5 if run.train.learning_rate == 1e-3 else 0.25) for m in modes}, {}
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(compare, "ensure_trained", lambda run, path, name: trained.append(
+        (name, run.train.learning_rate)))
+    mp.setattr(compare, "evaluate_at", evaluate_at)
+    return tune.run(c, workdir), trained
+
+
+def test_recorded_rows_are_taken_on_another_machine_instead_of_training(tmp_path):
+  c = tiny_config()
+  c.tune.record_dir = str(tmp_path / "records")
+  first, trained = _fake_tune(c, str(tmp_path / "machine1"))
+  assert len(trained) == 4
+  assert sorted(os.listdir(tmp_path / "records" / "dualformer")) == [
+      "lr0.001_steps2.json", "lr0.003_steps2.json"]
+  os.remove(tmp_path / "records" / "solution_only" / "lr0.003_steps2.json")
+  second, trained = _fake_tune(c, str(tmp_path / "machine2"))  # a fresh workdir
+  assert trained == [("solution_only", 3e-3)]  # only the run without a record
+  assert second["models"] == first["models"] and second["chosen"] == first["chosen"]
+
+
+def test_a_record_of_another_config_is_refused_before_any_work(tmp_path):
+  c = tiny_config()
+  c.tune.record_dir = str(tmp_path / "records")
+  _fake_tune(c, str(tmp_path / "w1"))
+  c.sweep.select_samples = 2  # the validation score is measured differently now
+  with pytest.raises(ValueError, match=r"another config \(sweep.select_samples differ"):
+    _fake_tune(c, str(tmp_path / "w2"))
+  assert not os.path.exists(tmp_path / "w2")
+  c.sweep.select_samples, c.compilation_cache_dir = 1, "/elsewhere"  # where, not what
+  assert _fake_tune(c, str(tmp_path / "w3"))[1] == []
