@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 import ml_collections
 import numpy as np
@@ -129,7 +130,17 @@ def tune_run(run: config_lib.RunConfig, model_dir: str, name: str, lr: float, st
   return {"learning_rate": float(lr), "num_steps": int(steps), "valid": valid,
           "score": float(np.mean([valid[m]["1_optimal"] for m in modes])),
           "swc": float(np.mean([valid[m]["swc"] for m in modes])),
-          "wall_s": compare.wall_times(path)}
+          "wall_s": compare.wall_times(path), "machine": _machine()}
+
+
+def _machine() -> str:
+  """The CPU a run trained on (records from other machines differ in rounding, as seeds do)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return f"{names[0]} x {len(names)}" if names else (platform.processor() or "unknown")
 
 
 # Fields that say where or how fast a run goes, not what it computes.
