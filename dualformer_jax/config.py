@@ -32,7 +32,7 @@ import sys
 
 import ml_collections
 
-from dualformer_jax.data.data_config import DataConfig, fail
+from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.data.vocab import Vocab
 from dualformer_jax.eval.eval_config import EvalConfig
 from dualformer_jax.model.model_config import ModelConfig
@@ -242,12 +242,10 @@ class RunConfig:
 
 def validate(c: ml_collections.ConfigDict) -> RunConfig:
   """Raises ValueError naming the first bad field; returns the RunConfig it built."""
-  data = DataConfig.from_config(c)
-  if c.mesh.cpu_devices < 1:
-    fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
+  data, mesh = DataConfig.from_config(c), MeshConfig.from_config(c.mesh)
   model = ModelConfig.from_config(c.model, len(Vocab(make_task(data.task).vocabulary())))
   return RunConfig(c, data, TrainConfig.from_config(c.train), EvalConfig.from_config(c.eval),
-                   model, MeshConfig.from_config(c.mesh), int(c.seed))
+                   model, mesh, int(c.seed))
 
 
 def configure_jax(c: ml_collections.ConfigDict) -> None:

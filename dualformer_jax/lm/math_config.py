@@ -191,9 +191,6 @@ def validate(c: ml_collections.ConfigDict) -> MathRun:
   lm = _fields(MathLMConfig, c.lm, source=task.source)  # jsonl: the checkpoint before files
   data = _fields(MathDataConfig, c.data, drop_probs=tuple(c.data.drop_probs),
                  source=task.source)
-  train = _fields(MathTrainConfig, c.train)
-  if c.mesh.cpu_devices < 1:
-    fail("mesh.cpu_devices", c.mesh.cpu_devices, "must be >= 1 (CPU devices of this host)")
+  train, mesh = _fields(MathTrainConfig, c.train), MeshConfig.from_config(c.mesh)
   eval_cfg = _fields(MathEvalConfig, c.eval, pass_ks=tuple(c.eval.pass_ks))
-  return MathRun(c, task, data, lm, MeshConfig.from_config(c.mesh), train, eval_cfg,
-                 int(c.seed))
+  return MathRun(c, task, data, lm, mesh, train, eval_cfg, int(c.seed))

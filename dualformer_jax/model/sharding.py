@@ -43,6 +43,11 @@ class MeshConfig:
   tensor: int
   cpu_devices: int  # applied by config.configure_jax, not here
 
+  def __post_init__(self):
+    if self.cpu_devices < 1:
+      raise ValueError(f"config.mesh.cpu_devices={self.cpu_devices!r}: must be >= 1 "
+                       "(CPU devices of this host)")
+
   @classmethod
   def from_config(cls, mesh_cfg: Any) -> "MeshConfig":
     return cls(**{f.name: int(mesh_cfg[f.name]) for f in dataclasses.fields(cls)})
