@@ -37,6 +37,7 @@ from dualformer_jax.data import generate
 from dualformer_jax.data.data_config import DataConfig
 from dualformer_jax.experiments import compare, report, select
 from dualformer_jax.train import trainer
+from dualformer_jax.train.checkpoint import field_diffs
 
 TUNE = "tune.json"
 RULE = ("sampled validation 1-Optimal at the last step, mean over the model's modes "
@@ -156,13 +157,6 @@ def _fingerprint(run_config: ml_collections.ConfigDict) -> dict:
   return json.loads(json.dumps(d, default=list))
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def recorded_row(record: str, run_config: ml_collections.ConfigDict) -> dict | None:
   """The row kept in `record` (None: no record); ValueError if it ran with another config."""
   if not record or not os.path.exists(record):
@@ -170,9 +164,7 @@ def recorded_row(record: str, run_config: ml_collections.ConfigDict) -> dict | N
   row = io_utils.read_json(record, "tuning record")
   want, got = _fingerprint(run_config), row.pop("config", None)
   if got != want:
-    flat_want, flat_got = _flat(want), _flat(got or {})
-    fields = sorted(k for k in set(flat_want) | set(flat_got)
-                    if flat_want.get(k) != flat_got.get(k))
+    fields = [f for f, _, _ in field_diffs(got or {}, want)]
     raise ValueError(f"{record}: recorded with another config ({', '.join(fields[:5])} "
                      f"differ); delete it or set another tune.record_dir")
   return row

@@ -37,10 +37,10 @@ from dualformer_jax import workdir_lock
 from dualformer_jax.lm import math_eval as eval_lib
 from dualformer_jax.lm import hf_checkpoint
 from dualformer_jax.lm import math_data as md
-from dualformer_jax.lm.math_config import MathLMConfig, MathRun, MathTrainConfig
 from dualformer_jax.lm import model as lm_model
 from dualformer_jax.lm import step_dropping
 from dualformer_jax.lm import tokenizer as lm_tokenizer
+from dualformer_jax.lm.math_config import MathLMConfig, MathRun, MathTrainConfig
 from dualformer_jax.model import layers
 from dualformer_jax.model import sharding
 from dualformer_jax.train import loop as loop_lib

@@ -34,7 +34,6 @@ from dualformer_jax.infer import modes
 from dualformer_jax.infer import sampler as sampler_lib
 from dualformer_jax.lm import answers
 from dualformer_jax.lm import math_data as md
-
 from dualformer_jax.lm.math_config import MathEvalConfig
 
 _MODE_MARK = {"slow": md.STEP_MARK, "fast": md.ANSWER_MARK, "auto": ""}
@@ -94,8 +93,7 @@ def _mesh_of(params: Any) -> jax.sharding.Mesh | None:
 
 def _run_mode(graphdef: nnx.GraphDef, params: Any, tok: md.Tokenizer,
               examples: Sequence[md.MathExample], eval_cfg: MathEvalConfig, max_len: int,
-              key: jax.Array,
-              *, mode: str, num_samples: int, top_k: int) -> dict[str, np.ndarray]:
+              key: jax.Array, *, mode: str, num_samples: int, top_k: int) -> dict[str, np.ndarray]:
   """Samples num_samples responses per problem; per-row results, [problems, num_samples]."""
   prefixes, prompt_lens = _prefixes(tok, examples, mode)
   width = max(len(p) for p in prefixes)

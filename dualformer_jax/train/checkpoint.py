@@ -96,13 +96,14 @@ def _json_roundtrip(x: Any) -> Any:
   return json.loads(json.dumps(x))
 
 
-def _diffs(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
-  """(dotted field, checkpoint's value, current value) of every field that differs."""
+def field_diffs(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+  """(dotted field, their value, our value) of every field of two nested dicts that differs:
+  a checkpoint's record against the run's (also experiments/tune's records)."""
   out = []
   for k in sorted(set(theirs) | set(ours)):
     a, b = theirs.get(k), ours.get(k)
     if isinstance(a, dict) and isinstance(b, dict):
-      out += _diffs(a, b, f"{prefix}{k}.")
+      out += field_diffs(a, b, f"{prefix}{k}.")
     elif a != b:
       out.append((f"{prefix}{k}", a, b))
   return out
@@ -245,7 +246,7 @@ class Checkpointer:
 
   def _check_fields(self, step: int, meta: dict) -> None:
     shared = [k for k in self.record if k in meta]
-    diffs = _diffs({k: meta[k] for k in shared}, {k: self.record[k] for k in shared})
+    diffs = field_diffs({k: meta[k] for k in shared}, {k: self.record[k] for k in shared})
     if diffs:
       each = "; ".join(f"{k}: {a!r} (checkpoint) vs {b!r} (now)" for k, a, b in diffs)
       raise CheckpointError(
