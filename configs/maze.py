@@ -17,12 +17,13 @@
   python -m dualformer_jax.experiments.tune --config=configs/maze.py:tune --workdir=runs/tune \
       --config.tune.record_dir=results/maze_tune
   python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep_seeds \
-      --config.sweep.tuned=runs/tune/tune.json --workdir=runs/sweep_seeds
+      --config.sweep.tuned=runs/tune/tune.json --workdir=runs/sweep_seeds \
+      --config.sweep.record_dir=results/maze_sweep_seeds/kept
       tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
       model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
       and three bootstrapping rounds; RESULTS.md ("Planned") estimates 10-12 hours. The
-      record_dir keeps each finished tuning run's row (commit it): a tuning on another
-      machine trains only the runs not recorded there.
+      record_dirs keep each finished run's result (commit them): a tuning or sweep on
+      another machine trains only the runs not kept there.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
       PAPER.md reference settings for 30x30 (also paper_15, paper_20, paper_25); accelerators.
 """

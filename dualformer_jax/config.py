@@ -176,6 +176,10 @@ def _sweep() -> ml_collections.ConfigDict:
   g.select_tasks = 0
   g.select_samples = 8
   g.tuned = ""  # a tune.json (experiments/tune.py): each model's chosen lr and steps
+  # A folder (e.g. results/maze_sweep_seeds/kept) that keeps each model's result per point
+  # and seed as <N>/seed<k>/<model>.json: a later sweep, on any machine, takes those
+  # instead of training again (experiments/kept_results.py). "" = only the workdir.
+  g.record_dir = ""
   return g
 
 

@@ -241,11 +241,13 @@ def new_summary(config: ml_collections.ConfigDict, meta: dict) -> dict:
           "config": config.to_dict()}
 
 
-def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int]) -> None:
+def add_model(summary: dict, workdir: str, name: str, scored: tuple[dict, int],
+              wall_s: dict | None = None) -> None:
   """Records a model's scoring and wall times in `summary`: (mode -> metrics, scored step)
-  from train_and_evaluate, or (record, selected step) from select.score (the sweep)."""
+  from train_and_evaluate, or (record, selected step) from select.score (the sweep);
+  wall_s: the times of a kept result (default: the run's timing.json in workdir)."""
   summary["models"][name], summary["selected_step"][name] = scored
-  summary["wall_s"][name] = wall_times(os.path.join(workdir, name))
+  summary["wall_s"][name] = wall_times(os.path.join(workdir, name)) if wall_s is None else wall_s
 
 
 def wall_times(path: str) -> dict:

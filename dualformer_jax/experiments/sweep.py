@@ -25,6 +25,9 @@ Workdir layout:
   sweep.md, sweep.png        the tables, and 1-Optimal / SWC against N per model and mode
 Each stage whose output exists is skipped, so an interrupted sweep resumes with the
 same command; raising sweep.seeds or bootstrap.rounds later runs only the new ones.
+With sweep.record_dir, each model's result per point and seed is also kept there as
+<N>/seed<k>/<model>.json (kept_results.py), small enough for git: a sweep on another
+machine takes the results it finds and trains only the rest.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
 from dualformer_jax.config import RunConfig
-from dualformer_jax.experiments import bootstrap, compare, intervals, report, select
+from dualformer_jax.experiments import (bootstrap, compare, intervals, kept_results, report,
+                                        select)
 from dualformer_jax.train import trainer
 
 SWEEP = "sweep.json"
@@ -109,6 +113,9 @@ def check_config(config: ml_collections.ConfigDict) -> RunConfig:
   select.check_config(config, max(steps))
   bootstrap.check_config(config, values, models)
   trainer.preflight(run)  # mesh, schedule (the model: validate)
+  for n in values:  # a record of another config is refused before any work
+    for k in range(config.sweep.seeds):
+      _recorded(config, n, k, tuned)
   return run
 
 
@@ -124,25 +131,84 @@ def run_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
   return compare.model_config(c, name)
 
 
+def record_path(config: ml_collections.ConfigDict, n: int, k: int, name: str) -> str:
+  """Where sweep.record_dir keeps model `name`'s result at point n, seed k ("": none)."""
+  if not config.sweep.record_dir:
+    return ""
+  return os.path.join(config.sweep.record_dir, str(n), f"seed{k}", name + ".json")
+
+
+def _recorded(config: ml_collections.ConfigDict, n: int, k: int, tuned: dict) -> dict:
+  """name -> the kept result (kept_results.py) of each model and bootstrap round of seed k
+  at point n that sweep.record_dir holds; ValueError for one of another config."""
+  kept = {name: kept_results.load(record_path(config, n, k, name),
+                                  _kept_config(config, n, k, name, tuned), "sweep record")
+          for name in (*models_of(config), *_rounds(config, n))}
+  return {name: v for name, v in kept.items() if v is not None}
+
+
+def _kept_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
+                 tuned: dict) -> ml_collections.ConfigDict:
+  """The config a kept result is recorded with: a bootstrap round's is that of the
+  Complete-Trace run it starts from (its bootstrap.* fields included)."""
+  return run_config(config, n, k, name if name in compare.MODELS else bootstrap.SOURCE_MODEL,
+                    tuned)
+
+
+def _rounds(config: ml_collections.ConfigDict, n: int) -> list[str]:
+  """The bootstrap rounds (model names) of the point with n tasks."""
+  if not config.bootstrap.rounds or n != config.bootstrap.num_train:
+    return []
+  return [bootstrap.round_name(r) for r in range(1, config.bootstrap.rounds + 1)]
+
+
 def run_seed(config: ml_collections.ConfigDict, workdir: str, n: int, k: int, meta: dict,
              tuned: dict) -> dict:
   """Every model (and bootstrap round) of seed k at the point with `n` tasks; returns the
-  summary written to <n>/seed<k>/summary.json (model -> select.score's record)."""
+  summary written to <n>/seed<k>/summary.json (model -> select.score's record).
+
+  A model with a kept result (sweep.record_dir) is not trained; a fresh result is kept.
+  The Complete-Trace run and its bootstrap rounds are kept or redone together: each round
+  starts from the checkpoint of the run before it."""
   point = compare.run_dir(workdir, str(n))
   where = compare.run_dir(point, f"seed{k}")
   summary = compare.new_summary(config, meta)
   summary["seed"] = config.seed + k
+  kept, rounds = _recorded(config, n, k, tuned), _rounds(config, n)
+  chain = [bootstrap.SOURCE_MODEL, *rounds] if rounds else []
+  if not all(name in kept for name in chain):
+    kept = {name: v for name, v in kept.items() if name not in chain}
   runs = {}
+
+  def add(name: str, scored: tuple[dict, int]) -> None:
+    compare.add_model(summary, where, name, scored)
+    if config.sweep.record_dir:
+      kept_results.save(record_path(config, n, k, name),
+                        {"scored": list(scored), "wall_s": summary["wall_s"][name]},
+                        _kept_config(config, n, k, name, tuned))
+
+  def take(name: str) -> None:
+    print(f"[{n} tasks, seed {k}] {name}: kept in {record_path(config, n, k, name)}",
+          flush=True)
+    compare.add_model(summary, where, name, tuple(kept[name]["scored"]),
+                      wall_s=kept[name]["wall_s"])
+
   for name in models_of(config):
-    print(f"[{n} tasks, seed {k}] {name}", flush=True)
     runs[name] = config_lib.validate(run_config(config, n, k, name, tuned))
-    compare.add_model(summary, where, name, select.score(
-        runs[name], compare.run_dir(where, name), name, compare.MODELS[name][1]))
-  if config.bootstrap.rounds and n == config.bootstrap.num_train:
+    if name in kept:
+      take(name)
+      continue
+    print(f"[{n} tasks, seed {k}] {name}", flush=True)
+    add(name, select.score(runs[name], compare.run_dir(where, name), name,
+                           compare.MODELS[name][1]))
+  if rounds and rounds[0] in kept:
+    for name in rounds:
+      take(name)
+  elif rounds:
     start = summary["selected_step"][bootstrap.SOURCE_MODEL]
     for name, scored in bootstrap.run(runs[bootstrap.SOURCE_MODEL], where, start,
                                       select.score):
-      compare.add_model(summary, where, name, scored)
+      add(name, scored)
   io_utils.write_json(os.path.join(where, compare.SUMMARY), summary, indent=1, default=list)
   return summary
 

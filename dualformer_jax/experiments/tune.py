@@ -18,15 +18,12 @@ Workdir layout:
 Each run or evaluation that exists is skipped, so an interrupted tuning resumes.
 With tune.record_dir, each finished run's row (its validation metrics and the config it
 ran with) is also kept there as <model>/<run>.json, small enough for git: a tuning on
-another machine takes the rows it finds (refusing one recorded with another config)
-and trains only the rest.
+another machine takes the rows it finds and trains only the rest (kept_results.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 
 import ml_collections
 import numpy as np
@@ -35,9 +32,8 @@ from dualformer_jax import config as config_lib
 from dualformer_jax import io_utils
 from dualformer_jax.data import generate
 from dualformer_jax.data.data_config import DataConfig
-from dualformer_jax.experiments import compare, report, select
+from dualformer_jax.experiments import compare, kept_results, report, select
 from dualformer_jax.train import trainer
-from dualformer_jax.train.checkpoint import field_diffs
 
 TUNE = "tune.json"
 RULE = ("sampled validation 1-Optimal at the last step, mean over the model's modes "
@@ -77,7 +73,8 @@ def check_config(config: ml_collections.ConfigDict) -> DataConfig:
         model_config(config, name, max(t.learning_rates), max(t.num_steps))))
     for lr in t.learning_rates:  # a record of another config is refused before any work
       for steps in t.num_steps:
-        recorded_row(record_path(config, name, lr, steps), model_config(config, name, lr, steps))
+        kept_results.load(record_path(config, name, lr, steps),
+                          model_config(config, name, lr, steps), "tuning record")
   return data
 
 
@@ -109,12 +106,11 @@ def tune_model(config: ml_collections.ConfigDict, workdir: str, name: str) -> di
     for steps in config.tune.num_steps:
       run_config = model_config(config, name, lr, steps)
       record = record_path(config, name, lr, steps)
-      row = recorded_row(record, run_config)
+      row = kept_results.load(record, run_config, "tuning record")
       if row is None:
         row = tune_run(config_lib.validate(run_config), model_dir, name, lr, steps, modes)
         if record:
-          io_utils.write_json(record, {**row, "config": _fingerprint(run_config)}, indent=1,
-                              default=list)
+          kept_results.save(record, row, run_config)
       else:
         print(f"[tune {name}] lr {lr:g}, {steps} steps: recorded in {record}", flush=True)
       runs.append(row)
@@ -131,43 +127,7 @@ def tune_run(run: config_lib.RunConfig, model_dir: str, name: str, lr: float, st
   return {"learning_rate": float(lr), "num_steps": int(steps), "valid": valid,
           "score": float(np.mean([valid[m]["1_optimal"] for m in modes])),
           "swc": float(np.mean([valid[m]["swc"] for m in modes])),
-          "wall_s": compare.wall_times(path), "machine": _machine()}
-
-
-def _machine() -> str:
-  """The CPU a run trained on (records from other machines differ in rounding, as seeds do)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-  except OSError:
-    names = []
-  return f"{names[0]} x {len(names)}" if names else (platform.processor() or "unknown")
-
-
-# Fields that say where or how fast a run goes, not what it computes.
-_NOT_RESULTS = ("compilation_cache_dir", "tune.record_dir", "data.num_workers",
-                "data.gen_workers")
-
-
-def _fingerprint(run_config: ml_collections.ConfigDict) -> dict:
-  d = run_config.to_dict()
-  for field in _NOT_RESULTS:
-    group, _, key = field.rpartition(".")
-    (d.get(group, {}) if group else d).pop(key, None)
-  return json.loads(json.dumps(d, default=list))
-
-
-def recorded_row(record: str, run_config: ml_collections.ConfigDict) -> dict | None:
-  """The row kept in `record` (None: no record); ValueError if it ran with another config."""
-  if not record or not os.path.exists(record):
-    return None
-  row = io_utils.read_json(record, "tuning record")
-  want, got = _fingerprint(run_config), row.pop("config", None)
-  if got != want:
-    fields = [f for f, _, _ in field_diffs(got or {}, want)]
-    raise ValueError(f"{record}: recorded with another config ({', '.join(fields[:5])} "
-                     f"differ); delete it or set another tune.record_dir")
-  return row
+          "wall_s": compare.wall_times(path), "machine": kept_results.machine()}
 
 
 def choose(runs: list[dict]) -> dict:

@@ -98,7 +98,7 @@ def _json_roundtrip(x: Any) -> Any:
 
 def field_diffs(theirs: dict, ours: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
   """(dotted field, their value, our value) of every field of two nested dicts that differs:
-  a checkpoint's record against the run's (also experiments/tune's records)."""
+  a checkpoint's record against the run's (also experiments/kept_results.py's files)."""
   out = []
   for k in sorted(set(theirs) | set(ours)):
     a, b = theirs.get(k), ours.get(k)

@@ -7,6 +7,7 @@ and one round, to keep the suite fast; report_test draws a table and plot of sev
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -48,7 +49,9 @@ def tiny_config():
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sweep"))
-  return workdir, sweep.run(tiny_config(), workdir)
+  c = tiny_config()
+  c.sweep.record_dir = os.path.join(workdir, "kept")  # each model's result, per seed
+  return workdir, sweep.run(c, workdir)
 
 
 def _layouts(task, ds, split):
@@ -137,6 +140,42 @@ def test_a_finished_sweep_is_not_recomputed(swept, monkeypatch):
     monkeypatch.setattr(report, fn, lambda *a: [])
   again = sweep.run(tiny_config(), swept[0])["points"]
   assert json.dumps(again, sort_keys=True) == json.dumps(swept[1]["points"], sort_keys=True)
+
+
+def test_kept_results_are_taken_on_another_machine_instead_of_training(swept, tmp_path,
+                                                                       monkeypatch):
+  kept = str(tmp_path / "kept")
+  shutil.copytree(os.path.join(swept[0], "kept"), kept)
+  assert sorted(os.listdir(os.path.join(kept, "16", "seed1"))) == [
+      "complete_trace.json", "searchformer_r1.json"]
+  # Seed 1 lost its round: its Complete-Trace run, whose checkpoint the round starts from,
+  # is trained again with the round; seed 0 is taken as kept.
+  os.remove(os.path.join(kept, "16", "seed1", "searchformer_r1.json"))
+  trained, train = [], trainer.train
+  monkeypatch.setattr(trainer, "train", lambda run, path: trained.append(
+      os.path.relpath(path, tmp_path / "w")) or train(run, path))
+  for fn in ("write_report", "write_sweep_report"):
+    monkeypatch.setattr(report, fn, lambda *a: [])
+  c = tiny_config()
+  c.sweep.record_dir = kept
+  again = sweep.run(c, str(tmp_path / "w"))  # a fresh workdir
+  assert trained == ["16/seed1/complete_trace", "16/seed1/searchformer_r1"]
+
+  def results(out):  # every figure but the wall times of the runs trained again
+    return json.dumps({n: {k: v for k, v in p.items() if k != "wall_s"}
+                       for n, p in out["points"].items()}, sort_keys=True)
+
+  assert results(again) == results(swept[1])
+  assert os.path.exists(os.path.join(kept, "16", "seed1", "searchformer_r1.json"))
+
+
+def test_a_kept_result_of_another_config_is_refused_before_any_work(swept, tmp_path):
+  c = tiny_config()
+  c.sweep.record_dir = os.path.join(swept[0], "kept")
+  c.sweep.select_samples = 2  # the selection is measured differently now
+  with pytest.raises(ValueError, match=r"another config \(sweep.select_samples differ"):
+    sweep.run(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
 
 
 def test_the_round_keeps_an_optimal_response_or_the_task_sequence(swept):

@@ -164,3 +164,25 @@ def test_a_record_of_another_config_is_refused_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "w2")
   c.sweep.select_samples, c.compilation_cache_dir = 1, "/elsewhere"  # where, not what
   assert _fake_tune(c, str(tmp_path / "w3"))[1] == []
+
+
+def test_a_grown_grid_or_sweep_keeps_its_records(tmp_path):
+  c = tiny_config()
+  c.tune.record_dir = str(tmp_path / "records")
+  _fake_tune(c, str(tmp_path / "w1"))
+  # Which other runs the grid or the sweep holds does not change what one run computes.
+  c.tune.learning_rates, c.sweep.num_train, c.sweep.seeds = (1e-3, 3e-3, 6e-3), (8, 12), 5
+  assert _fake_tune(c, str(tmp_path / "w2"))[1] == [("solution_only", 6e-3), ("dualformer", 6e-3)]
+
+
+def test_a_corrupt_record_is_named(tmp_path):
+  c = tiny_config()
+  c.tune.record_dir = str(tmp_path / "records")
+  bad = tmp_path / "records" / "dualformer" / "lr0.001_steps2.json"
+  bad.parent.mkdir(parents=True)
+  bad.write_text("[1, 2")
+  with pytest.raises(ValueError, match="lr0.001_steps2.json"):
+    _fake_tune(c, str(tmp_path / "w"))
+  bad.write_text("[1, 2]")
+  with pytest.raises(ValueError, match="holds no JSON object; delete it"):
+    _fake_tune(c, str(tmp_path / "w"))
