@@ -3,6 +3,7 @@
   python benchmarks/sample_bench.py [--size=s] [--new_tokens=384] [--repeats=3] [--prompts=1,16]
                                     [--vocab_size=0] [--top_k=0] [--cpu_devices=2]
                                     [--dim=0] [--ffn=0] [--layers=0]  # 0: the size's own
+                                    [--block_len=0]  # 0: the sampler's default
 
 One prompt of 128 tokens x 64 samples, then 16 prompts x 64 samples; each
 row gets the forced prefix `bos` and then exactly `new_tokens` sampled tokens:
@@ -38,8 +39,8 @@ from dualformer_jax.tasks.maze import MazeTask  # noqa: E402
 
 
 def tokens_per_s(graphdef, params, vocab_size: int, prompts: int, samples: int,
-                 prompt_len: int, new_tokens: int, repeats: int, mesh, top_k: int
-                 ) -> tuple[float, float]:
+                 prompt_len: int, new_tokens: int, repeats: int, mesh, top_k: int,
+                 block_len: int = 0) -> tuple[float, float]:
   """(generated tokens per second, seconds of the best call) for one shape."""
   rng = np.random.default_rng(prompts)
   enc = rng.integers(EOS_ID + 1, vocab_size, (prompts, prompt_len)).astype(np.int32)  # [Np, P]
@@ -47,7 +48,8 @@ def tokens_per_s(graphdef, params, vocab_size: int, prompts: int, samples: int,
   rows = prompts * samples
   prefix, prefix_len = np.full((rows, 1), BOS_ID, np.int32), np.ones((rows,), np.int32)
   kwargs = dict(num_samples=samples, max_len=1 + new_tokens, temperature=1.0, top_k=top_k,
-                eos_id=vocab_size, mesh=mesh)  # eos: an id the model cannot emit, no early stop
+                eos_id=vocab_size, mesh=mesh,  # eos: an id the model cannot emit, no early stop
+                block_len=block_len or None)
 
   def run(seed: int):
     out = sampler.sample(graphdef, params, enc, prefix, prefix_len, jax.random.key(seed), **kwargs)
@@ -79,6 +81,8 @@ def main():
   parser.add_argument("--vocab_size", type=int, default=0,
                       help="0: a 30x30 maze's; the reference's benchmark (../shared/peer) has 118")
   parser.add_argument("--top_k", type=int, default=0, help="0: sample the full softmax; 1: greedy")
+  parser.add_argument("--block_len", type=int, default=0,
+                      help="cache positions per block; 0: sampler.default_block_len")
   parser.add_argument("--cpu_devices", type=int, default=config_lib.base_config().mesh.cpu_devices)
   args = parser.parse_args()
   cfg = config_lib.base_config()
@@ -95,7 +99,8 @@ def main():
   for prompts in counts:
     name = "tokens_per_s" if prompts == 1 else f"tokens_per_s_{prompts}x{args.samples}"
     tps, secs = tokens_per_s(graphdef, params, vocab_size, prompts, args.samples,
-                             args.prompt_len, args.new_tokens, args.repeats, mesh, args.top_k)
+                             args.prompt_len, args.new_tokens, args.repeats, mesh, args.top_k,
+                             args.block_len)
     print(f"{prompts} x {args.samples} samples x {args.new_tokens} tokens "
           f"(size {args.size}, {args.dtype}, vocab {vocab_size}, top_k {args.top_k}, "
           f"{jax.device_count()} devices): "
