@@ -17,7 +17,7 @@
   python -m dualformer_jax.experiments.tune --config=configs/maze.py:tune --workdir=runs/tune \
       --config.tune.record_dir=results/maze_tune
   python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep_seeds \
-      --config.sweep.tuned=runs/tune/tune.json --workdir=runs/sweep_seeds \
+      --config.sweep.tuned=results/maze_tune/tune.json --workdir=runs/sweep_seeds \
       --config.sweep.record_dir=results/maze_sweep_seeds/kept
       tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
       model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
@@ -168,7 +168,8 @@ def _sweep_seeds():
 
 def _tune():
   """Issue 27: the same lr x steps grid for all three models, on valid."""
-  # Run it before sweep_seeds and pass its tune.json as --config.sweep.tuned.
+  # Run it before sweep_seeds and pass its tune.json (kept in tune.record_dir) as
+  # --config.sweep.tuned.
   c = _sweep_seeds()
   c.tune.learning_rates = (1e-3, 3e-3, 6e-3)
   c.tune.num_steps = (3000, 5000)

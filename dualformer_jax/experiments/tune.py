@@ -17,8 +17,9 @@ Workdir layout:
   tune.json, tune.md                every run's validation metrics, and the chosen settings
 Each run or evaluation that exists is skipped, so an interrupted tuning resumes.
 With tune.record_dir, each finished run's row (its validation metrics and the config it
-ran with) is also kept there as <model>/<run>.json, small enough for git: a tuning on
-another machine takes the rows it finds and trains only the rest (kept_results.py).
+ran with) is also kept there as <model>/<run>.json, small enough for git, with tune.json
+and tune.md: a tuning on another machine takes the rows it finds and trains only the
+rest (kept_results.py), and a sweep reads the choices from there (sweep.tuned).
 """
 
 from __future__ import annotations
@@ -166,8 +167,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for name in models_of(config):
     out["models"][name] = tune_model(config, workdir, name)
     out["chosen"][name] = out["models"][name]["chosen"]
-    io_utils.write_json(os.path.join(workdir, TUNE), out, indent=1, default=list)
-    io_utils.write_text(os.path.join(workdir, "tune.md"), markdown(out))
+    for where in {workdir, config.tune.record_dir} - {""}:  # the summary kept with the rows
+      io_utils.write_json(os.path.join(where, TUNE), out, indent=1, default=list)
+      io_utils.write_text(os.path.join(where, "tune.md"), markdown(out))
   return out
 
 

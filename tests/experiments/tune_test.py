@@ -152,6 +152,9 @@ def test_recorded_rows_are_taken_on_another_machine_instead_of_training(tmp_path
   second, trained = _fake_tune(c, str(tmp_path / "machine2"))  # a fresh workdir
   assert trained == [("solution_only", 3e-3)]  # only the run without a record
   assert second["models"] == first["models"] and second["chosen"] == first["chosen"]
+  # The choices are kept with the rows, for a sweep on another machine.
+  c.sweep.tuned = str(tmp_path / "records" / "tune.json")
+  assert sweep.read_tuned(c) == first["chosen"]
 
 
 def test_a_record_of_another_config_is_refused_before_any_work(tmp_path):
