@@ -21,11 +21,12 @@ from dualformer_jax import io_utils
 from dualformer_jax.train.checkpoint import field_diffs
 
 # Fields that say where or how fast a run goes, or which other runs its grid or sweep
-# holds: not what this run computes.
+# holds: not what this run computes. (bootstrap.* shapes only the bootstrap rounds, which
+# the sweep records with those settings under another key.)
 IGNORED = ("compilation_cache_dir", "data.num_workers", "data.gen_workers",
            "tune.record_dir", "tune.models", "tune.learning_rates", "tune.num_steps",
            "sweep.record_dir", "sweep.models", "sweep.num_train", "sweep.seeds",
-           "sweep.tuned")
+           "sweep.tuned", "bootstrap")
 
 
 def fingerprint(run_config: ml_collections.ConfigDict | dict) -> dict:
@@ -48,7 +49,7 @@ def machine() -> str:
   return f"{names[0]} x {len(names)}" if names else (platform.processor() or "unknown")
 
 
-def load(path: str, run_config: ml_collections.ConfigDict, what: str) -> dict | None:
+def load(path: str, run_config: ml_collections.ConfigDict | dict, what: str) -> dict | None:
   """The result kept in `path` (None: no file, or no path); ValueError if it ran with
   another config. `what` names the file in errors ("tuning record")."""
   if not path or not os.path.exists(path):
@@ -64,7 +65,7 @@ def load(path: str, run_config: ml_collections.ConfigDict, what: str) -> dict | 
   return kept
 
 
-def save(path: str, result: dict, run_config: ml_collections.ConfigDict) -> None:
+def save(path: str, result: dict, run_config: ml_collections.ConfigDict | dict) -> None:
   """Keeps `result` (with the run's config, and this machine's CPU unless it names one) in
   `path`."""
   io_utils.write_json(path, {"machine": machine(), **result, "config": fingerprint(run_config)},

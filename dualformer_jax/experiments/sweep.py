@@ -148,11 +148,14 @@ def _recorded(config: ml_collections.ConfigDict, n: int, k: int, tuned: dict) ->
 
 
 def _kept_config(config: ml_collections.ConfigDict, n: int, k: int, name: str,
-                 tuned: dict) -> ml_collections.ConfigDict:
-  """The config a kept result is recorded with: a bootstrap round's is that of the
-  Complete-Trace run it starts from (its bootstrap.* fields included)."""
-  return run_config(config, n, k, name if name in compare.MODELS else bootstrap.SOURCE_MODEL,
-                    tuned)
+                 tuned: dict) -> ml_collections.ConfigDict | dict:
+  """The config a kept result is checked against: a model's run config; a bootstrap
+  round's, that of the Complete-Trace run it starts from with the bootstrap settings
+  (kept_results ignores bootstrap.* for every other run)."""
+  if name in compare.MODELS:
+    return run_config(config, n, k, name, tuned)
+  source = run_config(config, n, k, bootstrap.SOURCE_MODEL, tuned).to_dict()
+  return {**source, "bootstrap_round": source["bootstrap"]}
 
 
 def _rounds(config: ml_collections.ConfigDict, n: int) -> list[str]:

@@ -175,6 +175,12 @@ def test_a_kept_result_of_another_config_is_refused_before_any_work(swept, tmp_p
   c.sweep.select_samples = 2  # the selection is measured differently now
   with pytest.raises(ValueError, match=r"another config \(sweep.select_samples differ"):
     sweep.run(c, str(tmp_path / "w"))
+  c = tiny_config()
+  c.sweep.record_dir = os.path.join(swept[0], "kept")
+  c.bootstrap.samples = 3  # the round is built differently; the models are not
+  with pytest.raises(ValueError, match=r"searchformer_r1.json: recorded with another config "
+                                       r"\(bootstrap_round.samples differ"):
+    sweep.run(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
 
 

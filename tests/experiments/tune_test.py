@@ -175,6 +175,7 @@ def test_a_grown_grid_or_sweep_keeps_its_records(tmp_path):
   _fake_tune(c, str(tmp_path / "w1"))
   # Which other runs the grid or the sweep holds does not change what one run computes.
   c.tune.learning_rates, c.sweep.num_train, c.sweep.seeds = (1e-3, 3e-3, 6e-3), (8, 12), 5
+  c.bootstrap.rounds = 1  # bootstrapping changes only its own rounds
   assert _fake_tune(c, str(tmp_path / "w2"))[1] == [("solution_only", 6e-3), ("dualformer", 6e-3)]
 
 
