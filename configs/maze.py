@@ -21,7 +21,7 @@
       --config.sweep.record_dir=results/maze_sweep_seeds/kept
       tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
       model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
-      and three bootstrapping rounds; RESULTS.md ("Planned") estimates 10-12 hours. The
+      and three bootstrapping rounds; RESULTS.md ("Planned") estimates 13-15 hours. The
       record_dirs keep each finished run's result (commit them): a tuning or sweep on
       another machine trains only the runs not kept there.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
