@@ -66,7 +66,6 @@ def load(path: str, run_config: ml_collections.ConfigDict | dict, what: str) -> 
 
 
 def save(path: str, result: dict, run_config: ml_collections.ConfigDict | dict) -> None:
-  """Keeps `result` (with the run's config, and this machine's CPU unless it names one) in
-  `path`."""
-  io_utils.write_json(path, {"machine": machine(), **result, "config": fingerprint(run_config)},
-                      indent=1, default=list)
+  """Keeps `result` (which names its `machine()`) with the run's config in `path`."""
+  io_utils.write_json(path, {**result, "config": fingerprint(run_config)}, indent=1,
+                      default=list)

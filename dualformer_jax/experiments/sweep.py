@@ -187,7 +187,8 @@ def run_seed(config: ml_collections.ConfigDict, workdir: str, n: int, k: int, me
     compare.add_model(summary, where, name, scored)
     if config.sweep.record_dir:
       kept_results.save(record_path(config, n, k, name),
-                        {"scored": list(scored), "wall_s": summary["wall_s"][name]},
+                        {"scored": list(scored), "wall_s": summary["wall_s"][name],
+                         "machine": kept_results.machine()},
                         _kept_config(config, n, k, name, tuned))
 
   def take(name: str) -> None:
