@@ -27,7 +27,8 @@ Each stage whose output exists is skipped, so an interrupted sweep resumes with 
 same command; raising sweep.seeds or bootstrap.rounds later runs only the new ones.
 With sweep.record_dir, each model's result per point and seed is also kept there as
 <N>/seed<k>/<model>.json (kept_results.py), small enough for git: a sweep on another
-machine takes the results it finds and trains only the rest.
+machine takes the results it finds and trains only the rest; sweep.json, sweep.md and
+sweep.png are written there too, as in the workdir.
 """
 
 from __future__ import annotations
@@ -268,8 +269,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for n in config.sweep.num_train:
     seeds = [run_seed(config, workdir, n, k, meta, tuned) for k in range(config.sweep.seeds)]
     out["points"][str(n)] = aggregate(seeds)
-    io_utils.write_json(os.path.join(workdir, SWEEP), out, indent=1, default=list)
-    report.write_sweep_report(workdir, out)
+    for where in {workdir, config.sweep.record_dir} - {""}:  # the summary kept with the rows
+      io_utils.write_json(os.path.join(where, SWEEP), out, indent=1, default=list)
+      report.write_sweep_report(where, out)
   return out
 
 

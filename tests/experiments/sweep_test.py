@@ -127,6 +127,9 @@ def test_every_seed_is_scored_at_its_best_sampled_validation_step_and_its_last(s
   assert "mean_trace_clauses" in point["models"]["searchformer_r1"]["slow"]["selected"]
   for name in ("sweep.md", "sweep.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
+  for name in ("sweep.json", "sweep.md"):  # the summary is kept with the rows
+    with open(os.path.join(workdir, name)) as a, open(os.path.join(workdir, "kept", name)) as b:
+      assert a.read() == b.read()
 
 
 def test_a_finished_sweep_is_not_recomputed(swept, monkeypatch):
