@@ -252,33 +252,15 @@ def validate(c: ml_collections.ConfigDict) -> RunConfig:
                    model, mesh, int(c.seed))
 
 
-# XLA:CPU aborts the whole process when one device waits more than 40 s for the others at
-# a collective (the train step's gradient all-reduce): the CPU devices of one process share
-# its threads, so a starved process (a busy laptop, a job at low priority) was killed
-# mid-run. Those devices cannot deadlock each other, so wait a day; warn after 10 minutes.
-CPU_COLLECTIVE_FLAGS = {"xla_cpu_collective_call_terminate_timeout_seconds": 86_400,
-                        "xla_cpu_collective_call_warn_stuck_timeout_seconds": 600}
-
-
-def patient_cpu_collectives() -> None:
-  """Adds CPU_COLLECTIVE_FLAGS to XLA_FLAGS, except those it sets; takes effect in a process
-  whose backends have not started."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  extra = [f"--{k}={v}" for k, v in CPU_COLLECTIVE_FLAGS.items() if k not in flags]
-  os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-
-
 def configure_jax(c: ml_collections.ConfigDict) -> None:
   """The process-wide jax settings of a config; call before anything touches a device.
 
   mesh.cpu_devices: how many devices a CPU backend has (jax_num_cpu_devices),
   unless XLA_FLAGS sets --xla_force_host_platform_device_count, or jax has
   already started its backends (a notebook, a test): then the count stays, said
-  once on stderr if it differs. CPU devices wait for each other at collectives
-  however slow the machine (patient_cpu_collectives). compilation_cache_dir: the
-  persistent XLA cache, so re-runs and resumes skip compilation.
+  once on stderr if it differs. compilation_cache_dir: the persistent XLA
+  cache, so re-runs and resumes skip compilation.
   """
-  patient_cpu_collectives()
   import jax
   if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     try:

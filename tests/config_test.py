@@ -36,52 +36,6 @@ def test_an_explicit_xla_device_count_wins():
   assert _device_count(3, "--xla_force_host_platform_device_count=4") == 4
 
 
-# Device 0 reaches the all-reduce argv[1] seconds after device 1.
-LATE = """
-import sys, time
-from dualformer_jax import config as c
-cfg = c.base_config()
-cfg.mesh.cpu_devices, cfg.compilation_cache_dir = 2, ""
-c.configure_jax(cfg)
-import jax, jax.experimental, jax.numpy as jnp, numpy as np
-from jax.sharding import PartitionSpec as P
-
-def late(i):
-  time.sleep(float(sys.argv[1]) if int(i) == 0 else 0.0)
-  return np.float32(i + 1)
-
-def f(x):
-  y = jax.experimental.io_callback(late, jax.ShapeDtypeStruct((), jnp.float32),
-                                   jax.lax.axis_index("d"))
-  return jax.lax.psum(x + y, "d")
-
-mesh = jax.make_mesh((2,), ("d",))
-x = jax.device_put(jnp.zeros(2), jax.NamedSharding(mesh, P("d")))
-print(jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(P("d"),), out_specs=P()))(x))
-"""
-
-
-def _late_collective(delay: float, xla_flags: str) -> subprocess.CompletedProcess:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags)
-  return subprocess.run([sys.executable, "-c", LATE, str(delay)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_cpu_devices_wait_for_a_late_device_at_a_collective():
-  # XLA's own timeouts, shortened to 1 s: the late device aborts the process; this shows
-  # that the flags configure_jax sets are the ones XLA reads, and that a user's win.
-  short = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=1 "
-           "--xla_cpu_collective_call_terminate_timeout_seconds=1")
-  aborted = _late_collective(4, short)
-  assert aborted.returncode != 0 and "Termination timeout" in aborted.stderr
-  # configure_jax's own (XLA would refuse unknown ones): the program finishes, with the sum
-  # of both devices' 0 + (i + 1).
-  done = _late_collective(4, "")
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert done.stdout.split()[-1] == "[3.]"
-
-
 def test_cpu_devices_must_be_positive():
   c = config_lib.base_config()
   c.mesh.cpu_devices = 0

@@ -20,10 +20,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dualformer_jax.config import patient_cpu_collectives  # noqa: E402
-
-patient_cpu_collectives()  # 8 devices on 2 busy cores must not abort at an all-reduce
-
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
