@@ -13,7 +13,7 @@
   python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep --workdir=runs/sweep
       sweep: the three models at 1,000 / 3,000 / 10,000 / 50,000 6x6 training tasks, each
       scored at its best validation loss, plus one Searchformer bootstrapping round at 1,000
-      tasks; about 2.5 hours on a 2-core CPU (README).
+      tasks; about 2.5 hours on a 2-core CPU (RESULTS.md).
   python -m dualformer_jax.experiments.tune --config=configs/maze.py:tune --workdir=runs/tune \
       --config.tune.record_dir=results/maze_tune
   python -m dualformer_jax.experiments.sweep --config=configs/maze.py:sweep_seeds \
@@ -21,7 +21,8 @@
       --config.sweep.record_dir=results/maze_sweep_seeds/kept
       tune, sweep_seeds: the sweep with error bars (issue 27): one lr x steps grid for every
       model chosen on a valid split, then 1,000 / 3,000 / 10,000 tasks x 3 models x 3 seeds
-      and three bootstrapping rounds; RESULTS.md ("Planned") estimates 13-15 hours. The
+      and three bootstrapping rounds: about 2 h for the tuning and 1.4 h per point on a
+      2-core CPU, about 7.5 h for the maze in all (RESULTS.md, "Error bars"). The
       record_dirs keep each finished run's result (commit them): a tuning or sweep on
       another machine trains only the runs not kept there.
   python -m dualformer_jax.main --config=configs/maze.py:paper_30 --workdir=/data/runs/maze30
@@ -144,7 +145,7 @@ def _sweep():
 
 
 def _sweep_seeds():
-  """Issue 27: the sweep with error bars (RESULTS.md, "Planned")."""
+  """Issue 27: the sweep with error bars (RESULTS.md, "Error bars")."""
   # The default's narrowed model (dim 96, SwiGLU 256, bfloat16) and 5,000 steps, three
   # seeds per model and point, every mode selected by sampled validation 1-Optimal.
   c = _default()

@@ -6,7 +6,7 @@
   python -m dualformer_jax.experiments.sweep --config=configs/sokoban.py:sweep_seeds \
       --workdir=runs/sokoban_seeds --config.sweep.record_dir=results/sokoban_seeds/kept
       sweep_seeds: Solution-Only, Complete-Trace and Dualformer at the default's size, three
-      seeds each, with intervals (issue 27; RESULTS.md, "Planned"); the record_dir keeps
+      seeds each, with intervals (issue 27; RESULTS.md, "Error bars"); the record_dir keeps
       each finished run's result (commit it) for a sweep on another machine.
   python -m dualformer_jax.main --config=configs/sokoban.py:paper --workdir=/data/runs/sokoban
       PAPER.md reference settings: 7x7, two boxes, 8e5 steps; accelerators.
