@@ -28,7 +28,8 @@ same command; raising sweep.seeds or bootstrap.rounds later runs only the new on
 With sweep.record_dir, each model's result per point and seed is also kept there as
 <N>/seed<k>/<model>.json (kept_results.py), small enough for git: a sweep on another
 machine takes the results it finds and trains only the rest; sweep.json, sweep.md and
-sweep.png are written there too, as in the workdir.
+sweep.png are written there too, as in the workdir, keeping the points of an earlier
+sweep.json there that this run does not compute.
 """
 
 from __future__ import annotations
@@ -253,6 +254,20 @@ RULE = {True: "each mode at the saved step of highest sampled 1-Optimal on {t} v
         False: "each model at its saved step of lowest validation loss"}
 
 
+def _other_points(config: ml_collections.ConfigDict) -> dict:
+  """The points of sweep.record_dir's sweep.json that this run does not compute, when it
+  was written under this config (up to the point list): a sweep of some points adds to the
+  kept summary instead of replacing it."""
+  path = os.path.join(config.sweep.record_dir, SWEEP) if config.sweep.record_dir else ""
+  if not path or not os.path.exists(path):
+    return {}
+  kept = io_utils.read_json(path, "sweep summary")
+  if kept_results.fingerprint(kept["config"]) != kept_results.fingerprint(config):
+    return {}
+  return {n: p for n, p in kept["points"].items()
+          if int(n) not in set(config.sweep.num_train)}
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The whole sweep: data, every point and seed, sweep.json and its report (rewritten after
   each point, so a sweep stopped part-way has the table and plot of the points it finished)."""
@@ -266,9 +281,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
          "seeds": config.sweep.seeds, "selection": rule, "tuned": tuned, "points": {},
          "reference": compare.new_summary(config, meta)["reference"],
          "config": config.to_dict()}
+  out["points"] = _other_points(config)
   for n in config.sweep.num_train:
     seeds = [run_seed(config, workdir, n, k, meta, tuned) for k in range(config.sweep.seeds)]
     out["points"][str(n)] = aggregate(seeds)
+    out["points"] = dict(sorted(out["points"].items(), key=lambda p: int(p[0])))
     for where in {workdir, config.sweep.record_dir} - {""}:  # the summary kept with the rows
       io_utils.write_json(os.path.join(where, SWEEP), out, indent=1, default=list)
       report.write_sweep_report(where, out)

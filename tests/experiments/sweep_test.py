@@ -172,6 +172,23 @@ def test_kept_results_are_taken_on_another_machine_instead_of_training(swept, tm
   assert os.path.exists(os.path.join(kept, "16", "seed1", "searchformer_r1.json"))
 
 
+def test_a_sweep_of_some_points_adds_to_the_kept_summary(swept, tmp_path, monkeypatch):
+  kept = str(tmp_path / "kept")
+  shutil.copytree(os.path.join(swept[0], "kept"), kept)
+  summary = _json(kept, "sweep.json")
+  summary["points"] = {"8": summary["points"]["16"], **summary["points"]}  # an earlier point
+  with open(os.path.join(kept, "sweep.json"), "w") as f:
+    json.dump(summary, f)
+  monkeypatch.setattr(report, "write_sweep_report", lambda *a: [])
+  c = tiny_config()
+  c.sweep.record_dir = kept
+  out = sweep.run(c, str(tmp_path / "w"))  # every run of point 16 is kept: none trains
+  assert list(out["points"]) == ["8", "16"] == list(_json(kept, "sweep.json")["points"])
+  assert out["points"]["8"] == summary["points"]["8"]
+  c.sweep.select_samples = 2  # another config: its points are not mixed in
+  assert list(sweep._other_points(c)) == []
+
+
 def test_a_kept_result_of_another_config_is_refused_before_any_work(swept, tmp_path):
   c = tiny_config()
   c.sweep.record_dir = os.path.join(swept[0], "kept")
