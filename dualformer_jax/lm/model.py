@@ -241,8 +241,7 @@ class LM(nnx.Module):
     if self.head is None:
       return jnp.einsum("btd,vd->btv", x, self.embed[...].astype(self._dtype),
                         preferred_element_type=jnp.float32)
-    return jnp.einsum("btd,dv->btv", x, self.head[...].astype(self._dtype),
-                      preferred_element_type=jnp.float32)
+    return layers.dense(x, self.head[...].astype(self._dtype), dtype=jnp.float32)
 
   def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: jax.Array):
     cfg, dt = self.cfg, self._dtype

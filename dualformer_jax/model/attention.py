@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from dualformer_jax.model import kernels
 from dualformer_jax.model.blockwise import BLOCK, blockwise
 from dualformer_jax.model.masks import NEG, masked_softmax, visible
+from dualformer_jax.model.sharding import target_platform
 
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "cudnn", "splash")
 # `auto` on CPU: plain attention while T x S stays at or under this many scores
@@ -58,17 +59,6 @@ XLA_MAX_SCORES = 128 * 128
 
 
 # ------------------------------------------------------------------ choice
-
-def target_platform() -> str:
-  """"cpu", "gpu" or "tpu": the platform of the mesh in context, else of this host.
-
-  Under `jax.set_mesh(mesh)` the abstract mesh names its devices' platform, so a
-  program built for TPU chips on a CPU host picks the TPU kernels.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
-  return "gpu" if platform in ("cuda", "rocm") else platform
-
 
 def resolve(impl: str, *, t: int, s: int, dtype: jnp.dtype, backend: str | None = None) -> str:
   """The concrete implementation `auto` stands for (others pass through).

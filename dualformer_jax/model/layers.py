@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dualformer_jax.model import matmul
 from dualformer_jax.model.model_config import REMAT_POLICIES
 
 
@@ -123,22 +124,34 @@ def rope(x_BxTxNxK: jax.Array, pos_T: jax.Array, inv_freq_K2: jax.Array
 
 # ------------------------------------------------------------------ projections, SwiGLU
 
+def dense(x: jax.Array, w: jax.Array, in_dims: int = 1, dtype: jnp.dtype | None = None
+          ) -> jax.Array:
+  """x [..., *I] @ w [*I, *O] -> [..., *O] in `dtype` (default x's), as one 2-D matmul.
+
+  I: w's first in_dims dims. The product is model/matmul.py's: [N, I] x [I, O]
+  with a float32 result, the form the CPU's matmul library takes.
+  """
+  lead, i = x.shape[:x.ndim - in_dims], math.prod(w.shape[:in_dims])
+  y_NxO = matmul.matmul(x.reshape(-1, i), w.reshape(i, -1)).astype(dtype or x.dtype)
+  return y_NxO.reshape(*lead, *w.shape[in_dims:])
+
+
 def project(x_BxTxD: jax.Array, w_DxNxK: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """x [B, T, D] @ w [D, N, K] -> [B, T, N, K] in the compute dtype (Q, K or V heads)."""
-  return jnp.einsum("btd,dhk->bthk", x_BxTxD.astype(dtype), w_DxNxK.astype(dtype))
+  return dense(x_BxTxD.astype(dtype), w_DxNxK.astype(dtype))
 
 
 def project_out(o_BxTxNxK: jax.Array, w_NxKxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """Attention heads [B, T, N, K] @ w [N, K, D] -> [B, T, D]."""
-  return jnp.einsum("bthk,hkd->btd", o_BxTxNxK, w_NxKxD.astype(dtype))
+  return dense(o_BxTxNxK, w_NxKxD.astype(dtype), in_dims=2)
 
 
 def swiglu(x_BxTxD: jax.Array, w_gate_DxF: jax.Array, w_up_DxF: jax.Array,
            w_down_FxD: jax.Array, dtype: jnp.dtype) -> jax.Array:
   """w_down(silu(x w_gate) * (x w_up)), matmuls in the compute dtype."""
-  gate_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_gate_DxF.astype(dtype))
-  up_BxTxF = jnp.einsum("btd,df->btf", x_BxTxD, w_up_DxF.astype(dtype))
-  return jnp.einsum("btf,fd->btd", jax.nn.silu(gate_BxTxF) * up_BxTxF, w_down_FxD.astype(dtype))
+  gate_BxTxF = dense(x_BxTxD, w_gate_DxF.astype(dtype))
+  up_BxTxF = dense(x_BxTxD, w_up_DxF.astype(dtype))
+  return dense(jax.nn.silu(gate_BxTxF) * up_BxTxF, w_down_FxD.astype(dtype))
 
 
 class SwiGLU(nnx.Module):

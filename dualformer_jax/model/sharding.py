@@ -155,6 +155,17 @@ def abstract_of(make: Callable[[], Any], mesh: Mesh) -> Any:
                       abstract, tree_shardings(abstract, mesh))
 
 
+def target_platform() -> str:
+  """"cpu", "gpu" or "tpu": the platform of the mesh in context, else of this host.
+
+  Under `jax.set_mesh(mesh)` the abstract mesh names its devices' platform, so a
+  program built for TPU chips on a CPU host picks the TPU kernels.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+  return "gpu" if platform in ("cuda", "rocm") else platform
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis over data x fsdp, the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -211,8 +211,7 @@ class Transformer(nnx.Module):
 
   def _logits(self, x_BxTxD: jax.Array) -> jax.Array:
     x = self.dec_norm(x_BxTxD)
-    return jnp.einsum("btd,dv->btv", x, self.head[...].astype(self.cfg.compute_dtype),
-                      preferred_element_type=jnp.float32)
+    return layers.dense(x, self.head[...].astype(self.cfg.compute_dtype), dtype=jnp.float32)
 
   def encode(self, enc_ids_BxP: jax.Array) -> jax.Array:
     """Prompt ids -> encodings [B, P, D] (compute dtype); pads are not attended."""
