@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from dualformer_jax.model.masks import heads_first, pad_to, repeat_kv
-from dualformer_jax.model.sharding import BATCH_AXES, LOGICAL_RULES, auto_axes
+from dualformer_jax.model.sharding import LOGICAL_RULES, auto_axes, batch_axes_dividing
 
 HEAD_AXIS = dict(LOGICAL_RULES)["heads"]  # "tensor"
 
@@ -37,10 +37,7 @@ def per_shard(kernel, q, k, v, kv_valid, causal, window):
   if not free:
     return kernel(q, k, v, kv_valid, causal, window)
   (b, _, h, _), g = q.shape, k.shape[2]
-  batch = []
-  for axis in BATCH_AXES:  # each batch axis, in order, that keeps the product dividing B
-    if axis in free and b % math.prod(mesh.shape[a] for a in (*batch, axis)) == 0:
-      batch.append(axis)
+  batch = batch_axes_dividing(b, mesh)
   heads = None
   if HEAD_AXIS in free and h % mesh.shape[HEAD_AXIS] == 0:
     heads = HEAD_AXIS
@@ -48,7 +45,7 @@ def per_shard(kernel, q, k, v, kv_valid, causal, window):
       k, v = repeat_kv(k, h), repeat_kv(v, h)
   if kv_valid is None:
     kv_valid = jnp.ones(k.shape[:2], bool)
-  rows = tuple(batch) or None
+  rows = batch or None
   x_spec, valid_spec = P(rows, None, heads, None), P(rows, None)
   # check_vma=False: the kernels are opaque custom calls with no varying-axes rules.
   return jax.shard_map(

@@ -1,13 +1,13 @@
 """The matmul under every projection, SwiGLU and output head: [N, I] x [I, O] -> float32.
 
-One 2-D product with a float32 result is what every backend runs fastest
-(TPU and GPU accumulate in float32 anyway). On a CPU it is also the only
-form XLA hands to its fast matmul library (YNNPACK): a dot with a 16-bit
-result, with several free dimensions per operand (an einsum such as
-btd,dhk->bthk), or with a transposed operand is compiled as converts around
-a float32 Eigen dot. On a 2-core Xeon with AMX-BF16, bfloat16 in and float32
-out ran at 1,000-1,500 GFLOP/s, the same product with a bfloat16 result or a
-transposed operand at 170-240, float32 at 200-350.
+One 2-D product with a float32 result: TPUs and GPUs accumulate in float32
+anyway, and on a CPU it is the only form XLA hands to its fast matmul
+library (YNNPACK): a dot with a 16-bit result, with several free dimensions
+per operand (an einsum such as btd,dhk->bthk), or with a transposed operand
+is compiled as converts around a float32 Eigen dot. On a 2-core Xeon with
+AMX-BF16, bfloat16 in and float32 out ran at 1,000-1,500 GFLOP/s, the same
+product with a bfloat16 result or a transposed operand at 170-240, float32
+at 200-350 (docs/benchmarks.md, "The matmuls AMX takes").
 
 So on a CPU the backward pass is written here (`jax.custom_vjp`): the
 transposed operands of dx = g w^T and dw = x^T g are materialised row-major
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from dualformer_jax.model.sharding import BATCH_AXES, auto_axes, target_platform
+from dualformer_jax.model.sharding import batch_axes_dividing, target_platform
 
 
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
@@ -71,15 +71,10 @@ _cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
 def _weight_grad(x_NxI: jax.Array, g_NxO: jax.Array) -> jax.Array:
   """x^T g [I, O] float32: per device over its rows, then summed across the batch axes."""
   mesh = jax.sharding.get_abstract_mesh()
-  free = set() if mesh.empty else auto_axes(mesh)
-  rows = []
-  for axis in BATCH_AXES:  # each batch axis, in order, that keeps the product dividing N
-    if axis in free and x_NxI.shape[0] % math.prod(mesh.shape[a] for a in (*rows, axis)) == 0:
-      rows.append(axis)
+  rows = () if mesh.empty else batch_axes_dividing(x_NxI.shape[0], mesh)
   local = lambda x, g: _f32_matmul(_row_major_t(x), g)  # noqa: E731
-  if not rows or math.prod(mesh.shape[a] for a in rows) == 1:
+  if math.prod(mesh.shape[a] for a in rows) == 1:
     return local(x_NxI, g_NxO)
-  rows = tuple(rows)
   return jax.shard_map(lambda x, g: jax.lax.psum(local(x, g), rows), mesh=mesh,
                        in_specs=(P(rows, None), P(rows, None)), out_specs=P(None, None),
                        axis_names=set(rows))(x_NxI, g_NxO)

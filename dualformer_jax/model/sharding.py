@@ -208,6 +208,16 @@ def auto_axes(mesh: Any) -> set[str]:
   return {a for a, kind in zip(mesh.axis_names, mesh.axis_types) if kind == AxisType.Auto}
 
 
+def batch_axes_dividing(rows: int, mesh: Any) -> tuple[str, ...]:
+  """The batch axes GSPMD still places that split `rows` evenly: each, in order, that
+  keeps the product of those taken dividing rows (for a shard_map over the rows)."""
+  free, axes = auto_axes(mesh), []
+  for axis in BATCH_AXES:
+    if axis in free and rows % math.prod(mesh.shape[a] for a in (*axes, axis)) == 0:
+      axes.append(axis)
+  return tuple(axes)
+
+
 def _mesh_places_batch() -> bool:
   """A mesh in context whose batch axes GSPMD places (not Manual, as inside shard_map)."""
   mesh = jax.sharding.get_abstract_mesh()
