@@ -278,10 +278,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rule = RULE[bool(config.sweep.select_tasks)].format(t=config.sweep.select_tasks,
                                                      s=config.sweep.select_samples)
   out = {"task": config.task.name, "num_train": list(config.sweep.num_train),
-         "seeds": config.sweep.seeds, "selection": rule, "tuned": tuned, "points": {},
+         "seeds": config.sweep.seeds, "selection": rule, "tuned": tuned,
+         "points": _other_points(config),
          "reference": compare.new_summary(config, meta)["reference"],
          "config": config.to_dict()}
-  out["points"] = _other_points(config)
   for n in config.sweep.num_train:
     seeds = [run_seed(config, workdir, n, k, meta, tuned) for k in range(config.sweep.seeds)]
     out["points"][str(n)] = aggregate(seeds)
