@@ -246,9 +246,8 @@ class LM(nnx.Module):
   def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: jax.Array):
     cfg, dt = self.cfg, self._dtype
     h = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps, dt)
-    q, k, v = (layers.project(h, p[w], dt) for w in ("wq", "wk", "wv"))
     inv_freq = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    return layers.rope(q, pos_T, inv_freq), layers.rope(k, pos_T, inv_freq), v
+    return layers.rotary_qkv(h, p["wq"], p["wk"], p["wv"], pos_T, inv_freq, dt)
 
   def _finish(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, o_BxTxHxK: jax.Array
               ) -> jax.Array:
@@ -264,7 +263,7 @@ class LM(nnx.Module):
     if ids_BxT.ndim != 2 or not jnp.issubdtype(ids_BxT.dtype, jnp.integer):
       raise ValueError(f"LM: expected int ids [B, T], got {ids_BxT.dtype}{list(ids_BxT.shape)}")
     cfg = self.cfg
-    pos_T = jnp.arange(ids_BxT.shape[1])
+    pos_T = np.arange(ids_BxT.shape[1])
     valid = None if valid_BxT is None else valid_BxT.astype(bool)
 
     def layer(x_BxTxD, p):

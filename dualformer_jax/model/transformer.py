@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -64,15 +65,14 @@ class SelfAttention(nnx.Module):
   def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
     dt = self.cfg.compute_dtype
     inv_freq = layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_base)
-    q, k, v = (layers.project(x_BxTxD, w[...], dt) for w in (self.wq, self.wk, self.wv))
-    return layers.rope(q, pos_T, inv_freq), layers.rope(k, pos_T, inv_freq), v
+    return layers.rotary_qkv(x_BxTxD, self.wq[...], self.wk[...], self.wv[...], pos_T, inv_freq, dt)
 
   def out(self, o_BxTxHxK: jax.Array) -> jax.Array:
     return layers.project_out(o_BxTxHxK, self.wo[...], self.cfg.compute_dtype)
 
   def __call__(self, x_BxTxD: jax.Array, valid_BxT: jax.Array | None) -> jax.Array:
     """Full sequence; valid_BxT marks real tokens as keys (None: all)."""
-    q, k, v = self.qkv(x_BxTxD, jnp.arange(x_BxTxD.shape[1]))
+    q, k, v = self.qkv(x_BxTxD, np.arange(x_BxTxD.shape[1]))
     return self.out(attn_lib.attention(q, k, v, kv_valid_BxS=valid_BxT, causal=self.causal,
                                        impl=self.cfg.attention))
 
