@@ -1,8 +1,8 @@
 """Flash-style attention in pure JAX: O(T x block) memory, forward and backward.
 
 Blocks of queries and keys with an online softmax; a custom VJP recomputes
-each block's probabilities from the saved logsumexp (FlashAttention-2 style),
-so no [T, S] array is ever kept. Runs on every backend: the long-sequence
+each block's probabilities once from the saved logsumexp (FlashAttention-2
+style), so no [T, S] array is ever kept. Runs on every backend: the long-sequence
 path on CPU and the fallback where no kernel fits (model/attention.py picks).
 Causal and windowed masks skip the key blocks no query of a block can see.
 
@@ -119,61 +119,42 @@ def _flash_fwd(q, k, v, valid, causal, window, bq, bk):
 
 
 def _flash_bwd(causal, window, bq, bk, res, do):
-  """Recomputes each block's probabilities from the saved logsumexp (FlashAttention-2 style):
-  one pass over query blocks for dQ, one over key blocks for dK and dV."""
+  """One pass over key blocks, each against the query blocks that see it (FlashAttention-2
+  style): a block's probabilities are recomputed once from the saved logsumexp and give
+  its dK, dV and its share of dQ, which accumulates across key blocks."""
   q, k, v, valid, o, lse = res
   b, h, tp, d = q.shape
   nq, nk = tp // bq, k.shape[2] // bk
   scale = d ** -0.5
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [B, H, Tp]
 
-  def probs(i, j, q_i, k_j, valid_j, lse_i):
-    s, mask = _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window)
-    return jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)
-
-  def dq_block(args):
-    i, q_i, do_i, lse_i, delta_i = args
-
-    def body(j, dq):
-      k_j = jax.lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-      v_j = jax.lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
-      valid_j = jax.lax.dynamic_slice_in_dim(valid, j * bk, bk, axis=1)
-      p = probs(i, j, q_i, k_j, valid_j, lse_i)
-      dp = jnp.einsum("bhqk,bhsk->bhqs", do_i, v_j, preferred_element_type=jnp.float32)
-      ds = (p * (dp - delta_i[..., None])).astype(k.dtype)
-      return dq + jnp.einsum("bhqs,bhsk->bhqk", ds, k_j, preferred_element_type=jnp.float32)
-
-    lo, hi = _kv_range(i, bq, bk, nk, causal, window)
-    dq = jax.lax.fori_loop(lo, hi, body, jnp.zeros((b, h, bq, d), jnp.float32))
-    return (dq * scale).astype(q.dtype)
-
-  def dkv_block(args):
+  def kv_block(dq, args):
     j, k_j, v_j, valid_j = args
 
     def body(i, carry):
-      dk, dv = carry
-      q_i = jax.lax.dynamic_slice_in_dim(q, i * bq, bq, axis=2)
-      do_i = jax.lax.dynamic_slice_in_dim(do, i * bq, bq, axis=2)
-      lse_i = jax.lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=2)
-      delta_i = jax.lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=2)
-      p = probs(i, j, q_i, k_j, valid_j, lse_i)
+      dq, dk, dv = carry
+      q_i, do_i, lse_i, delta_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=2)
+                                   for x in (q, do, lse, delta))
+      s, mask = _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window)
+      p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)  # [B, H, bq, bk]
       dv = dv + jnp.einsum("bhqs,bhqk->bhsk", p.astype(do.dtype), do_i,
                            preferred_element_type=jnp.float32)
       dp = jnp.einsum("bhqk,bhsk->bhqs", do_i, v_j, preferred_element_type=jnp.float32)
       ds = (p * (dp - delta_i[..., None])).astype(q.dtype)
       dk = dk + jnp.einsum("bhqs,bhqk->bhsk", ds, q_i, preferred_element_type=jnp.float32)
-      return dk, dv
+      dq_i = jax.lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=2) + jnp.einsum(
+          "bhqs,bhsk->bhqk", ds, k_j, preferred_element_type=jnp.float32)
+      return jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bq, axis=2), dk, dv
 
     lo, hi = _q_range(j, bq, bk, nq, causal, window)
     zeros = jnp.zeros((b, h, bk, d), jnp.float32)
-    dk, dv = jax.lax.fori_loop(lo, hi, body, (zeros, zeros))
-    return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
+    dq, dk, dv = jax.lax.fori_loop(lo, hi, body, (dq, zeros, zeros))
+    return dq, ((dk * scale).astype(k.dtype), dv.astype(v.dtype))
 
-  dq = _unblocks(jax.lax.map(dq_block, (jnp.arange(nq), _blocks(q, nq), _blocks(do, nq),
-                                        _blocks(lse, nq), _blocks(delta, nq))))
   valid_blocks = jnp.moveaxis(valid.reshape(b, nk, bk), 1, 0)  # [nk, B, bk]
-  dk, dv = jax.lax.map(dkv_block, (jnp.arange(nk), _blocks(k, nk), _blocks(v, nk), valid_blocks))
-  return dq, _unblocks(dk), _unblocks(dv), None
+  dq, (dk, dv) = jax.lax.scan(kv_block, jnp.zeros((b, h, tp, d), jnp.float32),
+                              (jnp.arange(nk), _blocks(k, nk), _blocks(v, nk), valid_blocks))
+  return (dq * scale).astype(q.dtype), _unblocks(dk), _unblocks(dv), None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
