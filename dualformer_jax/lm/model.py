@@ -243,7 +243,7 @@ class LM(nnx.Module):
                         preferred_element_type=jnp.float32)
     return layers.dense(x, self.head[...].astype(self._dtype), dtype=jnp.float32)
 
-  def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: jax.Array):
+  def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array):
     cfg, dt = self.cfg, self._dtype
     h = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps, dt)
     inv_freq = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)

@@ -88,11 +88,9 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
   """Inverse frequencies [K/2] float32 (Llama 3.1 scaling too), in numpy: a constant of the program.
 
   theta ** (-i / K), not transformers' 1 / theta ** (i / K): the two differ in
-  float32 rounding only (the LM's parity tests hold), and this form, with the
-  two-halves rotation in `rope`, keeps the planning model's training bitwise
-  what it was when the committed tables were made (other forms move bf16
-  training by rounding, which over thousands of steps moves the tables by as
-  much as a change of seed).
+  float32 rounding only (the LM's parity tests hold); this is the form the
+  committed tables were made with (a change of rounding moves bf16 training,
+  and over thousands of steps the tables, by as much as a change of seed).
   """
   k = head_dim
   inv = theta ** (-np.arange(0, k, 2, dtype=np.float32) / np.float32(k))

@@ -62,10 +62,10 @@ class SelfAttention(nnx.Module):
     self.cfg, self.causal = cfg, causal
     self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
-  def qkv(self, x_BxTxD: jax.Array, pos_T: jax.Array) -> tuple[jax.Array, ...]:
-    dt = self.cfg.compute_dtype
+  def qkv(self, x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array) -> tuple[jax.Array, ...]:
     inv_freq = layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_base)
-    return layers.rotary_qkv(x_BxTxD, self.wq[...], self.wk[...], self.wv[...], pos_T, inv_freq, dt)
+    return layers.rotary_qkv(x_BxTxD, self.wq[...], self.wk[...], self.wv[...], pos_T,
+                             inv_freq, self.cfg.compute_dtype)
 
   def out(self, o_BxTxHxK: jax.Array) -> jax.Array:
     return layers.project_out(o_BxTxHxK, self.wo[...], self.cfg.compute_dtype)
