@@ -7,9 +7,11 @@ import pytest
 
 from dualformer_jax.model import attention as attn
 from dualformer_jax.model import kernels, masks
+from dualformer_jax.model.blockwise import block_len
 
 # (T, S, causal, window, kv heads): self, padded, sliding window, cross (T != S), GQA.
-CASES = [(37, 37, True, 0, 4), (37, 37, True, 9, 4), (20, 45, False, 0, 4), (29, 29, True, 0, 2)]
+CASES = [(37, 37, True, 0, 4), (37, 37, True, 9, 4), (20, 45, False, 0, 4), (29, 29, True, 0, 2),
+         (21, 37, True, 0, 4)]  # the last: causal, query and key blocks of 7 and 8
 
 
 def _inputs(t, s, g, dtype=jnp.float32, seed=0):
@@ -64,6 +66,13 @@ def test_blockwise_equals_plain_bf16():
                              atol=2e-2, rtol=2e-2)
   for a, b in zip(grads, g_ref):
     np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2, rtol=2e-2)
+
+
+def test_block_len_covers_with_equal_blocks_of_at_most_block():
+  for n in (1, 7, 100, 128, 129, 160, 385, 2048):
+    bl = block_len(n, 128)
+    blocks = -(-n // bl)
+    assert bl <= 128 and blocks == -(-n // 128) and blocks * bl - n < blocks, n
 
 
 def test_masks_hide_what_they_should():
