@@ -116,7 +116,7 @@ def rope(x_BxTxNxK: jax.Array, pos_T: np.ndarray | jax.Array, inv_freq_K2: np.nd
   XLA:CPU fused a cosine and a sine into every element's rotation, forward and
   backward (14% of the training step's thread time).
   """
-  xp = np if isinstance(pos_T, np.ndarray) and isinstance(inv_freq_K2, np.ndarray) else jnp
+  xp = np if isinstance(pos_T, np.ndarray) else jnp  # inv_freq is numpy (rope_inv_freq)
   ang_TxK2 = pos_T.astype(xp.float32)[:, None] * inv_freq_K2[None, :]
   cos, sin = xp.cos(ang_TxK2)[None, :, None, :], xp.sin(ang_TxK2)[None, :, None, :]
   x = x_BxTxNxK.astype(jnp.float32)
