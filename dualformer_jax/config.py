@@ -153,8 +153,8 @@ def _eval() -> ml_collections.ConfigDict:
   g.checkpoint_step = -1  # -1: latest
   g.temperature = 1.0
   g.top_k = 0  # 0: no top-k filter
-  # Compute dtype of sampling; "" = model.dtype. On a CPU, one-token decode steps run
-  # faster in float32 even where training runs faster in bfloat16 (README, Results).
+  # Compute dtype of sampling; "" = model.dtype. On a CPU the KV cache is float32 either
+  # way (model/attention.cache_dtype), and bfloat16 samples about as fast as float32.
   g.dtype = ""
   g.prompts_per_batch = 8  # prompts sampled together (x num_samples rows)
   g.max_decode_len = -1  # -1: data.max_decoder_len

@@ -137,8 +137,9 @@ def attend_cached(q_RxGxQxK: jax.Array, k_blocks: Sequence[jax.Array],
   """
   scale = q_RxGxQxK.shape[-1] ** -0.5
   w = k_blocks[0].shape[2]
+  q = q_RxGxQxK.astype(k_blocks[0].dtype)  # the cache's dtype (cache_dtype)
   s = [jnp.where(visible_S[:, None, None, i * w:(i + 1) * w],
-                 jnp.einsum("rgqk,rgwk->rgqw", q_RxGxQxK, kb,
+                 jnp.einsum("rgqk,rgwk->rgqw", q, kb,
                             preferred_element_type=jnp.float32) * scale, NEG)
        for i, kb in enumerate(k_blocks)]  # [R, G, Q, W] each
   m = functools.reduce(jnp.maximum, [x.max(-1, keepdims=True) for x in s])
@@ -146,7 +147,19 @@ def attend_cached(q_RxGxQxK: jax.Array, k_blocks: Sequence[jax.Array],
   total = sum(x.sum(-1, keepdims=True) for x in e)
   o = sum(jnp.einsum("rgqw,rgwk->rgqk", x.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
           for x, vb in zip(e, v_blocks))
-  return (o / total).astype(v_blocks[0].dtype)
+  return (o / total).astype(q_RxGxQxK.dtype)
+
+
+def cache_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  """The dtype a KV cache holds for a model computing in `dtype`: float32 on CPU.
+
+  XLA:CPU has no batched matrix-vector product in bfloat16: over a bfloat16
+  cache it converts each block to float32 every step (the cache's bytes read
+  three times). A float32 cache holds the same bfloat16-rounded keys and
+  values exactly, so the results are those of a bfloat16 cache; GPU and TPU
+  keep `dtype` (half the bytes).
+  """
+  return jnp.float32 if target_platform() == "cpu" else jnp.dtype(dtype)
 
 
 def empty_cache(prompts: int, samples: int, max_len: int, block_len: int, heads: int,
@@ -156,7 +169,7 @@ def empty_cache(prompts: int, samples: int, max_len: int, block_len: int, heads:
   if samples < 1 or max_len < 1 or block_len < 1:
     raise ValueError(f"init_cache: samples={samples}, max_len={max_len}, "
                      f"block_len={block_len}: each must be >= 1")
-  zeros_RxGxWxK = jnp.zeros((prompts * samples, heads, block_len, head_dim), dtype)
+  zeros_RxGxWxK = jnp.zeros((prompts * samples, heads, block_len, head_dim), cache_dtype(dtype))
   return tuple([zeros_RxGxWxK] * -(-max_len // block_len))
 
 

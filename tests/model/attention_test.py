@@ -110,6 +110,26 @@ def test_attend_cached_equals_full_attention_at_each_position():
     np.testing.assert_allclose(o[:, :, 0], full[:, pos], atol=1e-5)
 
 
+def test_a_cpu_cache_holds_bfloat16_keys_in_float32():
+  """XLA:CPU would convert a bfloat16 cache block to float32 at every step; a float32
+  cache holds the same rounded keys and values, and the output keeps q's dtype."""
+  assert attn.cache_dtype(jnp.bfloat16) == jnp.float32
+  blocks = attn.empty_cache(1, 2, 10, 4, 3, 8, jnp.bfloat16)  # 2 rows, 3 blocks of 4
+  assert len(blocks) == 3 and blocks[0].shape == (2, 3, 4, 8) and blocks[0].dtype == jnp.float32
+  tpu = jax.sharding.AbstractMesh(
+      (2,), ("data",), abstract_device=jax.sharding.AbstractDevice("TPU v5 lite", 1, "tpu"))
+  with jax.sharding.use_abstract_mesh(tpu):
+    assert attn.cache_dtype(jnp.bfloat16) == jnp.bfloat16
+  q, k, v, _, _ = _inputs(8, 8, 4, jnp.bfloat16)
+  k_block, v_block = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # one block [B, H, 8, K]
+  seen = jnp.ones((1, 8), bool)
+  o16 = attn.attend_cached(q[:, 7, :, None, :], [k_block], [v_block], seen)
+  o32 = attn.attend_cached(q[:, 7, :, None, :], [k_block.astype(jnp.float32)],
+                           [v_block.astype(jnp.float32)], seen)
+  assert o16.dtype == o32.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(o32, np.float32), np.asarray(o16, np.float32), atol=3e-2)
+
+
 def test_splash_kernel_interpreted_equals_plain():
   """The TPU kernel, run by the Pallas interpreter: same outputs, pads as a second segment."""
   q, k, v, valid, _ = _inputs(128, 128, 2, seed=3)
