@@ -156,8 +156,8 @@ def cache_dtype(dtype: jnp.dtype) -> jnp.dtype:
   XLA:CPU has no batched matrix-vector product in bfloat16: over a bfloat16
   cache it converts each block to float32 every step (the cache's bytes read
   three times). A float32 cache holds the same bfloat16-rounded keys and
-  values exactly, so the results are those of a bfloat16 cache; GPU and TPU
-  keep `dtype` (half the bytes).
+  values exactly (only the probabilities are no longer rounded before the
+  value product); GPU and TPU keep `dtype` (half the bytes).
   """
   return jnp.float32 if target_platform() == "cpu" else jnp.dtype(dtype)
 
