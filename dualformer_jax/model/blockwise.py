@@ -145,15 +145,18 @@ def _flash_bwd(causal, window, bq, bk, res, do):
       dq, dk, dv = carry
       q_i, do_i, lse_i, delta_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=2)
                                    for x in (q, do, lse, delta))
-      s, mask = _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window)
-      p = jnp.where(mask, jnp.exp(s - lse_i[..., None]), 0.0)  # [B, H, bq, bk]
-      dv = dv + jnp.einsum("bhqs,bhqk->bhsk", p.astype(do.dtype), do_i,
+      # Keys first ([.., bk, bq]): dV and dK contract queries along the minor axis.
+      s_t = jnp.einsum("bhsk,bhqk->bhsq", k_j, q_i, preferred_element_type=jnp.float32) * scale
+      mask_t = jnp.swapaxes(visible(bq, bk, valid_j, causal, window, q_start=i * bq,
+                                    k_start=j * bk), -1, -2)
+      p_t = jnp.where(mask_t, jnp.exp(s_t - lse_i[..., None, :]), 0.0)  # [B, H, bk, bq]
+      dv = dv + jnp.einsum("bhsq,bhqk->bhsk", p_t.astype(do.dtype), do_i,
                            preferred_element_type=jnp.float32)
-      dp = jnp.einsum("bhqk,bhsk->bhqs", do_i, v_j, preferred_element_type=jnp.float32)
-      ds = (p * (dp - delta_i[..., None])).astype(q.dtype)
-      dk = dk + jnp.einsum("bhqs,bhqk->bhsk", ds, q_i, preferred_element_type=jnp.float32)
+      dp_t = jnp.einsum("bhsk,bhqk->bhsq", v_j, do_i, preferred_element_type=jnp.float32)
+      ds_t = (p_t * (dp_t - delta_i[..., None, :])).astype(q.dtype)
+      dk = dk + jnp.einsum("bhsq,bhqk->bhsk", ds_t, q_i, preferred_element_type=jnp.float32)
       dq_i = jax.lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=2) + jnp.einsum(
-          "bhqs,bhsk->bhqk", ds, k_j, preferred_element_type=jnp.float32)
+          "bhsq,bhsk->bhqk", ds_t, k_j, preferred_element_type=jnp.float32)
       return jax.lax.dynamic_update_slice_in_dim(dq, dq_i, i * bq, axis=2), dk, dv
 
     lo, hi = _q_range(j, bq, bk, nq, causal, window)
