@@ -196,8 +196,9 @@ def main() -> None:
     results[name] = res
     print(f"{name:>14}: {res['decoder_tokens_per_s']:8.0f} dec tok/s (median "
           f"{res['median_decoder_tokens_per_s']:.0f}), step {res['step_s']:.3f}s, "
-          f"MFU {res['mfu']:.1%} of {res['peak_gflops']:.0f} GFLOP/s, CPU-time estimate {res['cpu_time_decoder_tokens_per_s']:.0f} "
-          f"tok/s, batch {res['batch']}, compile {res['compile_plus_first_step_s']}s",
+          f"MFU {res['mfu']:.1%} of {res['peak_gflops']:.0f} GFLOP/s, CPU-time estimate "
+          f"{res['cpu_time_decoder_tokens_per_s']:.0f} tok/s, batch {res['batch']}, "
+          f"compile {res['compile_plus_first_step_s']}s",
           flush=True)
   at_batch = [r for r in results.values() if r["batch"] == args.batch] or list(results.values())
   if not at_batch:
