@@ -68,11 +68,14 @@ def _q_range(j, bq: int, bk: int, nq: int, causal: bool, window: int):
   return lo, hi
 
 
-def _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window):
-  """Masked float32 scores [B, H, bq, bk] of query block i against key block j."""
-  s = jnp.einsum("bhqk,bhsk->bhqs", q_i, k_j, preferred_element_type=jnp.float32)
-  s = s * (q_i.shape[-1] ** -0.5)
+def _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window, keys_first: bool = False):
+  """Masked float32 scores [B, H, bq, bk] of query block i against key block j, and the
+  mask; keys_first: both as [B, H, bk, bq] (the backward's layout, see _flash_bwd)."""
+  eq = "bhsk,bhqk->bhsq" if keys_first else "bhqk,bhsk->bhqs"
+  a, b = (k_j, q_i) if keys_first else (q_i, k_j)
+  s = jnp.einsum(eq, a, b, preferred_element_type=jnp.float32) * (q_i.shape[-1] ** -0.5)
   mask = visible(bq, bk, valid_j, causal, window, q_start=i * bq, k_start=j * bk)
+  mask = jnp.swapaxes(mask, -1, -2) if keys_first else mask
   return jnp.where(mask, s, NEG), mask
 
 
@@ -145,10 +148,9 @@ def _flash_bwd(causal, window, bq, bk, res, do):
       dq, dk, dv = carry
       q_i, do_i, lse_i, delta_i = (jax.lax.dynamic_slice_in_dim(x, i * bq, bq, axis=2)
                                    for x in (q, do, lse, delta))
-      # Keys first ([.., bk, bq]): dV and dK contract queries along the minor axis.
-      s_t = jnp.einsum("bhsk,bhqk->bhsq", k_j, q_i, preferred_element_type=jnp.float32) * scale
-      mask_t = jnp.swapaxes(visible(bq, bk, valid_j, causal, window, q_start=i * bq,
-                                    k_start=j * bk), -1, -2)
+      # Keys first ([.., bk, bq]): dV and dK contract queries along the minor axis, which
+      # YNNPACK takes in bfloat16 (otherwise XLA:CPU converts both operands for Eigen).
+      s_t, mask_t = _scores(q_i, k_j, valid_j, i, j, bq, bk, causal, window, keys_first=True)
       p_t = jnp.where(mask_t, jnp.exp(s_t - lse_i[..., None, :]), 0.0)  # [B, H, bk, bq]
       dv = dv + jnp.einsum("bhsq,bhqk->bhsk", p_t.astype(do.dtype), do_i,
                            preferred_element_type=jnp.float32)
