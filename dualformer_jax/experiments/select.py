@@ -7,7 +7,8 @@ Dualformer's fast mode is judged by fast-mode samples, not by a complete-trace l
 With select_tasks = 0 every mode takes the step of lowest validation loss (the rule
 compare.py uses). Either way the model is also scored at its last step.
 
-The sampled rule needs every saved step: train.keep_checkpoints must cover
+The sampled rule needs every scheduled step (not a signal's resume point, which
+no run has at the same step): train.keep_checkpoints must cover
 num_steps / checkpoint_every (check_config). The validation samples reuse compare's
 evaluate_at (eval.split=valid, written to <run>/eval/<step>/valid/), so they resume too.
 """
@@ -58,7 +59,7 @@ def saved_steps(run: RunConfig, path: str) -> list[int]:
   vocab = records.read_meta(records.data_dir(path))["vocab"]
   ckpt = Checkpointer(path, run.config, vocab)
   try:
-    return sorted(ckpt.all_steps())
+    return ckpt.scheduled_steps()  # not a signal's resume point: the same steps in every run
   finally:
     ckpt.close()
 

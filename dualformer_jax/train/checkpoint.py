@@ -81,15 +81,24 @@ def stream_view(config: ml_collections.ConfigDict) -> dict:
 
 @dataclasses.dataclass
 class _KeepLatestAndBest:
-  """orbax preservation policy: the `latest` newest steps, and the step `best()` names."""
+  """orbax preservation policy: the `latest` newest steps of the schedule, the newest step
+  of all, and the step `best()` names.
+
+  A step in `resume_only()` (a signal's save between scheduled ones) is kept only while it
+  is the newest, the point to resume from: it never pushes a scheduled step out, so an
+  interrupted run keeps the same steps, and offers the same ones to checkpoint selection
+  (experiments/select.py), as one that ran straight through.
+  """
   latest: int
   best: Callable[[], int | None]
+  resume_only: Callable[[], set[int]]
 
   def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
     del context
-    newest = set(sorted(c.step for c in checkpoints)[-self.latest:])
-    best = self.best()
-    return [c.step in newest or c.step == best for c in checkpoints]
+    steps = sorted(c.step for c in checkpoints)
+    skip = self.resume_only()
+    keep = {*[s for s in steps if s not in skip][-self.latest:], *steps[-1:], self.best()}
+    return [c.step in keep for c in checkpoints]
 
 
 def _json_roundtrip(x: Any) -> Any:
@@ -144,22 +153,27 @@ class Checkpointer:
     self.record = _json_roundtrip(record)
     self._check = check
     self._best: tuple[float, int] | None = None  # (validation loss, step)
+    self._resume_only: set[int] = set()  # steps a signal saved between scheduled ones
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=_KeepLatestAndBest(keep, self.best_step),
+        preservation_policy=_KeepLatestAndBest(keep, self.best_step, lambda: self._resume_only),
         enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
-    self._find_best()
+    self._scan()
 
-  def _find_best(self) -> None:
-    """The lowest validation loss among the saved steps (unreadable steps are skipped)."""
-    self._best = None
+  def _scan(self) -> None:
+    """The lowest validation loss and the resume-only steps among the saved steps, from
+    their records (unreadable steps are skipped)."""
+    self._best, self._resume_only = None, set()
     for step in self.all_steps():
       try:
-        loss = self.read_meta(step).get("valid_loss")
+        meta = self.read_meta(step)
       except CorruptCheckpoint:
         continue
+      loss = meta.get("valid_loss")
       if isinstance(loss, float) and (self._best is None or loss < self._best[0]):
         self._best = (loss, step)
+      if meta.get("resume_only"):
+        self._resume_only.add(step)
 
   def best_step(self) -> int | None:
     """The saved step with the lowest validation loss; None when no step has one."""
@@ -171,13 +185,19 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def scheduled_steps(self) -> list[int]:
+    """The saved steps of the schedule: all_steps less a signal's resume point."""
+    return sorted(s for s in self.all_steps() if s not in self._resume_only)
+
   def save(self, step: int, state: Any, data_iter: Any | None, force: bool = False,
-           valid_loss: float | None = None) -> bool:
+           valid_loss: float | None = None, resume_only: bool = False) -> bool:
     """Starts an asynchronous save; returns False when orbax skipped it (step exists).
 
     FloatingPointError, and nothing written, when the state holds NaN or Inf:
     a bad state must never become the latest checkpoint and push out a good one.
     valid_loss (the validation loss of `state`) makes the step a candidate for best_step.
+    resume_only: a signal's save off the schedule, kept only until a newer step is saved
+    (_KeepLatestAndBest).
     """
     checksums, bad = integrity.digest(state)
     if bad:
@@ -191,6 +211,9 @@ class Checkpointer:
             "process_count": jax.process_count()}
     if valid_loss is not None and math.isfinite(valid_loss):
       meta["valid_loss"] = float(valid_loss)
+    if resume_only:
+      meta["resume_only"] = True
+      self._resume_only.add(step)  # before the save: orbax prunes inside it
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -200,6 +223,8 @@ class Checkpointer:
     saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
     if not saved:
       self._best = previous
+      if resume_only:
+        self._resume_only.discard(step)
     return saved
 
   def read_meta(self, step: int) -> dict:
@@ -360,7 +385,7 @@ class Checkpointer:
     if jax.process_count() > 1:
       distributed.barrier("dualformer_jax: damaged checkpoints set aside")
     self.manager.reload()
-    self._find_best()
+    self._scan()
     return aside
 
   def close(self) -> None:

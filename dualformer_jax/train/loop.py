@@ -126,14 +126,14 @@ def run(loop: Loop, state: Any, start: int) -> LoopResult:
 
 def _save(loop: Loop, step: int, state: Any, stop: StopFlag) -> None:
   """The periodic save (validation loss first, as the save records it), then the step's
-  hook; a signal saves the step too (a periodic step only once)."""
+  hook; a signal saves the step too (a periodic step only once), as a resume point only."""
   due = step % loop.checkpoint_every == 0 or step == loop.num_steps
   # Save before the hook (an eval): a failing eval must not cost the steps since the last save.
   if due:
     loop.ckpt.save(step, state, loop.data_iter, valid_loss=loop.validate(step, state))
   loop.after_step(step, state)
   if stop.signum and not due:  # read after the hook: a signal may arrive during an eval
-    loop.ckpt.save(step, state, loop.data_iter, force=True)
+    loop.ckpt.save(step, state, loop.data_iter, force=True, resume_only=True)
 
 
 def _log(loop: Loop, step: int, metrics: dict, bar: tqdm) -> None:

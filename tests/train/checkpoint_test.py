@@ -81,6 +81,27 @@ def test_the_best_validation_step_is_kept_besides_the_latest(tmp_path):
   empty.close()
 
 
+def test_a_signals_resume_point_never_pushes_out_a_scheduled_step(tmp_path):
+  """Keeping 2, steps 100 and 200, a signal's save at 250, then 300: 250 stays while it is
+  the newest (the resume point), then goes; 100 goes for 300 only, as in a run without the
+  signal, and a reopened Checkpointer still tells the resume point from scheduled steps."""
+  config = maze_configs.get_config("default")
+  config.train.keep_checkpoints = 2
+  state = {"w": jnp.arange(4, dtype=jnp.float32)}
+  ckpt = Checkpointer(str(tmp_path), config, ["x"])
+  for step in (100, 200, 250):
+    assert ckpt.save(step, state, None, resume_only=step == 250)
+    ckpt.manager.wait_until_finished()
+  assert ckpt.all_steps() == [100, 200, 250] and ckpt.scheduled_steps() == [100, 200]
+  ckpt.close()
+  again = Checkpointer(str(tmp_path), config, ["x"])
+  assert again.latest_step() == 250 and again.scheduled_steps() == [100, 200]
+  assert again.save(300, state, None)
+  again.manager.wait_until_finished()
+  assert again.all_steps() == again.scheduled_steps() == [200, 300]
+  again.close()
+
+
 def test_the_record_layouts_of_both_halves_are_those_of_older_checkpoints(tmp_path, capsys):
   """A planning step's meta keeps its keys; a step written by the LM's former checkpoint
   class (meta: its record fields, step, checksums) restores through with_record, and a

@@ -44,16 +44,20 @@ def test_runs_saves_logs_and_calls_the_hooks(tmp_path):
 
 @pytest.mark.parametrize("signal_at,saved", [(3, [2, 3]), (2, [2])])
 def test_a_signal_saves_the_finished_step_once_and_stops(tmp_path, signal_at, saved):
-  """Also on a periodic save step (saved once, not twice); then resume goes on from it."""
+  """Also on a periodic save step (saved once, not twice); then resume goes on from it,
+  and the scheduled steps are those of a run without the signal (step 3 was a resume
+  point only)."""
   out = loop_lib.run(make_loop(tmp_path, signal_at=signal_at), {"w": jnp.zeros(())}, 0)
   assert (out.step, out.signal_number) == (signal_at, signal.SIGTERM)
   loop = make_loop(tmp_path)
-  assert loop.ckpt.all_steps() == saved
+  assert loop.ckpt.all_steps() == saved and loop.ckpt.scheduled_steps() == [2]
   abstract = {"w": jax.ShapeDtypeStruct((), jnp.float32)}
   start, state = loop_lib.resume(loop.ckpt, lambda s: loop.ckpt.restore(s, abstract, None))
   assert start == signal_at and float(state["w"]) == sum(range(1, signal_at + 1))
   out = loop_lib.run(loop, state, start)
   assert out.step == 4 and float(out.state["w"]) == 10.0
+  loop.ckpt.manager.wait_until_finished()
+  assert loop.ckpt.scheduled_steps() == [2, 4]
 
 
 def test_a_non_finite_loss_stops_at_its_step(tmp_path):
