@@ -16,7 +16,7 @@ from dualformer_jax.tasks import make_task
 def small_maze_config(size=5, **data):
   c = maze_configs.get_config("default")
   c.task.size = size
-  c.data.num_train, c.data.num_test, c.data.num_shards = 40, 12, 3
+  c.data.num_train, c.data.num_test, c.data.num_shards, c.data.num_valid = 40, 12, 3, 0
   for k, v in data.items():
     c.data[k] = v
   return DataConfig.from_config(c)
