@@ -45,8 +45,8 @@ def test_runs_saves_logs_and_calls_the_hooks(tmp_path):
 @pytest.mark.parametrize("signal_at,saved", [(3, [2, 3]), (2, [2])])
 def test_a_signal_saves_the_finished_step_once_and_stops(tmp_path, signal_at, saved):
   """Also on a periodic save step (saved once, not twice); then resume goes on from it,
-  and the scheduled steps are those of a run without the signal (step 3 was a resume
-  point only)."""
+  and the scheduled steps are those of a run without the signal (a signal in step 3
+  saves a resume point only)."""
   out = loop_lib.run(make_loop(tmp_path, signal_at=signal_at), {"w": jnp.zeros(())}, 0)
   assert (out.step, out.signal_number) == (signal_at, signal.SIGTERM)
   loop = make_loop(tmp_path)
