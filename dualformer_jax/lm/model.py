@@ -243,11 +243,12 @@ class LM(nnx.Module):
                         preferred_element_type=jnp.float32)
     return layers.dense(x, self.head[...].astype(self._dtype), dtype=jnp.float32)
 
-  def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array):
+  def _qkv(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array,
+           num_pos: int | None = None):
     cfg, dt = self.cfg, self._dtype
     h = rms_norm(x_BxTxD, p["attn_norm"], cfg.rms_norm_eps, dt)
     inv_freq = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
-    return layers.rotary_qkv(h, p["wq"], p["wk"], p["wv"], pos_T, inv_freq, dt)
+    return layers.rotary_qkv(h, p["wq"], p["wk"], p["wv"], pos_T, inv_freq, dt, num_pos)
 
   def _finish(self, p: dict[str, jax.Array], x_BxTxD: jax.Array, o_BxTxHxK: jax.Array
               ) -> jax.Array:
@@ -310,7 +311,8 @@ class LM(nnx.Module):
     # A Python loop, not a scan: each layer's cache blocks are updated in place.
     for i in range(cfg.num_layers):
       p = {name: a[i] for name, a in stacked.items()}
-      q, k, v = self._qkv(p, x_Rx1xD, pos[None])  # [R, 1, H|G, K]
+      num_pos = len(cache.k[i]) * cache.k[i][0].shape[2]  # the cache's positions
+      q, k, v = self._qkv(p, x_Rx1xD, pos[None], num_pos)  # [R, 1, H|G, K]
       o_RxGxQxK, k_blocks, v_blocks = attn_lib.cached_step(
           q[:, 0].reshape(r, g, cfg.num_heads // g, cfg.head_dim), k[:, 0], v[:, 0],
           cache.k[i], cache.v[i], pos, num_blocks, cfg.window)

@@ -106,19 +106,29 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
-def rope(x_BxTxNxK: jax.Array, pos_T: np.ndarray | jax.Array, inv_freq_K2: np.ndarray
-         ) -> jax.Array:
+def rope(x_BxTxNxK: jax.Array, pos_T: np.ndarray | jax.Array, inv_freq_K2: np.ndarray,
+         num_pos: int | None = None) -> jax.Array:
   """Rotate-half RoPE (HF's convention: pairs are (i, i + K/2)) at positions pos_T.
 
   The same positions for every row; computed in float32, returned in x's dtype.
-  Positions known when tracing (numpy: every full-sequence pass) make the
-  cos/sin table a constant of the compiled program; computed in the program,
-  XLA:CPU fused a cosine and a sine into every element's rotation, forward and
-  backward (14% of the training step's thread time).
+  The cos/sin table is a constant of the compiled program (numpy) whenever it
+  can be: positions known when tracing (every full-sequence pass) give it
+  directly, and traced positions below num_pos (decoding: the cache's length)
+  index a table of num_pos rows. Computed in the program instead, XLA:CPU
+  fuses a cosine and a sine into every element's rotation (14% of the training
+  step's thread time; 9% of sampling's) and drops optimisation barriers that
+  would stop it; traced positions without num_pos still take that path.
   """
-  xp = np if isinstance(pos_T, np.ndarray) else jnp  # inv_freq is numpy (rope_inv_freq)
-  ang_TxK2 = pos_T.astype(xp.float32)[:, None] * inv_freq_K2[None, :]
-  cos, sin = xp.cos(ang_TxK2)[None, :, None, :], xp.sin(ang_TxK2)[None, :, None, :]
+  if isinstance(pos_T, np.ndarray) or num_pos is not None:
+    table_pos = pos_T if isinstance(pos_T, np.ndarray) else np.arange(num_pos)
+    ang_TxK2 = table_pos.astype(np.float32)[:, None] * inv_freq_K2[None, :]
+    cos, sin = np.cos(ang_TxK2), np.sin(ang_TxK2)
+    if not isinstance(pos_T, np.ndarray):  # rows pos_T of the num_pos-row table
+      cos, sin = (jnp.take(t, pos_T, axis=0, mode="clip") for t in (cos, sin))
+  else:
+    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
+    cos, sin = jnp.cos(ang_TxK2), jnp.sin(ang_TxK2)
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
   x = x_BxTxNxK.astype(jnp.float32)
   half = x.shape[-1] // 2
   x1, x2 = x[..., :half], x[..., half:]
@@ -146,14 +156,14 @@ def project(x_BxTxD: jax.Array, w_DxNxK: jax.Array, dtype: jnp.dtype) -> jax.Arr
 
 
 def rotary_qkv(x_BxTxD: jax.Array, w_q: jax.Array, w_k: jax.Array, w_v: jax.Array,
-               pos_T: np.ndarray | jax.Array, inv_freq_K2: np.ndarray, dtype: jnp.dtype
-               ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Q, K, V heads [B, T, N, K] in the compute dtype, RoPE on Q and K.
+               pos_T: np.ndarray | jax.Array, inv_freq_K2: np.ndarray, dtype: jnp.dtype,
+               num_pos: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Q, K, V heads [B, T, N, K] in the compute dtype, RoPE on Q and K (`rope`'s num_pos).
 
   Q and K are rotated from the projections' float32 results and rounded once.
   """
   q, k = (rope(dense(x_BxTxD.astype(dtype), w.astype(dtype), dtype=jnp.float32), pos_T,
-               inv_freq_K2).astype(dtype) for w in (w_q, w_k))
+               inv_freq_K2, num_pos).astype(dtype) for w in (w_q, w_k))
   return q, k, project(x_BxTxD, w_v, dtype)
 
 

@@ -62,10 +62,11 @@ class SelfAttention(nnx.Module):
     self.cfg, self.causal = cfg, causal
     self.wq, self.wk, self.wv, self.wo = _attention_weights(cfg, rngs)
 
-  def qkv(self, x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array) -> tuple[jax.Array, ...]:
+  def qkv(self, x_BxTxD: jax.Array, pos_T: np.ndarray | jax.Array, num_pos: int | None = None
+          ) -> tuple[jax.Array, ...]:
     inv_freq = layers.rope_inv_freq(self.cfg.head_dim, self.cfg.rope_base)
     return layers.rotary_qkv(x_BxTxD, self.wq[...], self.wk[...], self.wv[...], pos_T,
-                             inv_freq, self.cfg.compute_dtype)
+                             inv_freq, self.cfg.compute_dtype, num_pos)
 
   def out(self, o_BxTxHxK: jax.Array) -> jax.Array:
     return layers.project_out(o_BxTxHxK, self.wo[...], self.cfg.compute_dtype)
@@ -84,7 +85,7 @@ class SelfAttention(nnx.Module):
     k_blocks/v_blocks: [R, H, W, K] each; positions <= pos are visible, and pos
     must lie in block num_blocks - 1 (blocks past it are neither read nor written).
     """
-    q, k, v = self.qkv(x_Rx1xD, pos[None])  # [R, 1, H, K]
+    q, k, v = self.qkv(x_Rx1xD, pos[None], len(k_blocks) * k_blocks[0].shape[2])  # [R, 1, H, K]
     o_RxHx1xK, k_blocks, v_blocks = attn_lib.cached_step(
         q.transpose(0, 2, 1, 3), k[:, 0], v[:, 0], k_blocks, v_blocks, pos, num_blocks)
     return self.out(o_RxHx1xK.transpose(0, 2, 1, 3)), k_blocks, v_blocks

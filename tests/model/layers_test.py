@@ -26,15 +26,20 @@ def test_rope_scores_depend_only_on_relative_position():
   np.testing.assert_allclose(jnp.linalg.norm(rotated), jnp.linalg.norm(q), rtol=1e-6)
 
 
-def test_rope_table_is_a_constant_when_positions_are_known():
-  """numpy positions: the compiled rotation computes no cosine and equals the traced one."""
+def test_rope_table_is_a_constant_when_positions_are_known_or_bounded():
+  """numpy positions, or traced ones below num_pos (decoding): the compiled rotation
+  computes no cosine, equals the in-program one, and the two table paths agree exactly."""
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 40, 3, 16)), jnp.float32)
   inv_freq = layers.rope_inv_freq(16, 10000.0)
   const = jax.jit(lambda x: layers.rope(x, np.arange(40), inv_freq))
   traced = jax.jit(lambda x, pos: layers.rope(x, pos, inv_freq))
+  bounded = jax.jit(lambda x, pos: layers.rope(x, pos, inv_freq, num_pos=64))
   np.testing.assert_allclose(const(x), traced(x, jnp.arange(40)), rtol=1e-5, atol=1e-5)
   assert "cosine" not in const.lower(x).compile().as_text()
   assert "cosine" in traced.lower(x, jnp.arange(40)).compile().as_text()
+  pos = jnp.array([37])  # one decoding position
+  np.testing.assert_array_equal(bounded(x[:, 37:38], pos), const(x)[:, 37:38])
+  assert "cosine" not in bounded.lower(x[:, :1], pos).compile().as_text()
 
 
 def test_rope_inv_freq_scaling_divides_low_frequencies():

@@ -118,6 +118,15 @@ def test_cached_decoding_equals_full_forward(model, block_len):
   assert full_RxTxV.dtype == jnp.float32 and full_RxTxV.shape == (n_prompts * samples, t, V)
 
 
+def test_decode_step_reads_ropes_table(model):
+  """A decode step (traced position) computes no cosine: RoPE indexes a constant table
+  of the cache's positions (layers.rope's num_pos), as the full forward does."""
+  cache = model.init_cache(_ids(np.random.default_rng(3), (1, 5)), 2, 9, 4)
+  step = nnx.jit(lambda m, tok, pos, c: m.decode_step(tok, pos, c, num_blocks=2)[0])
+  hlo = step.lower(model, jnp.zeros((2,), jnp.int32), jnp.int32(5), cache).compile().as_text()
+  assert "cosine" not in hlo and "sine" not in hlo
+
+
 def test_cache_layout(model):
   enc_ids = _ids(np.random.default_rng(2), (2, 5))
   cache = model.init_cache(enc_ids, samples=3, max_len=9, block_len=4)
