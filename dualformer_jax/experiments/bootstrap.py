@@ -52,6 +52,12 @@ def round_name(r: int) -> str:
   return f"searchformer_r{r}"
 
 
+def is_round(name: str) -> bool:
+  """Whether `name` is a bootstrapping round's model (round_name)."""
+  prefix = round_name(0)[:-1]
+  return name.startswith(prefix) and name[len(prefix):].isdigit()
+
+
 def check_config(config: ml_collections.ConfigDict, sweep_values: Sequence[int],
                  models: Sequence[str]) -> None:
   """ValueError naming the first bad bootstrap.* field (only checked when rounds > 0)."""

@@ -14,8 +14,8 @@ sweep.tuned (a tune.json of experiments/tune.py) each model trains with its chos
 learning rate and steps.
 
 Each point reports every metric's mean and spread over seeds, and a 95% interval for
-each claim's difference (CLAIMS: Dualformer's mode minus a baseline), paired over test
-tasks and seeds (intervals.py).
+each claim's difference (CLAIMS: Dualformer's mode minus a baseline; and each bootstrapping
+round minus Complete-Trace), paired over test tasks and seeds (intervals.py).
 
 Workdir layout:
   data/                      the dataset, generated once
@@ -52,6 +52,7 @@ SWEEP = "sweep.json"
 CLAIMS = (("dualformer", "fast", "solution_only", "fast"),
           ("dualformer", "slow", "complete_trace", "slow"),
           ("dualformer", "auto", "complete_trace", "slow"))
+# Each bootstrapping round is also compared with the model it starts from, in its one mode.
 # metric -> the per-task score it averages (metrics.per_task's counts).
 PAIRED = {"1_optimal": lambda t: np.asarray(t["optimal"]) >= 1,
           "swc": lambda t: np.asarray(t["swc"])}
@@ -232,7 +233,9 @@ def aggregate(seeds: list[dict]) -> dict:
                   for mode in models[name]} for name in models}
   last = {name: seeds[0]["models"][name]["last_step"] for name in models}
   claims = {"selected": [], "last": []}
-  for model, mode, base, base_mode in CLAIMS:
+  rounds = [(name, bootstrap.MODE, bootstrap.SOURCE_MODEL, bootstrap.MODE) for name in models
+            if bootstrap.is_round(name)]
+  for model, mode, base, base_mode in (*CLAIMS, *rounds):
     if model not in models or base not in models or mode not in models[model]:
       continue
     for which in claims:

@@ -358,6 +358,29 @@ def test_a_point_reports_spreads_and_an_interval_per_claim(tmp_path):
   assert all(os.path.getsize(p) > 0 for p in paths)
 
 
+def test_each_bootstrapping_round_is_compared_with_complete_trace():
+  """A round's slow mode minus Complete-Trace's, paired over tasks and seeds, like a claim."""
+  rng = np.random.default_rng(1)
+  seeds = []
+  for k in range(3):
+    base = (rng.random(40) < 0.3).astype(int).tolist()
+    seeds.append({"seed": k, "wall_s": {m: {"train_s": 1.0} for m in
+                                        ("complete_trace", "searchformer_r1", "searchformer_r2")},
+                  "models": {"complete_trace": _record({"slow": base}),
+                             "searchformer_r1": _record({"slow": [1] * 40}),
+                             "searchformer_r2": _record({"slow": base})}})
+  claims = {(c["model"], c["metric"]): c for c in sweep.aggregate(seeds)["intervals"]["last"]}
+  assert set(claims) == {(m, x) for m in ("searchformer_r1", "searchformer_r2")
+                         for x in ("1_optimal", "swc")}
+  assert claims["searchformer_r1", "1_optimal"]["excludes_zero"]  # 100% against ~30%
+  assert not claims["searchformer_r2", "1_optimal"]["excludes_zero"]  # the same scores
+  assert all(c["baseline"] == "complete_trace" and c["mode"] == c["baseline_mode"] == "slow"
+             for c in claims.values())
+  table = report.seeds_markdown({"seeds": 3, "points": {"40": sweep.aggregate(seeds)}})
+  assert "| 40 | Searchformer r1 slow - Complete-Trace slow | selected step | 1_optimal |" in table
+  assert bootstrap.is_round("searchformer_r12") and not bootstrap.is_round("searchformer_rx")
+
+
 def test_the_selected_step_has_the_best_1_optimal_then_swc_then_comes_later():
   def m(opt, swc):
     return {"1_optimal": opt, "swc": swc}
