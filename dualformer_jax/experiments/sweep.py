@@ -52,7 +52,7 @@ SWEEP = "sweep.json"
 CLAIMS = (("dualformer", "fast", "solution_only", "fast"),
           ("dualformer", "slow", "complete_trace", "slow"),
           ("dualformer", "auto", "complete_trace", "slow"))
-# Each bootstrapping round is also compared with the model it starts from, in its one mode.
+# Each bootstrapping round's slow mode is also compared with Complete-Trace's (aggregate).
 # metric -> the per-task score it averages (metrics.per_task's counts).
 PAIRED = {"1_optimal": lambda t: np.asarray(t["optimal"]) >= 1,
           "swc": lambda t: np.asarray(t["swc"])}
