@@ -106,6 +106,12 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+def _cos_sin(pos_T, inv_freq_K2: np.ndarray, xp) -> tuple:
+  """RoPE's cos and sin [T, K/2] at positions pos_T, in numpy (a constant) or jnp."""
+  ang_TxK2 = pos_T.astype(xp.float32)[:, None] * inv_freq_K2[None, :]
+  return xp.cos(ang_TxK2), xp.sin(ang_TxK2)
+
+
 def rope(x_BxTxNxK: jax.Array, pos_T: np.ndarray | jax.Array, inv_freq_K2: np.ndarray,
          num_pos: int | None = None) -> jax.Array:
   """Rotate-half RoPE (HF's convention: pairs are (i, i + K/2)) at positions pos_T.
@@ -119,15 +125,13 @@ def rope(x_BxTxNxK: jax.Array, pos_T: np.ndarray | jax.Array, inv_freq_K2: np.nd
   step's thread time; 9% of sampling's) and drops optimisation barriers that
   would stop it; traced positions without num_pos still take that path.
   """
-  if isinstance(pos_T, np.ndarray) or num_pos is not None:
-    table_pos = pos_T if isinstance(pos_T, np.ndarray) else np.arange(num_pos)
-    ang_TxK2 = table_pos.astype(np.float32)[:, None] * inv_freq_K2[None, :]
-    cos, sin = np.cos(ang_TxK2), np.sin(ang_TxK2)
-    if not isinstance(pos_T, np.ndarray):  # rows pos_T of the num_pos-row table
-      cos, sin = (jnp.take(t, pos_T, axis=0, mode="clip") for t in (cos, sin))
+  if isinstance(pos_T, np.ndarray):
+    cos, sin = _cos_sin(pos_T, inv_freq_K2, np)
+  elif num_pos is not None:  # rows pos_T of the num_pos-row table
+    cos, sin = (jnp.take(t, pos_T, axis=0, mode="clip")
+                for t in _cos_sin(np.arange(num_pos), inv_freq_K2, np))
   else:
-    ang_TxK2 = pos_T.astype(jnp.float32)[:, None] * inv_freq_K2[None, :]
-    cos, sin = jnp.cos(ang_TxK2), jnp.sin(ang_TxK2)
+    cos, sin = _cos_sin(pos_T, inv_freq_K2, jnp)
   cos, sin = cos[None, :, None, :], sin[None, :, None, :]
   x = x_BxTxNxK.astype(jnp.float32)
   half = x.shape[-1] // 2
